@@ -1,0 +1,129 @@
+"""The DuckDB catalog: views over the Parquet files of each stage.
+
+Parquet files and the stage records (`_stages/*.json`) are the source of truth;
+`catalog.duckdb` only holds views and can be rebuilt from them at any time. Views
+use paths relative to the build directory, and every connection made here sets
+DuckDB's `file_search_path` to the build directory, so the directory can be moved
+or copied and still be queried (with the duckdb CLI: `cd wit-data && duckdb catalog.duckdb`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import WitError
+
+DB_NAME = "catalog.duckdb"
+# Statement types `wit-build sql` accepts; everything else is refused.
+READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def connect(build: str | Path, read_only: bool = False):
+    """A DuckDB connection to the build's catalog with paths resolved against it."""
+    import duckdb
+    build = Path(build)
+    db = build / DB_NAME
+    if read_only and not db.exists():
+        raise WitError(f"{build}: no catalog here ({DB_NAME} missing); check --out, "
+                       f"or run a stage first, or `wit-build catalog rebuild --out {build}`")
+    try:
+        con = duckdb.connect(str(db), read_only=read_only)
+    except duckdb.Error as e:
+        raise WitError(f"{db}: cannot open the catalog ({e}); "
+                       f"`wit-build catalog rebuild --out {build}` recreates it") from None
+    con.execute(f"SET file_search_path = {_quote(str(build.resolve()))}")
+    return con
+
+
+def _views(build: Path) -> dict[str, str]:
+    """View name -> relative glob, later stages overriding earlier ones."""
+    from .stage import records
+    views: dict[str, str] = {}
+    for rec in records(build):
+        views.update(rec.get("views", {}))
+    return views
+
+
+def refresh(build: str | Path) -> list[str]:
+    """(Re)create every view and the `stages` view from the stage records."""
+    build = Path(build)
+    con = connect(build)
+    try:
+        made = []
+        for name, rel in _views(build).items():
+            if not list(build.glob(rel)):
+                continue  # an output removed by hand: leave no view that errors on use
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
+                        f"{_quote(rel)}, union_by_name = true)")
+            made.append(name)
+        if list((build / "_stages").glob("*.json")):
+            con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, status, "
+                        "params::JSON::VARCHAR AS parameters, started::TIMESTAMPTZ AS started, "
+                        "finished::TIMESTAMPTZ AS finished, seconds, rows "
+                        "FROM read_json('_stages/*.json', union_by_name = true, "
+                        "maximum_object_size = 67108864) ORDER BY finished")
+            made.append("stages")
+        return made
+    finally:
+        con.close()
+
+
+def rebuild(build: str | Path) -> list[str]:
+    """Delete catalog.duckdb and recreate it from the Parquet files and stage records."""
+    build = Path(build)
+    if not build.is_dir():
+        raise WitError(f"--out {build}: no such build directory")
+    if not (build / "_stages").is_dir():
+        raise WitError(f"--out {build}: not a wit build directory (no _stages/ folder)")
+    for suffix in ("", ".wal"):
+        (build / (DB_NAME + suffix)).unlink(missing_ok=True)
+    return refresh(build)
+
+
+def check_read_only(sql: str) -> None:
+    """Refuse anything but SELECT-like statements, naming the offending one."""
+    import duckdb
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise WitError(f"SQL does not parse: {e}") from None
+    if not statements:
+        raise WitError("no SQL statement given")
+    for st in statements:
+        kind = st.type.name
+        if kind not in READ_ONLY_TYPES:
+            raise WitError(f"`wit-build sql` is read-only; refusing the {kind} statement "
+                           f"`{st.query.strip()[:60]}`. Use duckdb directly to change data.")
+
+
+def query(build: str | Path, sql: str):
+    """Run a read-only query; returns a pyarrow Table."""
+    import duckdb
+    check_read_only(sql)
+    con = connect(build, read_only=True)
+    try:
+        return con.sql(sql).to_arrow_table()
+    except duckdb.Error as e:
+        msg = str(e).splitlines()[0]
+        raise WitError(f"SQL error: {msg}. Tables here: {', '.join(list_views(con)) or 'none yet'}") from None
+    finally:
+        con.close()
+
+
+def list_views(con) -> list[str]:
+    rows = con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
+def describe(build: str | Path) -> dict[str, Any]:
+    con = connect(build, read_only=True)
+    try:
+        return {v: con.execute(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in list_views(con)}
+    finally:
+        con.close()

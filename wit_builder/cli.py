@@ -1,0 +1,173 @@
+"""`wit-build`: parse flags, call a stage, print its summary. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from . import config as cfgmod
+from . import pipeline
+from .errors import WitError
+
+STAGE_HELP = {
+    "queries": "build the query list from Wikipedia (unigrams, bigrams, titles, WordNet)",
+    "pool": "read candidate (image URL, caption) files into the build's pool",
+    "match": "match pool captions against the query list (MetaCLIP substring semantics)",
+    "balance": "keep at most --per-query pairs per query (or MetaCLIP's rule)",
+    "fetch": "download the selected pairs with img2dataset under Ray",
+    "curate": "image facts, filters and dedup: keep/drop_reason for every sample",
+    "publish": "write kept samples into final WebDataset shards and the manifest",
+}
+# Commands whose module brings its own arguments: name -> (module, help).
+EXTRA = {
+    "demo": ("wit_builder.demo", "run everything offline on a generated world"),
+    "run": ("wit_builder.recipe", "run a pipeline recipe (pipelines/*.toml)"),
+    "report": ("wit_builder.report", "write the HTML data card with plots"),
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("common")
+    g.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR",
+                   help="build directory (default: ./wit-data)")
+    g.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
+                   help="rerun even if the output is complete with the same parameters")
+    g.add_argument("--ray-address", default=argparse.SUPPRESS, metavar="ADDR",
+                   help="join this Ray cluster (or set RAY_ADDRESS); default: local Ray")
+    g.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks and more detail")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wit-build", description="Build CLIP-style image-text datasets: "
+        "queries -> pool -> match -> balance -> fetch -> curate -> publish.")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in pipeline.STAGES:
+        if not pipeline.available(name):
+            continue
+        mod = pipeline.module(name)
+        p = sub.add_parser(name, help=STAGE_HELP[name], description=(mod.__doc__ or "").strip())
+        cfgmod.add_config_arguments(p, mod.Config)
+        _common(p)
+    stages = [n for n in pipeline.DOWNLOAD if pipeline.available(n)]
+    if stages:
+        p = sub.add_parser("download", help="pool -> match -> balance -> fetch -> curate -> "
+                           "publish as one resumable command",
+                           description="Runs " + " -> ".join(stages) + "; finished stages "
+                           "with unchanged parameters are skipped.")
+        seen: set[str] = set()
+        for name in stages:
+            cfgmod.add_config_arguments(p, pipeline.module(name).Config, seen)
+        _common(p)
+    p = sub.add_parser("sql", help="run a read-only SQL query over the build's manifests",
+                       description="Tables: queries, pool, matches, selected, samples, "
+                       "shards, stages (whatever stages have run).")
+    p.add_argument("sql", help='e.g. "SELECT count(*) FROM samples WHERE keep"')
+    p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    p.add_argument("--output", metavar="FILE", help="write the result here instead of stdout")
+    p.add_argument("--max-rows", type=int, default=40, help="rows shown as a table")
+    _common(p)
+    p = sub.add_parser("stats", help="one line per stage: rows, time, status")
+    _common(p)
+    p = sub.add_parser("catalog", help="catalog maintenance")
+    p.add_argument("action", choices=["rebuild", "show"],
+                   help="rebuild: recreate catalog.duckdb from the Parquet files; show: list views")
+    _common(p)
+    for name, (modname, help_) in EXTRA.items():
+        if importlib.util.find_spec(modname) is None:
+            continue
+        mod = importlib.import_module(modname)
+        p = sub.add_parser(name, help=help_, description=(mod.__doc__ or "").strip())
+        mod.add_arguments(p)
+        _common(p)
+    return parser
+
+
+def print_result(res) -> None:
+    """One line per stage, then its summary."""
+    if res.skipped:
+        print(f"[{res.stage}] already done with the same parameters and inputs: "
+              f"{res.rows:,} rows (use --force to rerun)")
+    else:
+        print(f"[{res.stage}] {res.rows:,} rows in {res.seconds:.1f} s")
+    for key, value in res.summary.items():
+        if isinstance(value, (dict, list)) and len(str(value)) > 200:
+            continue  # long breakdowns are in the stage record and the catalog
+        print(f"    {key}: {value}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    build = Path(getattr(args, "out", "wit-data"))
+    if getattr(args, "ray_address", None):
+        os.environ["RAY_ADDRESS"] = args.ray_address
+    force = getattr(args, "force", False)
+    cmd = args.command
+    if cmd in pipeline.STAGES:
+        mod = pipeline.module(cmd)
+        print_result(mod.run(cfgmod.from_args(mod.Config, args), build, force=force))
+    elif cmd == "download":
+        stages = [n for n in pipeline.DOWNLOAD if pipeline.available(n)]
+        if "pool" in stages and not getattr(args, "pool", None):
+            from .stage import read_record
+            if read_record(build, "pool") is None:
+                raise WitError("--pool: give the candidate files (Parquet, CSV, TSV, JSONL) "
+                               f"— {build} has no pool yet")
+            stages.remove("pool")  # reuse the pool already in the build directory
+        settings = {}
+        for n in stages:
+            names = {f.name for f in dataclasses.fields(pipeline.module(n).Config)}
+            settings[n] = {k: v for k, v in vars(args).items() if k in names}
+        pipeline.run_stages(build, settings, stages, force=force,
+                            report=lambda _n, r: print_result(r), where="flags")
+    elif cmd == "sql":
+        from .sqlcmd import run_sql
+        run_sql(build, args.sql, args.format, args.output, args.max_rows)
+    elif cmd == "stats":
+        from .sqlcmd import print_stats
+        print_stats(build)
+    elif cmd == "catalog":
+        from . import catalog
+        if args.action == "rebuild":
+            views = catalog.rebuild(build)
+            print(f"rebuilt {build / catalog.DB_NAME}: views {', '.join(views) or 'none'}")
+        else:
+            for view, n in catalog.describe(build).items():
+                print(f"{view:12s} {n:>12,} rows")
+    else:
+        return importlib.import_module(EXTRA[cmd][0]).main(args) or 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    ray_was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        return _run(args)
+    except WitError as e:
+        if getattr(args, "verbose", False):
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    finally:
+        if "ray" in sys.modules and not ray_was_running:
+            from .cluster import shutdown
+            shutdown()  # only a Ray this command started
+
+
+if __name__ == "__main__":
+    sys.exit(main())

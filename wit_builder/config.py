@@ -1,0 +1,104 @@
+"""Stage configs as dataclasses: one field is one CLI flag and one recipe key.
+
+A field's name is the flag (`per_query` -> `--per-query`) and the TOML key; its
+`metadata["help"]` is the flag's help. Lists become `nargs="+"`, booleans become
+`--flag/--no-flag`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from .errors import WitError
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(element type, is_list) for a field annotation, unwrapping Optional."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0]) if len(args) == 1 else (str, False)
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return (args[0] if args else str), True
+    return tp, False
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, seen: set[str] | None = None) -> None:
+    """Add one flag per field of the dataclass `cls` (skipping names in `seen`)."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if seen is not None:
+            if f.name in seen:
+                continue
+            seen.add(f.name)
+        tp, is_list = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_ = f.metadata.get("help", "")
+        if default not in (None, [], ()) and tp is not bool:
+            help_ += f" (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_}
+        if tp is bool:
+            parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            continue
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        kwargs["type"] = tp if tp in (int, float) else str
+        if is_list:
+            kwargs["nargs"] = "+"
+        kwargs["metavar"] = f.metadata.get("metavar", f.name.upper())
+        parser.add_argument(flag(f.name), **kwargs)
+
+
+def coerce(cls: type, name: str, value: Any, where: str) -> Any:
+    """Convert `value` to the type of field `name`, or raise WitError naming `where`."""
+    tp, is_list = _base_type(_hints(cls)[name])
+    try:
+        if is_list:
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            return [tp(v) if tp in (int, float, str) else v for v in value]
+        if tp is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if tp in (int, float, str, bool):
+            return tp(value)
+        return value
+    except (TypeError, ValueError):
+        raise WitError(f"{where}: {name} = {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+
+
+def from_mapping(cls: type, values: dict[str, Any], where: str = "config") -> Any:
+    """Build `cls` from a dict (a recipe table or parsed flags), checking every key."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise WitError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
+                       f"known: {', '.join(sorted(names))}")
+    return cls(**{k: coerce(cls, k, v, where) for k, v in values.items()})
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Build `cls` from the flags that were given on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return cls(**given)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,48 @@
+"""The stages in order, and running several of them as one resumable command."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config as cfgmod
+
+# Stage name -> module; the order is the pipeline's order.
+STAGES: dict[str, str] = {
+    "queries": "wit_builder.queries",
+    "pool": "wit_builder.pool",
+    "match": "wit_builder.match",
+    "balance": "wit_builder.balance",
+    "fetch": "wit_builder.fetch",
+    "curate": "wit_builder.curate",
+    "publish": "wit_builder.publish",
+}
+DOWNLOAD = ["pool", "match", "balance", "fetch", "curate", "publish"]
+
+
+def available(name: str) -> bool:
+    return importlib.util.find_spec(STAGES[name]) is not None
+
+
+def module(name: str):
+    return importlib.import_module(STAGES[name])
+
+
+def run_stages(build: Path, settings: dict[str, dict[str, Any]], stages: list[str],
+               force: bool = False, report: Callable[[str, Any], None] | None = None,
+               where: str = "settings") -> list[Any]:
+    """Run `stages` in order with per-stage settings; finished stages are skipped.
+
+    `settings[stage]` is a dict of that stage's Config fields; `force` reruns all.
+    `report(stage, result)` is called after each stage.
+    """
+    results = []
+    for name in stages:
+        mod = module(name)
+        cfg = cfgmod.from_mapping(mod.Config, settings.get(name, {}), where=f"{where} [{name}]")
+        res = mod.run(cfg, build, force=force)
+        if report:
+            report(name, res)
+        results.append(res)
+    return results
