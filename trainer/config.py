@@ -1,0 +1,134 @@
+"""TrainConfig: every knob of a run. Field names are the TOML keys; flags are the same with dashes.
+
+Precedence: the defaults below < a TOML file (--config) < flags on the command line.
+The defaults run on a 2-core laptop CPU.
+"""
+
+import argparse
+import tomllib
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+
+from wit_builder.errors import WitError
+
+from .model import MODEL_SIZES
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = _f((), "BUILD_DIR (its shards/*.tar), shard files, globs or brace patterns "
+                             "like 'shards/{00000..00099}.tar'", nargs="+")
+    out: str = _f("wit-train", "run directory: checkpoint.pt, tokenizer.json, log.jsonl, curves.png")
+    model: str = _f("tiny", "model size: " + ", ".join(MODEL_SIZES))
+    image_size: int = _f(0, "image side in pixels; 0 = the model size's own")
+    tokenizer: str = _f("", "an existing tokenizer.json; empty = train a byte-level BPE on the captions")
+    vocab_size: int = _f(49408, "BPE vocabulary size when training the tokenizer")
+    tokenizer_captions: int = _f(1_000_000, "captions read to train the tokenizer, at most")
+    batch_size: int = _f(32, "pairs per step on each process (the global batch is this x processes)")
+    steps: int = _f(1000, "optimizer steps; the schedule spans them")
+    lr: float = _f(5e-4, "peak learning rate")
+    warmup: int = _f(100, "linear warmup steps, then cosine decay to 0")
+    weight_decay: float = _f(0.2, "AdamW decay on weights (never on gains, biases, logit scale)")
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.98, "AdamW beta2")
+    eps: float = _f(1e-6, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this; 0 = off")
+    workers: int = _f(2, "DataLoader worker processes per process")
+    shuffle_buffer: int = _f(1000, "samples in each worker's shuffle buffer")
+    resample: bool = _f(False, "draw shards with replacement (always on when there are fewer "
+                               "shards than processes x workers)")
+    trim_text: bool = _f(True, "cut each batch's padding after its longest caption (exact: the text "
+                               "tower is causal)")
+    seed: int = _f(0, "seeds the model init and the data order")
+    device: str = _f("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    precision: str = _f("auto", "auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32", choices=("auto", "bf16", "fp32"))
+    compile: bool = _f(False, "torch.compile the model")
+    threads: int = _f(0, "torch CPU threads; 0 = torch's default")
+    checkpoint_every: int = _f(500, "write checkpoint.pt every N steps (and at the end)")
+    log_every: int = _f(10, "append a log.jsonl record every N steps")
+    resume: str = _f("", "continue from a checkpoint: a path, or bare --resume for OUT/checkpoint.pt",
+                     nargs="?", const="auto")
+    stop_after: int = _f(0, "stop with a checkpoint after N steps of this invocation (time-boxed jobs); "
+                            "0 = run to --steps")
+    progress: bool = _f(True, "show a progress bar")
+
+    def validate(self) -> "TrainConfig":
+        if not self.data:
+            raise WitError("--data is required: a build directory or shard files/patterns")
+        if self.model not in MODEL_SIZES:
+            raise WitError(f"--model {self.model}: unknown size; choose one of {', '.join(MODEL_SIZES)}")
+        if self.batch_size < 2:
+            raise WitError(f"--batch-size {self.batch_size}: a contrastive batch needs at least 2 pairs")
+        for name in ("steps", "vocab_size", "log_every", "shuffle_buffer", "tokenizer_captions"):
+            if getattr(self, name) < 1:
+                raise WitError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("workers", "warmup", "checkpoint_every", "stop_after", "threads", "image_size"):
+            if getattr(self, name) < 0:
+                raise WitError(f"--{name.replace('_', '-')} must not be negative")
+        if self.vocab_size < 300:
+            raise WitError(f"--vocab-size {self.vocab_size}: byte-level BPE needs at least 300 "
+                           "(256 bytes, 3 special tokens and some merges)")
+        if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
+            raise WitError(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        self.data = [str(d) for d in self.data]
+        return self
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["data"] = list(d["data"])
+        return d
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are left out so a TOML file can supply them."""
+    parser.add_argument("--config", metavar="TOML", help="a TOML file of TrainConfig fields (flags win)")
+    for f in fields(TrainConfig):
+        flag, kw = "--" + f.name.replace("_", "-"), dict(dest=f.name, default=argparse.SUPPRESS)
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kw)
+            continue
+        extra = {k: v for k, v in f.metadata.items() if k in ("nargs", "const", "choices")}
+        kind = f.type if f.type in (int, float) else str
+        parser.add_argument(flag, type=kind, help=help_text, **extra, **kw)
+
+
+def load_toml(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise WitError(f"--config {path}: no such file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise WitError(f"--config {path}: not valid TOML ({e})") from None
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    out = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in types:
+            raise WitError(f"--config {path}: unknown key {key!r}; keys are TrainConfig fields "
+                           f"(see wit-train train --help)")
+        want = types[name] if types[name] in (int, float, bool, str) else (list, str)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise WitError(f"--config {path}: {key} = {value!r} should be of type "
+                           f"{getattr(want, '__name__', 'list or string')}")
+        out[name] = value
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values = load_toml(args.config) if getattr(args, "config", None) else {}
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    try:
+        return TrainConfig(**values).validate()
+    except TypeError as e:
+        raise WitError(f"bad configuration: {e}") from None
