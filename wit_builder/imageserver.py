@@ -324,6 +324,38 @@ def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
 
 
 # ---------------------------------------------------------------------------
+# Reading images back: how tests check that an image shows what its caption says.
+
+
+def color_mask(img: Image.Image, color: str | tuple[int, int, int], tol: float = 60.0) -> np.ndarray:
+    """Boolean mask of the pixels within `tol` (RGB distance) of a named or RGB colour."""
+    rgb = np.asarray(COLORS[color] if isinstance(color, str) else color, dtype=float)
+    px = np.asarray(img.convert("RGB"), dtype=float)
+    return np.linalg.norm(px - rgb, axis=-1) < tol
+
+
+def blobs(mask: np.ndarray, min_size: int = 6) -> list[int]:
+    """Sizes of the 4-connected regions of `mask` with at least min_size pixels, largest first."""
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    sizes = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        seen[y, x], stack, n = True, [(y, x)], 0
+        while stack:
+            cy, cx = stack.pop()
+            n += 1
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        if n >= min_size:
+            sizes.append(n)
+    return sorted(sizes, reverse=True)
+
+
+# ---------------------------------------------------------------------------
 # HTTP
 
 HTML_PAGE = (b"<!DOCTYPE html>\n<html><head><title>Not an image</title></head>"
