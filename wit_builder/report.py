@@ -1,0 +1,191 @@
+"""`wit-build report`: an HTML data card with PNG plots, readable offline.
+
+Sections appear when their data exists: stages, per-query counts before and after
+balancing, drop reasons, image sizes, success rate by domain, training curves and
+evaluation results. The HTML references only files beside it in `reports/`.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from . import catalog
+from .errors import WitError
+
+QUERIES = {
+    "per_query": """
+        SELECT m.query_id, m.matches AS before, coalesce(s.n, 0) AS after
+        FROM match_counts m LEFT JOIN
+             (SELECT selected_by AS query_id, count(*) AS n FROM selected GROUP BY 1) s
+        USING (query_id) ORDER BY before DESC""",
+    "drop_reasons": """
+        SELECT coalesce(drop_reason, 'kept') AS reason, count(*) AS samples
+        FROM samples GROUP BY 1 ORDER BY 2 DESC""",
+    "sizes": "SELECT width, height FROM samples WHERE status = 'success' AND width > 0",
+    "domains": """
+        SELECT regexp_extract(url, '^[a-z]+://([^/:?#]+)', 1) AS domain, count(*) AS samples,
+               avg(CASE WHEN status = 'success' THEN 1.0 ELSE 0.0 END) AS success_rate
+        FROM samples GROUP BY 1 ORDER BY samples DESC LIMIT 25""",
+    "stages": "SELECT stage, rows, seconds, finished FROM stages ORDER BY finished",
+}
+
+
+def _fetch(build: Path, name: str, views: set[str]) -> list[dict[str, Any]] | None:
+    needs = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
+             "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"}}[name]
+    if not needs <= views:
+        return None
+    try:
+        return catalog.query(build, QUERIES[name]).to_pylist()
+    except WitError:
+        return None  # a column this build's stages do not write: leave the section out
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_per_query(rows, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ranks = range(1, len(rows) + 1)
+    ax.plot(ranks, [max(r["before"], 0.8) for r in rows], label="matched (before)", lw=1.5)
+    ax.plot(ranks, [max(r["after"], 0.8) for r in rows], label="selected (after)", lw=1.5)
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("query rank (by matches)"), ax.set_ylabel("pairs")
+    ax.set_title("Pairs per query: head and tail")
+    ax.legend(), fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def plot_bars(labels, values, path: Path, title: str, xlabel: str, fmt="{:,}") -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(labels) + 1.2))
+    ax.barh(range(len(labels)), values, color="#4C72B0")
+    ax.set_yticks(range(len(labels)), labels), ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, " " + fmt.format(v), va="center", fontsize=8)
+    ax.set_xlabel(xlabel), ax.set_title(title)
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def plot_sizes(rows, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist([min(r["width"], r["height"]) for r in rows], bins=40, color="#55A868")
+    ax.set_xlabel("shorter side (px)"), ax.set_ylabel("images"), ax.set_title("Image sizes")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def plot_training(log: Path, path: Path) -> bool:
+    records = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+    records = [r for r in records if "loss" in r and "step" in r]
+    if not records:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="loss")
+    ax.set_xlabel("step"), ax.set_ylabel("contrastive loss"), ax.set_title("Training")
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+    return True
+
+
+def _table(rows: list[dict[str, Any]], limit: int = 30) -> str:
+    if not rows:
+        return "<p>(none)</p>"
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    body = "".join("<tr>" + "".join(f"<td>{cell(r[c])}</td>" for c in cols) + "</tr>"
+                   for r in rows[:limit])
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(build: str | Path, train_dir: str | None = None) -> Path:
+    """Write reports/index.html and its PNGs; returns the HTML path."""
+    build = Path(build)
+    if not (build / catalog.DB_NAME).exists():
+        raise WitError(f"--out {build}: no catalog here; run some stages first")
+    out = build / "reports"
+    out.mkdir(parents=True, exist_ok=True)
+    con = catalog.connect(build, read_only=True)
+    try:
+        views = set(catalog.list_views(con))
+    finally:
+        con.close()
+    parts: list[str] = []
+    facts: dict[str, Any] = {}
+
+    stages = _fetch(build, "stages", views)
+    if stages:
+        parts.append("<h2>Stages</h2>" + _table(stages))
+    per_query = _fetch(build, "per_query", views)
+    if per_query:
+        plot_per_query(per_query, out / "per_query.png")
+        over = sum(1 for r in per_query if r["after"] < r["before"])
+        facts.update(queries_matched=len(per_query), pairs_matched=sum(r["before"] for r in per_query),
+                     pairs_selected=sum(r["after"] for r in per_query), queries_capped=over)
+        parts.append("<h2>Per-query counts</h2><img src='per_query.png' alt='per-query counts'>"
+                     "<p>Most matched queries:</p>" + _table(per_query, 15))
+    drops = _fetch(build, "drop_reasons", views)
+    if drops:
+        plot_bars([r["reason"] for r in drops], [r["samples"] for r in drops],
+                  out / "drop_reasons.png", "Kept and dropped samples", "samples")
+        parts.append("<h2>Drop reasons</h2><img src='drop_reasons.png' alt='drop reasons'>")
+    sizes = _fetch(build, "sizes", views)
+    if sizes:
+        plot_sizes(sizes, out / "sizes.png")
+        parts.append("<h2>Image sizes</h2><img src='sizes.png' alt='image sizes'>")
+    domains = _fetch(build, "domains", views)
+    if domains:
+        plot_bars([r["domain"] or "?" for r in domains], [r["success_rate"] for r in domains],
+                  out / "domains.png", "Download success rate by domain", "success rate", "{:.0%}")
+        parts.append("<h2>Success rate by domain</h2><img src='domains.png' alt='domains'>"
+                     + _table(domains, 25))
+    log = Path(train_dir or build / "train") / "log.jsonl"
+    if log.exists() and plot_training(log, out / "training.png"):
+        parts.append("<h2>Training</h2><img src='training.png' alt='training curves'>")
+    ev = out / "eval.json"
+    if ev.exists():
+        results = json.loads(ev.read_text())
+        zs = results.get("zero_shot")
+        if zs:
+            facts.update(zero_shot_accuracy=zs.get("accuracy"), chance=zs.get("chance"))
+            per_class = zs.get("per_class") or {}
+            rows = [{"class": k, "accuracy": v} for k, v in per_class.items()]
+            parts.append(f"<h2>Zero-shot classification</h2><p>accuracy "
+                         f"{zs.get('accuracy', 0):.3f} on {zs.get('n')} images; chance "
+                         f"{zs.get('chance', 0):.3f}</p>" + _table(rows, 50))
+        if results.get("retrieval"):
+            parts.append("<h2>Retrieval</h2>" + _table([results["retrieval"]]))
+    if not parts:
+        raise WitError(f"--out {build}: nothing to report yet; run some stages first")
+    facts_html = _table([{"fact": k, "value": v} for k, v in facts.items()]) if facts else ""
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>wit data card</title><style>"
+        "body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "font-size:13px;text-align:left}img{max-width:100%}</style></head><body>"
+        f"<h1>wit data card</h1><p>Build directory: {html.escape(str(build.resolve()))}</p>"
+        + facts_html + "".join(parts) + "</body></html>")
+    path = out / "index.html"
+    path.write_text(page)
+    (out / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-dir", help="training run directory (default: OUT/train)")
+
+
+def main(args: argparse.Namespace) -> int:
+    path = write_report(Path(getattr(args, "out", "wit-data")), args.train_dir)
+    print(f"wrote {path}")
+    return 0

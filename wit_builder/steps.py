@@ -1,0 +1,57 @@
+"""The recipe steps after the data stages: train, eval, report.
+
+They are not build stages (no `_stages` record): training resumes from its own
+checkpoint, evaluation is cheap, and the report is rewritten each time.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from . import config as cfgmod
+from .errors import WitError
+
+
+def train(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str, Any]:
+    """Train on the build's shards; resumes from OUT/checkpoint.pt when present."""
+    from trainer.config import TrainConfig
+    from trainer.train import train as run_training
+    values = {"data": [str(build)], "out": str(build / "train"), **settings}
+    cfg = cfgmod.from_mapping(TrainConfig, values, where="recipe [train]")
+    ckpt = Path(cfg.out) / "checkpoint.pt"
+    if ckpt.exists() and not force and not cfg.resume:
+        cfg.resume = str(ckpt)
+    summary = run_training(cfg.validate())
+    print(f"    steps: {summary.get('steps')}  final loss: {summary.get('loss', float('nan')):.3f}  "
+          f"checkpoint: {summary.get('checkpoint')}")
+    return summary
+
+
+def eval(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str, Any]:  # noqa: A001
+    """Zero-shot classification on `images` (ImageFolder layout) and retrieval on `shards`."""
+    from trainer import evaluate
+    ckpt = settings.get("checkpoint") or str(build / "train" / "checkpoint.pt")
+    if not Path(ckpt).exists():
+        raise WitError(f"[eval] checkpoint {ckpt}: not found; run the [train] step first")
+    out: dict[str, Any] = {}
+    if settings.get("images"):
+        zs = evaluate.zero_shot(ckpt, settings["images"], classnames=settings.get("classnames"),
+                                templates=settings.get("templates"))
+        out["zero_shot"] = zs
+        print(f"    zero-shot accuracy {zs['accuracy']:.3f} on {zs['n']} images "
+              f"(chance {zs['chance']:.3f})")
+    if settings.get("shards"):
+        out["retrieval"] = evaluate.retrieval(ckpt, settings["shards"])
+        print("    retrieval " + "  ".join(f"{k} {v:.3f}" for k, v in out["retrieval"].items()
+                                              if isinstance(v, float)))
+    (build / "reports").mkdir(parents=True, exist_ok=True)
+    (build / "reports" / "eval.json").write_text(json.dumps(out, indent=2, default=str))
+    return out
+
+
+def report(settings: dict[str, Any], build: Path, force: bool = False) -> Path:
+    from .report import write_report
+    path = write_report(build, **settings)
+    print(f"    report: {path}")
+    return path
