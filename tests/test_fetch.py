@@ -1,0 +1,258 @@
+"""Fetch: real downloads from wit_builder.imageserver on 127.0.0.1 through img2dataset under Ray."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from wit_builder import catalog, fetch, imageserver
+from wit_builder.errors import WitError
+from wit_builder.io import uid_of
+from wit_builder.netguard import Fetcher, Policy, address_problem
+from wit_builder.stage import StageOutput, run_stage
+
+SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
+    (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]
+
+
+def write_selected(build: Path, urls: list[str], tag: str = "t") -> list[str]:
+    """Stand in for the balance stage: selected/part-0.parquet and _stages/balance.json."""
+    texts = [f"caption {i} for {u.rsplit('/', 1)[-1]}" for i, u in enumerate(urls)]
+    table = pa.table({
+        "uid": pa.array([uid_of(u, t) for u, t in zip(urls, texts)], pa.string()),
+        "url": pa.array(urls, pa.string()), "text": pa.array(texts, pa.string()),
+        "query_ids": pa.array([[i % 5, 7] for i in range(len(urls))], pa.list_(pa.int32())),
+        "selected_by": pa.array([i % 5 for i in range(len(urls))], pa.int32())})
+
+    def work(ctx):
+        pq.write_table(table, ctx.output("selected") / "part-0.parquet")
+        return StageOutput(rows=table.num_rows)
+    run_stage(build, "balance", {"test": tag}, work, outputs=["selected"],
+              views={"selected": "selected/*.parquet"})
+    return table["uid"].to_pylist()
+
+
+def status_rows(build: Path) -> list[dict]:
+    return pq.read_table(build / "fetch" / "status").to_pylist()
+
+
+def tar_members(build: Path) -> Counter:
+    """(key, extension) -> count over every shard tar; and the json of each sample."""
+    seen: Counter = Counter()
+    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                seen[(key, ext)] += 1
+    return seen
+
+
+def check_one_row_per_uid_and_shards(build: Path, uids: list[str]) -> list[dict]:
+    rows = status_rows(build)
+    assert Counter(r["uid"] for r in rows) == Counter(uids)  # exactly one row per selected uid
+    members = tar_members(build)
+    success_keys = {r["key"] for r in rows if r["status"] == "success"}
+    assert {k for k, ext in members if ext == "jpg"} == success_keys
+    assert all(n == 1 for n in members.values())  # every success in exactly one shard
+    return rows
+
+
+def fast(**kw) -> fetch.Config:
+    base = dict(image_size=32, timeout=1.0, retries=0, threads=4, fetch_shard_size=6,
+                shards_in_flight=2, allow_private_network=True)
+    return fetch.Config(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_statuses_against_a_misbehaving_server(build, ray_cluster):
+    with imageserver.serve() as srv:
+        good = [srv.url(f"/img/{s}.jpg") for s in SCENES]
+        odd = {
+            "not_found": srv.url("/status/404/gone.jpg"),
+            "server_error": srv.url("/status/500/broken.jpg"),
+            "rate_limited": srv.url("/status/429/busy.jpg"),
+            "timeout": srv.url(f"/slow/3/img/{SCENES[0]}.jpg"),
+            "truncated": srv.url(f"/truncated/img/{SCENES[1]}@128.jpg"),
+            "not_an_image": srv.url("/html/page"),
+            "too_large": srv.url("/bomb/30000x30000/bomb.png"),
+            "redirect_loop": srv.url("/loop/x/a"),
+            "robots_optout": srv.url(f"/robots/noai/img/{SCENES[2]}.jpg"),
+            "connection_error": "http://127.0.0.1:9/nothing-listens-here.jpg",
+            "bad_url": "file:///etc/passwd",
+        }
+        tiny = srv.url(f"/img/{SCENES[3]}@1.png")
+        other_bot = srv.url(f"/robots/otherbot:noai/img/{SCENES[4]}.jpg")
+        redirected = srv.url(f"/redirect/img/{SCENES[5]}.png")
+        big = srv.url("/bomb/12000x12000/big.png")  # under Pillow's own limit, over ours
+        uids = write_selected(build, good + list(odd.values()) + [tiny, other_bot, redirected, big])
+        res = fetch.run(fast(), build)
+        assert srv.hits("/status/404/gone.jpg") == 1
+
+    rows = check_one_row_per_uid_and_shards(build, uids)
+    by_url = {r["url"]: r for r in rows}
+    assert Counter(r["status"] for r in rows) == {"success": len(good) + 3, **{k: 1 for k in odd},
+                                                  "too_large": 2}
+    for status, url in odd.items():
+        assert by_url[url]["status"] == status, (url, by_url[url]["error"])
+        assert by_url[url]["error"] and by_url[url]["width"] is None
+    assert "noai" in by_url[odd["robots_optout"]]["error"]
+    assert "900000000 pixels" in by_url[odd["too_large"]]["error"]
+    assert "12000x12000" in by_url[big]["error"] and "--max-image-area" in by_url[big]["error"]
+    assert (by_url[tiny]["original_width"], by_url[tiny]["original_height"]) == (1, 1)
+    one = by_url[good[0]]
+    served = imageserver.render(SCENES[0])
+    assert (one["width"], one["height"], one["original_width"]) == (32, 32, 64)
+    assert one["sha256"] == hashlib.sha256(served).hexdigest() and one["bytes"] == len(served)
+    assert one["text"].startswith("caption 0") and one["query_ids"] == [0, 7]
+    assert res.summary["success"] == len(good) + 3
+    assert res.summary["failures_by_status"] == {**{k: 1 for k in odd}, "too_large": 2}
+    assert res.summary["images_per_s"] > 0 and res.summary["shards"] == math.ceil(len(rows) / 6)
+    assert res.summary["bytes"] == sum(r["bytes"] or 0 for r in rows)
+    got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'success'")
+    assert got["n"].to_pylist() == [len(good) + 3]
+    # the stored json names the uid, so keys map back to samples
+    with tarfile.open(build / "fetch" / "shards" / f"{one['fetch_shard']:05d}.tar") as tf:
+        meta = json.load(tf.extractfile(f"{one['key']}.json"))
+    assert meta["uid"] == one["uid"]
+    again = fetch.run(fast(), build)
+    assert again.skipped
+
+
+def test_address_guard_and_host_interleaving(build, ray_cluster):
+    """Without --allow-private-network nothing private is contacted; hosts are spread."""
+    hosts = {"127.0.0.1:8": 13, "10.1.2.3": 5, "192.168.0.7": 3, "169.254.169.254": 2,
+             "[::1]": 1, "localhost": 1, "224.0.0.1": 1}
+    urls = [f"http://{h}/img/{i}.jpg" for h, n in hosts.items() for i in range(n)]
+    uids = write_selected(build, urls)
+    res = fetch.run(fast(shards_in_flight=1, fetch_shard_size=5, allow_private_network=False), build)
+    rows = check_one_row_per_uid_and_shards(build, uids)
+    assert {r["status"] for r in rows} == {"blocked_address"}
+    assert res.summary["failures_by_status"] == {"blocked_address": len(urls)}
+    err = {r["url"].split("/")[2]: r["error"] for r in rows}
+    assert "loopback" in err["127.0.0.1:8"] and "private" in err["10.1.2.3"]
+    assert "link-local" in err["169.254.169.254"] and "multicast" in err["224.0.0.1"]
+    assert "--allow-private-network" in err["localhost"]
+    n_shards = res.summary["shards"]
+    assert n_shards == math.ceil(len(urls) / 5)
+    per = Counter((r["url"].split("/")[2], r["fetch_shard"]) for r in rows)
+    for (host, _shard), n in per.items():
+        assert n <= math.ceil(hosts[host] / n_shards)
+
+
+def test_address_problem_and_fetcher_on_loopback():
+    assert address_problem("127.0.0.1") == "loopback"
+    assert address_problem("::ffff:127.0.0.1") == "loopback"
+    assert address_problem("10.0.0.1") == "private"
+    assert address_problem("fe80::1") == "link-local"
+    assert address_problem("240.0.0.1") == "reserved"
+    assert address_problem("0.0.0.0") == "unspecified"
+    assert address_problem("100.64.0.1") is not None  # carrier-grade NAT: not global
+    assert address_problem("8.8.8.8") is None and address_problem("2606:4700::1111") is None
+    with imageserver.serve() as srv:
+        url = srv.url(f"/img/{SCENES[0]}.jpg")
+        data, status, error = Fetcher(Policy(timeout=2)).fetch(url)
+        assert (data, status) == (None, "blocked_address") and "127.0.0.1" in error
+        assert srv.total_hits == 0
+        data, status, error = Fetcher(Policy(timeout=2, allow_private_network=True)).fetch(url)
+        assert status == "success" and data == imageserver.render(SCENES[0])
+        # a redirect is followed only through the same guard
+        loop = Fetcher(Policy(timeout=2, allow_private_network=True)).fetch(srv.url("/loop/y/a"))
+        assert loop[1] == "redirect_loop"
+
+
+@pytest.mark.slow
+def test_retry_failed_retries_only_transient_failures(build, ray_cluster):
+    with imageserver.serve() as srv:
+        flaky = srv.url(f"/flaky/1/img/{SCENES[6]}.jpg")   # 429 once, then the image
+        urls = [srv.url(f"/img/{s}.jpg") for s in SCENES[:5]] + [
+            flaky, srv.url("/status/503/down.jpg"), srv.url("/status/404/gone.jpg")]
+        uids = write_selected(build, urls)
+        first = fetch.run(fast(), build)
+        assert first.summary["failures_by_status"] == {"rate_limited": 1, "server_error": 1,
+                                                       "not_found": 1}
+        old_shards = {p.name for p in (build / "fetch" / "shards").glob("*.tar")}
+        with pytest.raises(WitError, match="--image-size"):
+            fetch.run(fast(retry_failed=True, image_size=48), build)
+        retry = fetch.run(fast(retry_failed=True), build)
+        assert srv.hits("/status/404/gone.jpg") == 1          # not transient: not retried
+        assert srv.hits("/status/503/down.jpg") == 2
+        assert srv.hits(f"/flaky/1/img/{SCENES[6]}.jpg") == 2
+    rows = check_one_row_per_uid_and_shards(build, uids)
+    assert retry.summary["retried"] == 2
+    assert Counter(r["status"] for r in rows) == {"success": 6, "server_error": 1, "not_found": 1}
+    row = next(r for r in rows if r["url"] == flaky)
+    assert row["fetch_shard"] > max(r["fetch_shard"] for r in rows if r["url"] != flaky
+                                    and r["status"] != "server_error")
+    assert old_shards < {p.name for p in (build / "fetch" / "shards").glob("*.tar")}
+    assert fetch.run(fast(), build).skipped  # the plain command accepts the retried output
+
+
+@pytest.mark.slow
+def test_shard_time_limit_marks_the_shard_failed(build, ray_cluster):
+    with imageserver.serve() as srv:
+        urls = [srv.url(f"/slow/20/img/{SCENES[0]}.jpg"), srv.url(f"/img/{SCENES[1]}.jpg")]
+        uids = write_selected(build, urls)
+        res = fetch.run(fast(timeout=30, shard_time_limit=2, shard_retries=0), build)
+    rows = check_one_row_per_uid_and_shards(build, uids)
+    assert {r["status"] for r in rows} == {"shard_failed"}
+    assert "--shard-time-limit" in rows[0]["error"] and res.summary["shards_failed"] == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_completes(build, tmp_path):
+    """kill -9 the CLI while shards are finishing; the same command completes the build."""
+    with imageserver.serve() as srv:
+        urls = [srv.url(f"/slow/0.4/img/{SCENES[i % len(SCENES)]}@{40 + i}.jpg") for i in range(40)]
+        uids = write_selected(build, urls)
+        cmd = [sys.executable, "-m", "wit_builder.cli", "fetch", "--out", str(build),
+               "--allow-private-network", "--fetch-shard-size", "4", "--shards-in-flight", "1",
+               "--threads", "2", "--image-size", "32", "--timeout", "5"]
+        env = {**os.environ, "RAY_ADDRESS": ""}
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        work = next_work_dir(build, proc)
+        done_dir = work / "done"
+        deadline = time.monotonic() + 90
+        while len(list(done_dir.glob("*"))) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the Ray it started
+        proc.wait()
+        proc.stderr.close()
+        assert not (build / "_stages" / "fetch.json").exists()
+        finished = {p.name: pq.read_table(p / "status.parquet")["url"].to_pylist()
+                    for p in done_dir.iterdir()}
+        assert 2 <= len(finished) < 10
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "shards_resumed" in rerun.stdout
+        for shard_urls in finished.values():
+            for url in shard_urls:
+                assert srv.hits(url) == 1, url  # finished shards were not downloaded again
+    rows = check_one_row_per_uid_and_shards(build, uids)
+    assert {r["status"] for r in rows} == {"success"}
+
+
+def next_work_dir(build: Path, proc) -> Path:
+    deadline = time.monotonic() + 60
+    while True:
+        found = list((build / "_work").glob("fetch-*"))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "fetch did not start"
+        time.sleep(0.1)

@@ -1,0 +1,471 @@
+"""Download the selected pairs with img2dataset's downloader, shard by shard, from Ray tasks.
+
+The selected pairs are split into download shards with every host spread evenly over
+the shards (no shard hammers one host). Each shard is one Ray task that runs
+img2dataset's `Downloader` (its thread pool, resizer and WebDataset writer) with
+`netguard.Fetcher` in place of its bare urllib call. At most --shards-in-flight
+shards run at once; a shard that fails or outlives --shard-time-limit is tried
+again. Finished shards are kept in the stage's work directory, so a killed run
+resumes where it stopped. Every selected uid ends with exactly one row in
+fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config as cfgmod
+from .errors import WitError
+from .netguard import DEFAULT_USER_AGENT, TRANSIENT
+from .stage import StageContext, StageOutput, StageResult, params_hash, read_record, require, run_stage
+
+RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
+ENCODE_FORMATS = ["jpg", "png", "webp"]
+# A retry adds images to the previous shards, so these must not change between them.
+SAME_ON_RETRY = ("image_size", "resize_mode", "encode_format", "encode_quality", "fetch_shard_size")
+STATUS_COLUMNS = ["uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
+                  "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key"]
+
+
+@dataclass
+class Config:
+    image_size: int = field(default=256, metadata={"help": "resize images to this many pixels"})
+    resize_mode: str = field(default="border", metadata={
+        "help": "img2dataset resize mode", "choices": RESIZE_MODES})
+    encode_format: str = field(default="jpg", metadata={
+        "help": "format of the stored images", "choices": ENCODE_FORMATS})
+    encode_quality: int = field(default=95, metadata={
+        "help": "JPEG/WebP quality (0-100) or PNG compression (0-9) of stored images"})
+    timeout: float = field(default=10.0, metadata={
+        "help": "seconds to wait for a connection or data before an image is a timeout"})
+    retries: int = field(default=1, metadata={
+        "help": "tries again per image for transient failures (timeout, connection, 429, 5xx)"})
+    threads: int = field(default=64, metadata={"help": "download threads per shard"})
+    fetch_shard_size: int = field(default=10000, metadata={"help": "images per download shard"})
+    shards_in_flight: int = field(default=0, metadata={
+        "help": "download shards running at once (0: one per Ray CPU)"})
+    shard_time_limit: float = field(default=3600.0, metadata={
+        "help": "seconds a shard may run before it is stopped and tried again"})
+    shard_retries: int = field(default=2, metadata={
+        "help": "tries again for a shard that failed or hit --shard-time-limit"})
+    retry_failed: bool = field(default=False, metadata={
+        "help": "download again the samples of the last fetch that failed for transient "
+                "reasons (timeouts, connection errors, 429, 5xx; not 404) and update their rows"})
+    allow_private_network: bool = field(default=False, metadata={
+        "help": "fetch from loopback/private/link-local/reserved addresses (tests, intranets)"})
+    robots_tag: bool = field(default=True, metadata={
+        "help": "honour X-Robots-Tag opt-outs (--robots-directives) sent with images"})
+    robots_directives: list[str] = field(default_factory=lambda: [
+        "noai", "noimageai", "noindex", "noimageindex"], metadata={
+        "help": "X-Robots-Tag directives that mean: do not use this image"})
+    user_agent: str = field(default=DEFAULT_USER_AGENT, metadata={"help": "User-Agent header sent"})
+    max_image_area: int = field(default=89_478_485, metadata={
+        "help": "refuse images with more pixels (checked before decoding: decompression bombs)"})
+    max_image_bytes: int = field(default=50_000_000, metadata={
+        "help": "refuse responses larger than this many bytes"})
+
+
+def _check(cfg: Config) -> None:
+    positive = ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
+                "max_image_area", "max_image_bytes")
+    for name in positive:
+        if getattr(cfg, name) <= 0:
+            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be above 0")
+    for name in ("retries", "shards_in_flight", "shard_retries"):
+        if getattr(cfg, name) < 0:
+            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be 0 or more")
+    if cfg.resize_mode not in RESIZE_MODES:
+        raise WitError(f"--resize-mode {cfg.resize_mode}: choose one of {', '.join(RESIZE_MODES)}")
+    if cfg.encode_format not in ENCODE_FORMATS:
+        raise WitError(f"--encode-format {cfg.encode_format}: choose one of {', '.join(ENCODE_FORMATS)}")
+    top = 9 if cfg.encode_format == "png" else 100
+    if not 0 <= cfg.encode_quality <= top:
+        raise WitError(f"--encode-quality {cfg.encode_quality}: must be 0-{top} for {cfg.encode_format}")
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Fetch the build's selected pairs (or, with retry_failed, its transient failures)."""
+    _check(cfg)
+    build = Path(build)
+    base = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "retry_failed"}
+    old = read_record(build, "fetch")
+    if cfg.retry_failed:
+        params = _retry_params(build, base, old)
+    elif old and old.get("params", {}).get("origin") == params_hash(base):
+        params = old["params"]  # the retried output of this very fetch is complete: keep it
+    else:
+        params = base
+    return run_stage(build, "fetch", params, lambda ctx: _work(ctx, cfg),
+                     outputs=["fetch"], views={"samples": "fetch/status/*.parquet"},
+                     inputs=("balance",), force=force)
+
+
+def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
+    """Parameters of a retry on top of the last finished fetch (see docs/fetch.md)."""
+    if not old or old.get("status") != "done" or not (build / "fetch" / "status").is_dir():
+        raise WitError(f"--retry-failed: {build} has no finished fetch to retry; "
+                       f"run `wit-build fetch --out {build}` first")
+    balance = require(build, "balance")
+    if old.get("inputs", {}).get("balance") != balance["run_id"]:
+        raise WitError(f"--retry-failed: selected/ in {build} changed since the last fetch; "
+                       "run `wit-build fetch` without --retry-failed")
+    for name in SAME_ON_RETRY:
+        if old["params"].get(name) != base[name]:
+            raise WitError(f"--retry-failed: {cfgmod.flag(name)} {base[name]} differs from the last "
+                           f"fetch ({old['params'].get(name)}); retry with the same value")
+    origin = old["params"].get("origin") or params_hash(old["params"])
+    return {**base, "retry_of": old["run_id"], "origin": origin}
+
+
+def _work(ctx: StageContext, cfg: Config) -> StageOutput:
+    prev = ctx.build / "fetch" if "retry_of" in ctx.params else None
+    plan = _plan(ctx, cfg, prev)
+    from .cluster import ray_session
+    t0 = time.time()
+    with ray_session():
+        run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
+    seconds = time.time() - t0
+    return _assemble(ctx, plan, failed, prev, run_stats, seconds)
+
+
+def _sql(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _shard_name(shard: int, oom: int) -> str:
+    return f"{shard:0{oom}d}"
+
+
+def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
+    """Split the pairs into download shards under work/plan/ (once; reused on resume).
+
+    Rows sorted by host are dealt round-robin over the shards, so a host with k pairs
+    has at most ceil(k / shards) in any shard; inside a shard hosts alternate.
+    """
+    import duckdb
+    done = ctx.work / "plan" / "plan.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    tmp = ctx.work / "plan.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    con = duckdb.connect()
+    con.execute("SET preserve_insertion_order = false")
+    if prev is None:
+        src, offset = ctx.build / "selected" / "*.parquet", 0
+        rows = (f"SELECT DISTINCT ON (uid) uid, url, text, selected_by, query_ids "
+                f"FROM read_parquet({_sql(src)}) ORDER BY uid, selected_by")
+    else:
+        src = prev / "status" / "*.parquet"
+        offset = con.execute(f"SELECT coalesce(max(fetch_shard) + 1, 0) FROM read_parquet({_sql(src)})"
+                             ).fetchall()[0][0]
+        transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
+        rows = (f"SELECT uid, url, text, selected_by, query_ids FROM read_parquet({_sql(src)}) "
+                f"WHERE status IN ({transient})")
+    try:
+        con.execute(f"CREATE TEMP TABLE pairs AS {rows}")
+        n = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
+        given = n if prev else con.execute(f"SELECT count(*) FROM read_parquet({_sql(src)})").fetchall()[0][0]
+    except duckdb.Error as e:
+        raise WitError(f"{src}: cannot read the pairs to fetch ({str(e).splitlines()[0]}); "
+                       "rerun the stage that wrote them") from None
+    n_shards = math.ceil(n / cfg.fetch_shard_size)
+    if n:
+        con.execute(f"""COPY (
+            WITH h AS (SELECT *, lower(coalesce(regexp_extract(url,
+                         '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\\[[^\\]]*\\]|[^:/?#]*)', 1), ''))
+                         AS host FROM pairs),
+                 d AS (SELECT *, (row_number() OVER (ORDER BY host, uid) - 1) % {n_shards}
+                         AS shard FROM h),
+                 e AS (SELECT *, row_number() OVER (PARTITION BY shard, host ORDER BY uid)
+                         AS host_rank FROM d)
+            SELECT uid, url, text, selected_by, query_ids, ({offset} + shard)::INTEGER AS fetch_shard,
+                   row_number() OVER (PARTITION BY shard ORDER BY host_rank, hash(host), host, uid)
+                     AS ord
+            FROM e) TO {_sql(tmp)} (FORMAT parquet, PARTITION_BY (fetch_shard))""")
+    shards = list(range(offset, offset + n_shards))
+    plan = {"rows": n, "duplicate_uids": given - n, "shards": shards,
+            "oom_shard_count": max(5, len(str(shards[-1])) if shards else 0)}
+    (tmp / "plan.json").write_text(json.dumps(plan))
+    tmp.rename(ctx.work / "plan")
+    return plan
+
+
+def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dict, dict[int, str]]:
+    """Run the unfinished shards as Ray tasks; returns this run's counts and the shards
+    that failed every try (shard -> reason)."""
+    import ray
+    from tqdm import tqdm
+
+    from .cluster import cpus
+    done_dir, attempts = work / "done", work / "attempts"
+    shutil.rmtree(attempts, ignore_errors=True)  # a killed run's half shards
+    attempts.mkdir(parents=True)
+    done_dir.mkdir(exist_ok=True)
+    finished = [s for s in shards if (done_dir / _shard_name(s, oom)).is_dir()]
+    seen = [json.loads((done_dir / _shard_name(s, oom) / "summary.json").read_text()) for s in finished]
+    total = {"rows": sum(r["rows"] for r in seen), "success": sum(r["success"] for r in seen)}
+    run_stats = {"shards": 0, "rows": 0, "success": 0, "bytes": 0, "resumed": len(finished)}
+    settings = _task_settings(cfg, oom)
+    task = ray.remote(num_cpus=1, max_retries=0)(_fetch_shard)
+    limit = cfg.shards_in_flight or cpus()
+    pending = deque((s, 0) for s in shards if s not in set(finished))
+    inflight: dict = {}
+    stopped: set = set()
+    failed: dict[int, str] = {}
+    bar = tqdm(total=len(shards), initial=len(finished), unit="shard", desc="fetch", mininterval=0.5)
+    while pending or inflight:
+        while pending and len(inflight) < limit:
+            shard, tries = pending.popleft()
+            ref = task.remote(shard, str(work / "plan" / f"fetch_shard={shard}"), str(attempts),
+                              str(done_dir), settings)
+            inflight[ref] = (shard, tries, time.monotonic())
+        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+        for ref in ready:
+            shard, tries, _t = inflight.pop(ref)
+            try:
+                res = ray.get(ref)
+            except Exception as e:  # a crashed, killed or stopped task: try the shard again
+                reason = (f"stopped after --shard-time-limit {cfg.shard_time_limit:g} s"
+                          if ref in stopped else str(e).strip().splitlines()[-1][:300])
+                if tries < cfg.shard_retries:
+                    pending.append((shard, tries + 1))
+                else:
+                    failed[shard] = f"shard {shard} failed {tries + 1} time(s): {reason}"
+                    bar.update(1)
+                continue
+            for k in ("rows", "success", "bytes"):
+                run_stats[k] += res[k]
+            run_stats["shards"] += 1
+            total["rows"] += res["rows"]
+            total["success"] += res["success"]
+            bar.update(1)
+            bar.set_postfix_str(f"success {total['success'] / max(1, total['rows']):.1%}")
+        now = time.monotonic()
+        for ref, (shard, _tries, started) in inflight.items():
+            if ref not in stopped and now - started > cfg.shard_time_limit:
+                ray.cancel(ref, force=True)
+                stopped.add(ref)
+    bar.close()
+    return run_stats, failed
+
+
+def _task_settings(cfg: Config, oom: int) -> dict:
+    return {
+        "policy": {"timeout": cfg.timeout, "retries": cfg.retries, "user_agent": cfg.user_agent,
+                   "robots_directives": sorted(cfg.robots_directives) if cfg.robots_tag else [],
+                   "allow_private_network": cfg.allow_private_network,
+                   "max_image_bytes": cfg.max_image_bytes, "max_image_area": cfg.max_image_area},
+        "resize": {"image_size": cfg.image_size, "resize_mode": cfg.resize_mode,
+                   "encode_format": cfg.encode_format, "encode_quality": cfg.encode_quality,
+                   "max_image_area": cfg.max_image_area},
+        "threads": cfg.threads, "shard_size": cfg.fetch_shard_size, "oom_shard_count": oom,
+    }
+
+
+def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settings: dict) -> dict:
+    """Ray task: download one shard with img2dataset into done_dir/NNNNN/ (atomically).
+
+    done_dir/NNNNN/ holds NNNNN.tar and NNNNN_stats.json (img2dataset's), status.parquet
+    (the shard's rows of fetch/status) and summary.json.
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    import warnings
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from img2dataset import downloader as i2d
+    from img2dataset.resizer import Resizer
+    from img2dataset.writer import WebDatasetSampleWriter
+    from PIL import Image
+
+    from .netguard import Fetcher, Policy
+
+    oom = settings["oom_shard_count"]
+    name = _shard_name(shard, oom)
+    final = Path(done_dir) / name
+    if final.is_dir():  # finished by an attempt the driver had given up on
+        return json.loads((final / "summary.json").read_text())
+    out = Path(attempts) / f"{name}-{uuid.uuid4().hex[:8]}"
+    out.mkdir(parents=True)
+    plan = pq.read_table(plan_dir).sort_by("ord")
+    feather = out / "input.arrow"
+    with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, pa.schema(
+            [("uid", pa.string()), ("caption", pa.string()), ("url", pa.string())])) as w:
+        w.write_table(pa.table({"uid": plan["uid"], "caption": plan["text"], "url": plan["url"]}))
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    p = settings["policy"]
+    fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}))
+    outcomes: dict[int, tuple] = {}
+
+    def fetch(row, **_img2dataset_options):
+        index, url = row
+        data, status, error = fetcher.fetch(url)
+        outcomes[index] = (status, error, None if data is None else len(data))
+        return index, (None if data is None else io.BytesIO(data)), error
+
+    r = settings["resize"]
+    downloader = i2d.Downloader(
+        sample_writer_class=WebDatasetSampleWriter, resizer=Resizer(
+            r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
+            encode_format=r["encode_format"], max_image_area=r["max_image_area"]),
+        thread_count=settings["threads"], save_caption=True, extract_exif=False,
+        output_folder=str(out), column_list=["uid", "caption", "url"], timeout=p["timeout"],
+        number_sample_per_shard=settings["shard_size"], oom_shard_count=oom,
+        compute_hash="sha256", verify_hash_type=None, encode_format=r["encode_format"],
+        retries=p["retries"], user_agent_token=None, disallowed_header_directives=None)
+    # img2dataset looks this name up at call time; the task owns its worker process.
+    original, i2d.download_image_with_retry = i2d.download_image_with_retry, fetch
+    try:
+        downloader.download_shard((shard, str(feather)))
+    finally:
+        i2d.download_image_with_retry = original
+        fetcher.close()
+    table = _status_table(plan, out / f"{name}.parquet", outcomes, shard, settings)
+    pq.write_table(table, out / "status.parquet")
+    (out / f"{name}.parquet").unlink()
+    statuses = table["status"].to_pylist()
+    summary = {"shard": shard, "rows": len(statuses), "success": statuses.count("success"),
+               "bytes": sum(b for b in table["bytes"].to_pylist() if b)}
+    (out / "summary.json").write_text(json.dumps(summary))
+    try:
+        out.rename(final)
+    except OSError:  # another attempt finished first
+        shutil.rmtree(out, ignore_errors=True)
+    return summary
+
+
+def _status_table(plan, i2d_parquet: Path, outcomes: dict, shard: int, settings: dict):
+    """The shard's fetch/status rows, in plan order, from img2dataset's parquet and the
+    statuses netguard gave each download."""
+    import pyarrow.parquet as pq
+    meta = pq.read_table(i2d_parquet).to_pylist()
+    by_uid = {m["uid"]: m for m in meta}
+    cols: dict[str, list] = {c: [] for c in STATUS_COLUMNS[5:]}
+    for index, uid in enumerate(plan["uid"].to_pylist()):
+        m = by_uid.get(uid)
+        status, error, size = outcomes.get(index, (None, None, None))
+        if m is None:
+            status, error = "failed", "img2dataset wrote no row for this sample (see the Ray worker log)"
+        elif m["status"] == "success":
+            error = None
+        elif m["status"] == "failed_to_resize":
+            status, error = "decode_error", m["error_message"]
+        elif status in (None, "success"):
+            status, error = "failed", m["error_message"]
+        success = status == "success"
+        for c in ("width", "height", "original_width", "original_height", "sha256"):
+            cols[c].append(m[c] if success else None)
+        cols["status"].append(status)
+        cols["error"].append(error)
+        cols["bytes"].append(size if success else None)
+        cols["fetch_shard"].append(shard)
+        cols["key"].append(_key(index, shard, settings))
+    return _with_status(plan, cols)
+
+
+def _with_status(plan, cols: dict):
+    """`plan` (uid, url, text, selected_by, query_ids, ...) joined with status columns."""
+    import pyarrow as pa
+    types = {"status": pa.string(), "error": pa.string(), "width": pa.int32(), "height": pa.int32(),
+             "original_width": pa.int32(), "original_height": pa.int32(), "bytes": pa.int64(),
+             "sha256": pa.string(), "fetch_shard": pa.int32(), "key": pa.string()}
+    arrays = [plan[c].cast(t) for c, t in (("uid", pa.string()), ("url", pa.string()),
+              ("text", pa.string()), ("selected_by", pa.int32()), ("query_ids", pa.list_(pa.int32())))]
+    arrays += [pa.array(cols[c], types[c]) for c in STATUS_COLUMNS[5:]]
+    return pa.Table.from_arrays(arrays, names=STATUS_COLUMNS)
+
+
+def _link(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path | None,
+              run_stats: dict, seconds: float) -> StageOutput:
+    """fetch/shards and fetch/status from the finished shards (and the previous fetch)."""
+    import duckdb
+    import pyarrow.parquet as pq
+    out = ctx.output("fetch")
+    shards_out, status_out = out / "shards", out / "status"
+    shards_out.mkdir()
+    status_out.mkdir()
+    oom = plan["oom_shard_count"]
+    settings = {"shard_size": ctx.params["fetch_shard_size"], "oom_shard_count": oom}
+    for shard in plan["shards"]:
+        name = _shard_name(shard, oom)
+        done = ctx.work / "done" / name
+        if done.is_dir():
+            for f in (f"{name}.tar", f"{name}_stats.json"):
+                _link(done / f, shards_out / f)
+            _link(done / "status.parquet", status_out / f"{name}.parquet")
+            continue
+        rows = pq.read_table(ctx.work / "plan" / f"fetch_shard={shard}").sort_by("ord")
+        n = rows.num_rows
+        cols = _failed_columns(n, failed[shard], shard, settings)
+        pq.write_table(_with_status(rows, cols), status_out / f"{name}.parquet")
+    con = duckdb.connect()
+    if prev is not None:  # keep the previous rows that were not retried, and all its images
+        transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
+        for f in sorted((prev / "status").glob("*.parquet")):
+            con.execute(f"COPY (SELECT * FROM read_parquet({_sql(f)}) WHERE status NOT IN "
+                        f"({transient})) TO {_sql(status_out / f.name)} (FORMAT parquet)")
+        for f in sorted((prev / "shards").iterdir()):
+            _link(f, shards_out / f.name)
+    if not any(status_out.iterdir()):
+        pq.write_table(_with_status(_empty_plan(), {c: [] for c in STATUS_COLUMNS[5:]}),
+                       status_out / "empty.parquet")
+    status_glob = _sql(status_out / "*.parquet")
+    counts = dict(con.execute(f"SELECT status, count(*) FROM read_parquet({status_glob}) "
+                              "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
+    total_bytes = con.execute(f"SELECT coalesce(sum(bytes), 0) FROM read_parquet({status_glob})"
+                              ).fetchall()[0][0]
+    rows = sum(counts.values())
+    failures = {k: v for k, v in counts.items() if k != "success"}
+    summary = {
+        "success": counts.get("success", 0), "failed": rows - counts.get("success", 0),
+        "failures": ", ".join(f"{k} {v:,}" for k, v in failures.items()) or "none",
+        "failures_by_status": failures,
+        "success_rate": round(counts.get("success", 0) / rows, 4) if rows else None,
+        "images_per_s": round(run_stats["success"] / seconds, 1) if seconds > 0 else None,
+        "bytes": int(total_bytes), "shards": len(plan["shards"]),
+        "shards_resumed": run_stats["resumed"], "shards_failed": len(failed),
+    }
+    if plan["duplicate_uids"]:
+        summary["duplicate_uids_dropped"] = plan["duplicate_uids"]
+    if prev is not None:
+        summary["retried"] = plan["rows"]
+    return StageOutput(rows=rows, summary=summary)
+
+
+def _key(index: int, shard: int, settings: dict) -> str:
+    """img2dataset's sample key (downloader.compute_key): shard and index, zero-padded."""
+    oom_sample = math.ceil(math.log10(settings["shard_size"]))
+    width = oom_sample + settings["oom_shard_count"]
+    return f"{shard * 10 ** oom_sample + index:0{width}d}"
+
+
+def _failed_columns(n: int, reason: str, shard: int, settings: dict) -> dict:
+    keys = [_key(i, shard, settings) for i in range(n)]
+    cols: dict[str, list] = {c: [None] * n for c in STATUS_COLUMNS[5:]}
+    cols.update(status=["shard_failed"] * n, error=[reason] * n, fetch_shard=[shard] * n, key=keys)
+    return cols
+
+
+def _empty_plan():
+    import pyarrow as pa
+    return pa.table({"uid": pa.array([], pa.string()), "url": pa.array([], pa.string()),
+                     "text": pa.array([], pa.string()), "selected_by": pa.array([], pa.int32()),
+                     "query_ids": pa.array([], pa.list_(pa.int32()))})

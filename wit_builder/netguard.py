@@ -1,0 +1,317 @@
+"""Guarded, polite HTTP for the fetch stage: one image URL in, bytes or a status out.
+
+img2dataset fetches with a bare `urllib.request.urlopen`: a new connection per image,
+redirects followed to any address, no size limit, every failure retried alike. Fetch
+hands img2dataset's downloader `Fetcher.fetch` instead, which
+
+- connects only to addresses it has checked (every redirect hop, at connect time, so
+  a DNS answer cannot change between the check and the connection): loopback,
+  private, link-local, multicast and reserved addresses are `blocked_address` unless
+  the network policy allows private networks;
+- keeps one keep-alive connection per host and thread;
+- sends a user agent naming the project and honours X-Robots-Tag opt-outs;
+- caps the response size and the image area (read from the header, before anything
+  is decoded), and recognises truncated JPEG/PNG files;
+- retries only transient failures (timeouts, connection errors, 429, 5xx), with backoff.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
+                      "honours X-Robots-Tag noai/noimageai; uses img2dataset)")
+# X-Robots-Tag directives addressed to these tokens (or to no token) apply to us.
+ROBOTS_TOKENS = ("wit", "wit-build", "img2dataset")
+# Failures worth trying again later; everything else is a property of the URL.
+TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed"})
+MAX_REDIRECTS = 10
+_CHUNK = 1 << 16
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+class Failure(Exception):
+    """A URL that yields no image: `status` is the samples.status value, str() the error."""
+
+    def __init__(self, status: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How to fetch: the fetch flags that shape a request and what is accepted."""
+    timeout: float = 10.0
+    retries: int = 1
+    user_agent: str = DEFAULT_USER_AGENT
+    robots_directives: frozenset[str] = frozenset()   # empty: X-Robots-Tag is ignored
+    allow_private_network: bool = False
+    max_image_bytes: int = 50_000_000
+    max_image_area: int = 89_478_485
+
+
+def address_problem(ip: str) -> str | None:
+    """Why fetch must not connect to `ip` ("loopback", "private", ...), or None if public."""
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    for kind in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private"):
+        if getattr(addr, f"is_{kind}"):
+            return kind.replace("_", "-")
+    return None if addr.is_global else "non-global"
+
+
+def guarded_connect(host: str, port: int, timeout: float, allow_private: bool) -> socket.socket:
+    """A TCP connection to `host`, made only to addresses that passed `address_problem`."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise Failure("connection_error", f"cannot resolve {host}: {e.strerror or e}") from None
+    if not allow_private:
+        for *_, sockaddr in infos:
+            problem = address_problem(sockaddr[0])
+            if problem:
+                raise Failure("blocked_address", f"{host} is or resolves to {sockaddr[0]}, a "
+                              f"{problem} address (--allow-private-network fetches it)")
+    error: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(sockaddr)
+            return sock
+        except OSError as e:
+            sock.close()
+            error = e
+    raise error or OSError(f"no address for {host}")
+
+
+class _HTTP(http.client.HTTPConnection):
+    def __init__(self, host, port, timeout, allow_private):
+        super().__init__(host, port, timeout=timeout)
+        self.allow_private = allow_private
+
+    def connect(self):
+        self.sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private)
+
+
+class _HTTPS(http.client.HTTPSConnection):
+    def __init__(self, host, port, timeout, allow_private, context):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.allow_private = allow_private
+        self.tls = context
+
+    def connect(self):
+        sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
+def is_opted_out(headers: http.client.HTTPMessage, directives: frozenset[str]) -> str | None:
+    """The X-Robots-Tag value that forbids use by us, or None."""
+    for value in headers.get_all("X-Robots-Tag") or []:
+        token, _, rest = value.rpartition(":")
+        token = token.strip().lower()
+        if token and token not in ROBOTS_TOKENS:
+            continue  # addressed to another crawler
+        if any(d.strip().lower() in directives for d in rest.split(",")):
+            return value
+    return None
+
+
+def image_problem(data: bytes, max_area: int) -> tuple[str, str] | None:
+    """(status, message) if `data` is no image fetch accepts, read from headers only."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            (width, height), fmt = im.size, im.format
+    except Image.DecompressionBombError as e:
+        return "too_large", f"decompression bomb, not decoded: {e}"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return "not_an_image", f"not an image ({len(data):,} bytes starting {data[:24]!r})"
+    if width * height > max_area:
+        return "too_large", (f"image is {width}x{height} = {width * height:,} pixels, above "
+                             f"--max-image-area {max_area:,} (not decoded)")
+    if (fmt == "JPEG" and not _jpeg_complete(data)) or (fmt == "PNG" and data.rfind(_PNG_END) < 0):
+        return "truncated", f"{fmt} data ends before the end of the image ({len(data):,} bytes)"
+    return None
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """True if an end-of-image marker follows the first scan (markers cannot occur inside
+    entropy-coded data, and an EXIF thumbnail's EOI sits before the first scan)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+        elif marker == 0xD9:
+            return True
+        else:
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if marker == 0xDA:
+                return data.find(b"\xff\xd9", i + 2 + length) >= 0
+            i += 2 + length
+    return False
+
+
+def _status_failure(resp: http.client.HTTPResponse, url: str) -> Failure:
+    code, reason = resp.status, resp.reason
+    msg = f"HTTP {code} {reason} from {url}"
+    if code in (404, 410):
+        return Failure("not_found", msg)
+    if code == 429:
+        retry_after = resp.getheader("Retry-After", "")
+        return Failure("rate_limited", msg, float(retry_after) if retry_after.isdigit() else None)
+    if code == 408:
+        return Failure("timeout", msg)
+    if code >= 500:
+        return Failure("server_error", msg)
+    return Failure("http_error", msg)
+
+
+class Fetcher:
+    """Fetch image bytes under a `Policy`; thread-safe, one connection per host and thread."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+        self._tls = ssl.create_default_context()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+    def fetch(self, url: str) -> tuple[bytes | None, str, str | None]:
+        """(image bytes, "success", None) or (None, status, error message), retried
+        `policy.retries` times for transient failures."""
+        for attempt in range(self.policy.retries + 1):
+            try:
+                data = self.get(url)
+                problem = image_problem(data, self.policy.max_image_area)
+                if problem:
+                    return None, problem[0], problem[1]
+                return data, "success", None
+            except Failure as f:
+                if f.status not in TRANSIENT or attempt == self.policy.retries:
+                    return None, f.status, str(f)
+                time.sleep(min(10.0, f.retry_after if f.retry_after is not None else 0.25 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def get(self, url: str) -> bytes:
+        """The body of `url` after redirects, or a Failure."""
+        seen = set()
+        for _ in range(MAX_REDIRECTS + 1):
+            if url in seen:
+                raise Failure("redirect_loop", f"redirect loop: {url} was already visited")
+            seen.add(url)
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise Failure("bad_url", f"{url[:200]!r}: only http(s) URLs with a host are fetched")
+            try:
+                resp, conn, key = self._request(parts)
+                location = resp.getheader("Location") if 300 <= resp.status < 400 else None
+                if location:
+                    self._release(key, conn, resp, drain=True)
+                    url = urljoin(url, location)
+                    continue
+                if resp.status >= 300:
+                    failure = _status_failure(resp, url)
+                    self._release(key, conn, resp, drain=True)
+                    raise failure
+                return self._body(key, conn, resp, url)
+            except Failure:
+                raise
+            except (TimeoutError, socket.timeout):
+                raise Failure("timeout", f"no answer within --timeout {self.policy.timeout:g} s "
+                              f"from {url[:200]}") from None
+            except ssl.SSLError as e:
+                raise Failure("tls_error", f"TLS: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                raise Failure("connection_error", f"{type(e).__name__}: {e}") from None
+        raise Failure("redirect_loop", f"more than {MAX_REDIRECTS} redirects")
+
+    def _pool(self) -> dict:
+        pool = getattr(self._local, "pool", None)
+        if pool is None:
+            pool = self._local.pool = {}
+        return pool
+
+    def _connect(self, scheme: str, host: str, port: int):
+        p = self.policy
+        conn = (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls) if scheme == "https"
+                else _HTTP(host, port, p.timeout, p.allow_private_network))
+        with self._lock:
+            self._all.append(conn)
+        return conn
+
+    def _request(self, parts):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        key = (parts.scheme, parts.hostname, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.5"}
+        pool = self._pool()
+        conn = pool.pop(key, None)
+        for reused in ((True, False) if conn is not None else (False,)):
+            if not reused:
+                conn = self._connect(parts.scheme, parts.hostname, port)
+            try:
+                conn.request("GET", path, headers=headers)
+                return conn.getresponse(), conn, key
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                conn.close()
+                if not reused:
+                    raise  # a kept-alive connection the server had closed: one fresh try
+        raise AssertionError("unreachable")
+
+    def _release(self, key, conn, resp, drain: bool = False) -> None:
+        """Keep the connection for the next request if the response was read to its end."""
+        if drain and (resp.length or 0) <= _CHUNK:
+            resp.read(_CHUNK)
+        if resp.isclosed() and not resp.will_close:
+            self._pool()[key] = conn
+        else:
+            conn.close()
+
+    def _body(self, key, conn, resp, url: str) -> bytes:
+        p = self.policy
+        if p.robots_directives:
+            optout = is_opted_out(resp.headers, p.robots_directives)
+            if optout:
+                self._release(key, conn, resp)
+                raise Failure("robots_optout", f"X-Robots-Tag: {optout} from {url[:200]}")
+        if resp.length is not None and resp.length > p.max_image_bytes:
+            self._release(key, conn, resp)
+            raise Failure("too_large", f"{resp.length:,} bytes announced, above "
+                          f"--max-image-bytes {p.max_image_bytes:,}")
+        deadline = time.monotonic() + 3 * p.timeout
+        chunks, size = [], 0
+        while True:
+            chunk = resp.read(_CHUNK)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > p.max_image_bytes:
+                self._release(key, conn, resp)
+                raise Failure("too_large", f"more than --max-image-bytes {p.max_image_bytes:,} bytes")
+            if time.monotonic() > deadline:
+                self._release(key, conn, resp)
+                raise Failure("timeout", f"body not received within 3 x --timeout from {url[:200]}")
+        self._release(key, conn, resp)
+        return b"".join(chunks)
