@@ -1,0 +1,479 @@
+"""Image facts, filters and dedup: a keep/drop_reason for every fetched sample.
+
+For each image in the fetch shards, Ray workers record its size, bytes, sha256 and a
+64-bit DCT pHash (`wit_builder.phash`). Then, in DuckDB, every selected sample gets
+`keep` and the first `drop_reason` that applies, in this order:
+
+  failed_download  the download did not succeed (its `status` says why)
+  undecodable      no image in the shard, or one that does not decode
+  too_small        shorter side of the original image < --min-side
+  bad_aspect       longer side / shorter side > --max-aspect
+  short_caption    fewer than --min-caption-words words or --min-caption-chars characters
+  eval_set         the image is (a near copy of) an image under --eval-images
+  exact_duplicate  the same image bytes (sha256) as a sample that is kept
+  near_duplicate   pHash within --near-dup-bits bits of a kept sample, across the build
+
+Dedup runs over the samples that pass the filters; of each group of duplicates the
+sample with the largest image (then the smallest uid) is kept, and the others name it
+in `duplicate_of`. Writes `samples/` (view `samples`) and per-query counts
+(view `kept_per_query`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from . import stage
+from .errors import WitError
+from .stage import StageContext, StageOutput, StageResult
+
+# In precedence order: a sample gets the first reason that applies.
+DROP_REASONS = ("failed_download", "undecodable", "too_small", "bad_aspect", "short_caption",
+                "eval_set", "exact_duplicate", "near_duplicate")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+FETCH_COLUMNS = ("uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
+                 "height", "original_width", "original_height", "bytes", "sha256",
+                 "fetch_shard", "key")
+SAMPLES_VIEW = "samples/*.parquet"
+KEPT_VIEW = "samples/kept_per_query/*.parquet"
+
+
+@dataclass
+class Config:
+    min_side: int = field(default=200, metadata={
+        "help": "drop images whose shorter side (of the original image) is below this many "
+                "pixels; DataComp's basic filter uses 200", "metavar": "PX"})
+    max_aspect: float = field(default=3.0, metadata={
+        "help": "drop images whose longer/shorter side ratio is above this; DataComp uses 3",
+        "metavar": "RATIO"})
+    min_caption_words: int = field(default=3, metadata={
+        "help": "drop captions with fewer words (DataComp keeps captions of more than 2 words)",
+        "metavar": "N"})
+    min_caption_chars: int = field(default=6, metadata={
+        "help": "drop captions with fewer characters (DataComp keeps more than 5; LAION "
+                "drops fewer than 5)", "metavar": "N"})
+    near_dup_bits: int = field(default=4, metadata={
+        "help": "near duplicates: pHash Hamming distance at most this many of 64 bits, across "
+                "the whole build (0: identical pHash only; -1: no near-duplicate search)",
+        "metavar": "BITS"})
+    eval_images: str | None = field(default=None, metadata={
+        "help": "directory of evaluation images (searched recursively); samples showing "
+                "any of them (same bytes or within --near-dup-bits) are dropped",
+        "metavar": "DIR"})
+
+
+def _check(cfg: Config) -> None:
+    if cfg.min_side < 0:
+        raise WitError(f"--min-side {cfg.min_side}: give 0 or more pixels")
+    if cfg.max_aspect < 1:
+        raise WitError(f"--max-aspect {cfg.max_aspect}: the ratio longer/shorter side is "
+                       "at least 1; give 1 or more")
+    if cfg.min_caption_words < 0 or cfg.min_caption_chars < 0:
+        raise WitError("--min-caption-words/--min-caption-chars: give 0 or more")
+    if not -1 <= cfg.near_dup_bits <= 16:
+        raise WitError(f"--near-dup-bits {cfg.near_dup_bits}: give -1 (off) to 16; pHashes "
+                       "of different pictures are typically 20-40 bits apart")
+
+
+# ---------------------------------------------------------------------------------
+# Ray plumbing
+
+
+def map_tasks(fn: Callable, calls: Iterable[tuple], in_flight: int | None = None,
+              on_result: Callable[[Any], None] | None = None) -> list[Any]:
+    """Run `fn(*args)` as Ray tasks (1 CPU each) for every args tuple in `calls`.
+
+    At most `in_flight` tasks are pending at once (default: twice the CPUs), so a
+    lazily produced `calls` never floods the object store. Results are returned in
+    completion order (and passed to `on_result` as they arrive).
+    """
+    import ray
+    from .cluster import cpus, ensure_ray
+    ensure_ray()
+    remote = ray.remote(num_cpus=1)(fn)
+    limit = in_flight or 2 * cpus()
+    pending, results = [], []
+
+    def collect(num: int) -> None:
+        nonlocal pending
+        done, pending = ray.wait(pending, num_returns=num)
+        for value in ray.get(done):
+            results.append(value)
+            if on_result:
+                on_result(value)
+
+    for args in calls:
+        if len(pending) >= limit:
+            collect(1)
+        pending.append(remote.remote(*args))
+    if pending:
+        collect(len(pending))
+    return results
+
+
+# ---------------------------------------------------------------------------------
+# Image facts (run in Ray workers)
+
+def _facts_schema():
+    import pyarrow as pa
+    return pa.schema([("fetch_shard", pa.string()), ("key", pa.string()),
+                      ("image_format", pa.string()), ("image_offset", pa.int64()),
+                      ("bytes", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
+                      ("height", pa.int32()), ("phash", pa.int64()),
+                      ("decode_error", pa.string())])
+
+
+def image_facts(blobs: list[bytes]) -> dict[str, list]:
+    """Facts for a batch of encoded images: bytes, sha256, width, height, phash, decode_error.
+
+    The pHashes of the decodable images are computed in one vectorised batch.
+    """
+    import numpy as np
+    from .phash import inspect_image, phash_pixels
+    facts = [inspect_image(b) for b in blobs]
+    ok = [i for i, f in enumerate(facts) if f["pixels"] is not None]
+    hashes: list[int | None] = [None] * len(blobs)
+    if ok:
+        values = phash_pixels(np.stack([facts[i]["pixels"] for i in ok])).view(np.int64)
+        for i, h in zip(ok, values.tolist()):
+            hashes[i] = h
+    return {"bytes": [len(b) for b in blobs],
+            "sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
+            "width": [f["width"] for f in facts], "height": [f["height"] for f in facts],
+            "phash": hashes, "decode_error": [f["error"] for f in facts]}
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """WebDataset naming: 'dir/000001.jpg' -> ('dir/000001', 'jpg')."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext.lower()
+
+
+def shard_facts(tar_path: str, rel: str, out: str, batch: int = 512) -> dict[str, Any]:
+    """Facts of every image member of one tar, written to `out` (Parquet).
+
+    Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols: dict[str, list] = {name: [] for name in _facts_schema().names}
+    blobs: list[bytes] = []
+
+    def flush() -> None:
+        for name, values in image_facts(blobs).items():
+            cols[name].extend(values)
+        blobs.clear()
+
+    seen = set()
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for member in tf:
+                key, ext = _member_key(member.name)
+                if not member.isfile() or ext not in IMAGE_EXTS or key in seen:
+                    continue
+                seen.add(key)
+                cols["fetch_shard"].append(rel)
+                cols["key"].append(key)
+                cols["image_format"].append(ext)
+                cols["image_offset"].append(member.offset_data)
+                blobs.append(tf.extractfile(member).read())
+                if len(blobs) >= batch:
+                    flush()
+        flush()
+    except (tarfile.TarError, OSError) as e:
+        return {"shard": rel, "error": f"{type(e).__name__}: {e}"}
+    table = pa.table(cols, schema=_facts_schema())
+    tmp = f"{out}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)  # a finished shard survives a killed run
+    return {"shard": rel, "images": table.num_rows}
+
+
+def eval_facts(paths: list[str], root: str) -> dict[str, list]:
+    """sha256 and pHash of evaluation image files (path relative to `root`)."""
+    blobs = [Path(p).read_bytes() for p in paths]
+    facts = image_facts(blobs)
+    return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["sha256"],
+            "phash": facts["phash"], "decode_error": facts["decode_error"]}
+
+
+def _facts_name(rel: str) -> str:
+    return hashlib.blake2b(rel.encode(), digest_size=8).hexdigest() + ".parquet"
+
+
+def _compute_facts(build: Path, shards: list[str], work: Path) -> Path:
+    """Run shard_facts for every shard not already done in `work` (resume)."""
+    out_dir = work / "facts"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)))
+            for rel in shards if not (out_dir / _facts_name(rel)).exists()]
+    errors = [r for r in map_tasks(shard_facts, todo) if "error" in r]
+    if errors:
+        e = errors[0]
+        raise WitError(f"{build / e['shard']}: cannot read this fetch shard ({e['error']}); "
+                       f"rerun `wit-build fetch --force --out {build}`")
+    return out_dir
+
+
+def _eval_images(cfg: Config) -> list[Path]:
+    root = Path(cfg.eval_images).expanduser()
+    if not root.is_dir():
+        raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
+                       "holding the evaluation images")
+    files = sorted(p for p in root.rglob("*") if p.is_file()
+                   and p.suffix.lower().lstrip(".") in IMAGE_EXTS)
+    if not files:
+        raise WitError(f"--eval-images {cfg.eval_images}: no image files in it (looked for "
+                       f"{', '.join('.' + e for e in IMAGE_EXTS)})")
+    return files
+
+
+def _compute_eval(cfg: Config, files: list[Path], work: Path, chunk: int = 256):
+    import pyarrow as pa
+    root = str(Path(cfg.eval_images).expanduser())
+    calls = [([str(p) for p in files[i:i + chunk]], root) for i in range(0, len(files), chunk)]
+    parts = [pa.table(r) for r in map_tasks(eval_facts, calls)]
+    table = pa.concat_tables(parts)
+    bad = [i for i, e in enumerate(table["decode_error"].to_pylist()) if e]
+    if bad:
+        row = table.slice(bad[0], 1).to_pylist()[0]
+        raise WitError(f"--eval-images: {Path(root) / row['path']} cannot be decoded "
+                       f"({row['decode_error']}); remove or replace it so the evaluation set "
+                       "is fully protected")
+    return table.drop_columns(["decode_error"])
+
+
+# ---------------------------------------------------------------------------------
+# Filters and dedup (DuckDB)
+
+
+def _quote(s: str) -> str:
+    return "'" + str(s).replace("'", "''") + "'"
+
+
+def _filter_reasons_sql(cfg: Config) -> str:
+    """The CASE giving each sample its first failing filter (NULL: passes them all)."""
+    return f"""CASE
+        WHEN status IS DISTINCT FROM 'success' THEN 'failed_download'
+        WHEN phash IS NULL THEN 'undecodable'
+        WHEN least(coalesce(original_width, width), coalesce(original_height, height))
+             < {int(cfg.min_side)} THEN 'too_small'
+        WHEN aspect > {float(cfg.max_aspect)} THEN 'bad_aspect'
+        WHEN caption_words < {int(cfg.min_caption_words)}
+          OR length(trim(coalesce(text, ''))) < {int(cfg.min_caption_chars)} THEN 'short_caption'
+        END"""
+
+
+def _load_samples(con, build: Path, facts_dir: Path, cfg: Config) -> None:
+    """Table `s`: fetch rows with the measured image facts and filter reasons."""
+    status = _quote(str(build / "fetch" / "status" / "*.parquet"))
+    con.execute(f"CREATE VIEW status AS SELECT * FROM read_parquet({status}, union_by_name = true)")
+    have = {r[0] for r in con.execute("DESCRIBE status").fetchall()}
+    missing = [c for c in FETCH_COLUMNS if c not in have]
+    if missing:
+        raise WitError(f"{build / 'fetch' / 'status'}: missing column(s) {', '.join(missing)}; "
+                       f"rerun `wit-build fetch --force --out {build}`")
+    facts = _quote(str(facts_dir / "*.parquet"))
+    con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts})")
+    con.execute(f"""
+        CREATE TABLE joined AS
+        SELECT st.* REPLACE (
+                 CASE WHEN st.status = 'success' AND f.key IS NULL
+                      THEN 'no image for key ' || coalesce(st.key, 'NULL') || ' in '
+                           || coalesce(st.fetch_shard, 'NULL')
+                      WHEN st.status = 'success' THEN f.decode_error ELSE st.error END AS error,
+                 coalesce(f.width, st.width) AS width, coalesce(f.height, st.height) AS height,
+                 coalesce(f.bytes, st.bytes) AS bytes, coalesce(f.sha256, st.sha256) AS sha256),
+               f.phash, f.image_format, f.image_offset
+        FROM status st
+        LEFT JOIN facts f ON st.status = 'success' AND f.fetch_shard = st.fetch_shard
+                          AND f.key = st.key""")
+    con.execute(f"""
+        CREATE TABLE s AS
+        SELECT *, row_number() OVER () - 1 AS rid, {_filter_reasons_sql(cfg)} AS reason
+        FROM (SELECT *,
+                greatest(coalesce(original_width, width), coalesce(original_height, height))::DOUBLE
+                  / nullif(least(coalesce(original_width, width),
+                                 coalesce(original_height, height)), 0) AS aspect,
+                CASE WHEN trim(coalesce(text, '')) = '' THEN 0
+                     ELSE len(regexp_split_to_array(trim(text), '\\s+')) END AS caption_words
+              FROM joined)""")
+    con.execute("DROP TABLE joined")
+
+
+def _eval_hits(con, eval_table, k: int) -> dict[str, Any]:
+    """Table `eval_hits` (rid, eval_path): candidates showing an evaluation image."""
+    from .phash import near_pairs
+    con.execute("CREATE TABLE eval_hits (rid BIGINT, eval_path VARCHAR)")
+    if eval_table is None:
+        return {}
+    con.register("eval_arrow", eval_table)
+    con.execute("CREATE TABLE ev AS SELECT row_number() OVER (ORDER BY path) - 1 AS id, * "
+                "FROM eval_arrow")
+    con.unregister("eval_arrow")
+    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM s JOIN ev USING (sha256)
+                   WHERE s.reason IS NULL""")
+    stats: dict[str, Any] = {"eval_images": con.execute("SELECT count(*) FROM ev").fetchall()[0][0]}
+    if k >= 0:
+        con.execute("CREATE VIEW cand_h AS SELECT rid AS id, phash FROM s WHERE reason IS NULL")
+        con.execute("CREATE VIEW ev_h AS SELECT id, phash FROM ev")
+        pairs, search = near_pairs(con, "cand_h", k, right="ev_h")
+        con.register("eval_pairs", pairs)
+        con.execute("INSERT INTO eval_hits SELECT p.a, ev.path FROM eval_pairs p "
+                    "JOIN ev ON ev.id = p.b")
+        con.unregister("eval_pairs")
+        stats["eval_search"] = search
+    return stats
+
+
+def _dedup(con, k: int) -> dict[str, Any]:
+    """Table `dups` (rid, reason, duplicate_of) over the samples passing every filter.
+
+    Samples are ranked by image area (largest first), then uid; each exact group
+    (same sha256) keeps its best-ranked member. Those representatives are then
+    grouped by pHash distance <= k (connected components over multi-index-hashing
+    pairs) and each component keeps its best-ranked member.
+    """
+    import numpy as np
+    import pyarrow as pa
+    from .phash import components, near_pairs
+    con.execute("""
+        CREATE TABLE d AS
+        SELECT rid, uid, sha256, phash,
+               row_number() OVER (ORDER BY width::BIGINT * height DESC, uid) - 1 AS rank
+        FROM s WHERE reason IS NULL AND rid NOT IN (SELECT rid FROM eval_hits)""")
+    con.execute("CREATE TABLE exact AS SELECT sha256, min(rank) AS rep_rank FROM d GROUP BY sha256")
+    # One node per distinct pHash among the exact representatives, numbered by best rank.
+    con.execute("""
+        CREATE TABLE nodes AS
+        SELECT row_number() OVER (ORDER BY best) - 1 AS id, phash, best
+        FROM (SELECT d.phash, min(d.rank) AS best FROM d JOIN exact e ON d.rank = e.rep_rank
+              GROUP BY d.phash)""")
+    n = con.execute("SELECT count(*) FROM nodes").fetchall()[0][0]
+    stats: dict[str, Any] = {}
+    if k >= 0 and n > 1:
+        pairs, stats = near_pairs(con, "nodes", k)
+        a = pairs["a"].to_numpy(zero_copy_only=False)
+        b = pairs["b"].to_numpy(zero_copy_only=False)
+    else:
+        a = b = np.zeros(0, dtype=np.int64)
+    best = con.sql("SELECT best FROM nodes ORDER BY id").to_arrow_table()["best"].to_numpy()
+    final = pa.table({"id": np.arange(n, dtype=np.int64),
+                      "final_rank": best[components(n, a, b)] if n else best})
+    con.register("final_arrow", final)
+    con.execute("""
+        CREATE TABLE dups AS
+        WITH rep AS (  -- sha256 -> the rank finally kept for that image
+            SELECT e.sha256, e.rep_rank, f.final_rank
+            FROM exact e JOIN d ON d.rank = e.rep_rank
+            JOIN nodes n ON n.phash = d.phash JOIN final_arrow f ON f.id = n.id)
+        SELECT d.rid,
+               CASE WHEN d.rank <> rep.rep_rank THEN 'exact_duplicate'
+                    WHEN d.rank <> rep.final_rank THEN 'near_duplicate' END AS reason,
+               CASE WHEN d.rank <> rep.final_rank THEN keeper.uid END AS duplicate_of
+        FROM d JOIN rep USING (sha256) JOIN d keeper ON keeper.rank = rep.final_rank""")
+    con.unregister("final_arrow")
+    return stats
+
+
+def _write(con, tmp: Path) -> None:
+    """samples/part-*.parquet and samples/kept_per_query/part-0.parquet."""
+    out = tmp / "samples"
+    out.mkdir(parents=True, exist_ok=True)
+    fetch_cols = [r[0] for r in con.execute("DESCRIBE status").fetchall()]
+    cols = ", ".join(f"s.{c}" for c in fetch_cols)
+    con.execute(f"""
+        CREATE VIEW final AS
+        SELECT {cols}, s.aspect, s.phash,
+               coalesce(s.reason, eh.reason, du.reason) IS NULL AS keep,
+               coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
+               coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
+               s.image_format, s.image_offset
+        FROM s
+        LEFT JOIN (SELECT rid, 'eval_set' AS reason, min(eval_path) AS eval_path
+                   FROM eval_hits GROUP BY rid) eh USING (rid)
+        LEFT JOIN dups du USING (rid)""")
+    con.execute(f"COPY (SELECT * FROM final) TO {_quote(str(out))} (FORMAT parquet, "
+                "FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE)")
+    counts = out / "kept_per_query"
+    counts.mkdir()
+    con.execute(f"""
+        COPY (
+          WITH by_selector AS (
+            SELECT selected_by AS query_id, count(*) AS selected,
+                   count(*) FILTER (WHERE status = 'success') AS downloaded,
+                   count(*) FILTER (WHERE keep) AS kept
+            FROM final WHERE selected_by IS NOT NULL GROUP BY ALL),
+          by_match AS (
+            SELECT query_id, count(*) AS kept_matching
+            FROM (SELECT unnest(query_ids) AS query_id FROM final WHERE keep) GROUP BY ALL)
+          SELECT query_id::INTEGER AS query_id, coalesce(selected, 0) AS selected,
+                 coalesce(downloaded, 0) AS downloaded, coalesce(kept, 0) AS kept,
+                 coalesce(kept_matching, 0) AS kept_matching
+          FROM by_selector FULL JOIN by_match USING (query_id) ORDER BY query_id
+        ) TO {_quote(str(counts / 'part-0.parquet'))} (FORMAT parquet)""")
+
+
+def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], StageOutput]:
+    def work(ctx: StageContext) -> StageOutput:
+        import duckdb
+        build = ctx.build
+        db = ctx.work / "curate.duckdb"
+        for leftover in (db, db.with_name(db.name + ".wal")):
+            leftover.unlink(missing_ok=True)  # a killed run's tables; the facts files resume
+        con = duckdb.connect(str(db))
+        try:
+            con.execute(f"SET temp_directory = {_quote(str(ctx.work / 'duckdb-tmp'))}")
+            status = _quote(str(build / "fetch" / "status" / "*.parquet"))
+            shards = [r[0] for r in con.execute(
+                f"SELECT DISTINCT fetch_shard FROM read_parquet({status}, union_by_name = true) "
+                "WHERE status = 'success' AND fetch_shard IS NOT NULL ORDER BY 1").fetchall()]
+            absent = [s for s in shards if not (build / s).is_file()]
+            if absent:
+                raise WitError(f"{build / absent[0]}: fetch shard missing ({len(absent)} of "
+                               f"{len(shards)}); rerun `wit-build fetch --force --out {build}`")
+            facts_dir = _compute_facts(build, shards, ctx.work)
+            if not any(facts_dir.glob("*.parquet")):  # no shards at all: an empty facts file
+                import pyarrow.parquet as pq
+                pq.write_table(_facts_schema().empty_table(), facts_dir / "empty.parquet")
+            _load_samples(con, build, facts_dir, cfg)
+            evals = _compute_eval(cfg, eval_files, ctx.work) if eval_files else None
+            summary: dict[str, Any] = {}
+            summary.update(_eval_hits(con, evals, cfg.near_dup_bits))
+            search = _dedup(con, cfg.near_dup_bits)
+            if search:
+                summary["near_dup_search"] = search
+            _write(con, ctx.tmp)
+            rows = con.execute("SELECT drop_reason, count(*) FROM final GROUP BY 1").fetchall()
+        finally:
+            con.close()
+        counts = {reason: n for reason, n in rows}
+        total = sum(counts.values())
+        summary = {"samples": total, "kept": counts.get(None, 0),
+                   "dropped": {r: counts[r] for r in DROP_REASONS if r in counts}, **summary}
+        return StageOutput(rows=total, summary=summary)
+    return work
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Curate the fetched samples of `build`: facts, filters, dedup -> samples/."""
+    build = Path(build)
+    _check(cfg)
+    stage.require(build, "fetch")
+    params = dataclasses.asdict(cfg)
+    eval_files: list[Path] = []
+    if cfg.eval_images:
+        eval_files = _eval_images(cfg)
+        params["eval_images"] = str(Path(cfg.eval_images).expanduser().resolve())
+        # The eval set's content decides the result: any change reruns curate.
+        blob = "\n".join(f"{p}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in eval_files)
+        params["eval_fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return stage.run_stage(build, "curate", params, _work(cfg, eval_files),
+                           outputs=["samples"], inputs=("fetch",), force=force,
+                           views={"samples": SAMPLES_VIEW, "kept_per_query": KEPT_VIEW})

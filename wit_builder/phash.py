@@ -1,0 +1,229 @@
+"""64-bit perceptual hashes (DCT pHash) and the search for near-duplicate hashes.
+
+The hash is the standard DCT pHash, as `imagehash.phash` computes it: grayscale,
+resize to 32x32 (Lanczos), 2-D DCT-II, keep the top-left 8x8 coefficients, set a bit
+where a coefficient is above their median; the first coefficient is the most
+significant bit, so `int(str(imagehash.phash(im)), 16)` and `phash_pixels` agree.
+Two things make it fast: JPEG decoding straight to grayscale at 1/2..1/8 scale
+(PIL's draft mode, with `reduce` for other formats), and the DCT of a whole batch
+as two matrix products (`D @ X @ D.T` over a stack of 32x32 images).
+
+Near duplicates are found by multi-index hashing: the 64 bits are split into `m`
+bands; two hashes within `k` bits of each other differ in at most `k // m` bits in
+at least one band (pigeonhole). So a candidate pair shares, in some band, a value
+within `k // m` bit flips; DuckDB finds those with an equi-join on (band, value)
+and keeps the pairs whose full Hamming distance `bit_count(xor(a, b))` is <= k.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+
+HASH_SIZE = 8          # 8x8 = 64 bits
+IMG_SIZE = 32          # imagehash's highfreq_factor 4: resize to 32x32 before the DCT
+DRAFT_SIZE = 64        # JPEG decoded at reduced scale, but no smaller than this
+
+
+def _dct_rows() -> np.ndarray:
+    """The first HASH_SIZE rows of the (unnormalised) DCT-II matrix of size IMG_SIZE."""
+    k = np.arange(HASH_SIZE)[:, None]
+    n = np.arange(IMG_SIZE)[None, :]
+    return np.cos(np.pi * k * (2 * n + 1) / (2 * IMG_SIZE))
+
+
+_D = _dct_rows()
+
+
+def phash_pixels(gray: np.ndarray) -> np.ndarray:
+    """pHashes (uint64) of a stack of 32x32 grayscale images, shape (B, 32, 32).
+
+    A constant factor between this DCT and scipy's does not change which
+    coefficients are above the median, so the bits equal imagehash's.
+    """
+    gray = np.asarray(gray, dtype=np.float64)
+    if gray.ndim == 2:
+        gray = gray[None]
+    if gray.shape[1:] != (IMG_SIZE, IMG_SIZE):
+        raise ValueError(f"expected (B, {IMG_SIZE}, {IMG_SIZE}) pixels, got {gray.shape}")
+    n = len(gray)
+    # D @ X @ D.T for every X as two large matrix products over the whole stack.
+    y = gray.reshape(n * IMG_SIZE, IMG_SIZE) @ _D.T                        # rows: X @ D.T
+    y = y.reshape(n, IMG_SIZE, HASH_SIZE).transpose(0, 2, 1).reshape(n * HASH_SIZE, IMG_SIZE) @ _D.T
+    low = y.reshape(n, HASH_SIZE, HASH_SIZE).transpose(0, 2, 1).reshape(n, HASH_SIZE * HASH_SIZE)
+    bits = low > np.median(low, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def gray32(image) -> np.ndarray:
+    """A PIL image -> its 32x32 grayscale pixels (uint8), decoding as little as needed.
+
+    Call on a freshly opened, not yet loaded image: for JPEG, `draft` makes the
+    decoder produce grayscale at the largest 1/2..1/8 scale still >= 64x64 (twice
+    the target, which keeps the bits close to a full-size Lanczos resize); other
+    formats are box-reduced by an integer factor before the final Lanczos resize.
+    """
+    from PIL import Image
+    if image.format == "JPEG":
+        image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
+    if image.mode != "L":
+        image = image.convert("L")
+    small = image.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return np.asarray(small, dtype=np.uint8)
+
+
+def inspect_image(data: bytes) -> dict[str, Any]:
+    """Facts about one encoded image: width, height, format and 32x32 gray pixels.
+
+    An image that cannot be decoded (corrupt, truncated, not an image) gets
+    `error` set and no pixels; it never raises.
+    """
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            width, height = im.size
+            fmt = im.format
+            try:
+                pixels = gray32(im)
+            except Exception as e:  # decoding fails past the header: keep the size we read
+                return {"width": width, "height": height, "format": fmt, "pixels": None,
+                        "error": f"{type(e).__name__}: {e}"}
+    except Image.UnidentifiedImageError:
+        return {"width": None, "height": None, "format": None, "pixels": None,
+                "error": "not a recognised image format"}
+    except Exception as e:
+        return {"width": None, "height": None, "format": None, "pixels": None,
+                "error": f"{type(e).__name__}: {e}"}
+    return {"width": width, "height": height, "format": fmt, "pixels": pixels, "error": None}
+
+
+def phash_bytes(images: list[bytes]) -> np.ndarray:
+    """pHashes of encoded images as int64 (the Parquet type); undecodable ones raise."""
+    facts = [inspect_image(b) for b in images]
+    bad = [i for i, f in enumerate(facts) if f["pixels"] is None]
+    if bad:
+        raise ValueError(f"image {bad[0]} cannot be decoded: {facts[bad[0]]['error']}")
+    if not facts:
+        return np.zeros(0, dtype=np.int64)
+    return phash_pixels(np.stack([f["pixels"] for f in facts])).view(np.int64)
+
+
+def hamming(a, b) -> np.ndarray:
+    """Bit distance between two arrays of 64-bit hashes (signed or unsigned)."""
+    x = np.bitwise_xor(np.asarray(a).view(np.uint64), np.asarray(b).view(np.uint64))
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+# ---------------------------------------------------------------------------------
+# Near-duplicate search: multi-index hashing in DuckDB
+
+
+def _flips(width: int, radius: int) -> list[int]:
+    """Every `width`-bit mask with at most `radius` bits set (0 included)."""
+    out = []
+    for r in range(radius + 1):
+        for bits in itertools.combinations(range(width), r):
+            out.append(sum(1 << b for b in bits))
+    return out
+
+
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def plan_bands(n_probe: int, n_build: int, k: int, self_join: bool) -> tuple[int, int]:
+    """(bands m, radius r = k // m) minimising probe rows plus expected candidate pairs.
+
+    A probe row is one (hash, band, flipped value); a candidate is a probe row that
+    meets a build row with the same (band, value), which for spread-out hashes
+    happens with probability about 1 / 2**(bits per band).
+    """
+    best = None
+    for m in range(1, k + 2):
+        width, radius = 64 // m, k // m
+        variants = sum(math.comb(width, i) for i in range(radius + 1))
+        probes = n_probe * m * variants
+        candidates = probes * n_build / 2.0 ** width / (2 if self_join else 1)
+        cost = probes + candidates
+        if best is None or cost < best[0]:
+            best = (cost, m, radius)
+    return best[1], best[2]
+
+
+def near_pairs(con, left: str, k: int, right: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Pairs of ids whose hashes are within `k` bits, as a pyarrow Table (a, b).
+
+    `left` and `right` name DuckDB tables or views with columns (id BIGINT,
+    phash BIGINT). Without `right`, pairs within `left` are returned once each with
+    a < b; with `right`, a is a left id and b a right id. Also returns a summary
+    of the search (bands, radius, candidate rows checked, pairs).
+    """
+    if k < 0:
+        raise ValueError("k must be >= 0")
+    n_left = con.execute(f"SELECT count(*) FROM {left}").fetchall()[0][0]
+    n_right = n_left if right is None else con.execute(f"SELECT count(*) FROM {right}").fetchall()[0][0]
+    # Probe from the smaller side (for a self-join both sides are the same).
+    probe, build = (left, right or left) if n_left <= n_right else (right, left)
+    swapped = right is not None and probe != left
+    m, radius = plan_bands(min(n_left, n_right), max(n_left, n_right), k, right is None)
+    widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
+    shifts = [sum(widths[:i]) for i in range(m)]
+    con.execute("CREATE OR REPLACE TEMP TABLE mih_bands (band INTEGER, shift INTEGER, mask BIGINT)")
+    con.executemany("INSERT INTO mih_bands VALUES (?, ?, ?)",
+                    [[i, s, _signed((1 << w) - 1)] for i, (s, w) in enumerate(zip(shifts, widths))])
+    con.execute("CREATE OR REPLACE TEMP TABLE mih_flips (band INTEGER, flip BIGINT)")
+    flips = [[i, _signed(f)] for i, w in enumerate(widths) for f in _flips(w, radius)]
+    con.executemany("INSERT INTO mih_flips VALUES (?, ?)", flips)
+    order = "AND p.id < b.id" if right is None else ""
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE mih_build AS
+        SELECT t.id, t.phash, mb.band, (t.phash >> mb.shift) & mb.mask AS v
+        FROM {build} t, mih_bands mb""")
+    table = con.sql(f"""
+        WITH keys AS (
+            SELECT t.id, t.phash, mb.band, (t.phash >> mb.shift) & mb.mask AS v
+            FROM {probe} t, mih_bands mb),
+        probes AS (
+            SELECT k.id, k.phash, k.band, xor(k.v, f.flip) AS v
+            FROM keys k JOIN mih_flips f USING (band))
+        SELECT DISTINCT p.id AS a, b.id AS b
+        FROM probes p JOIN mih_build b ON p.band = b.band AND p.v = b.v
+        WHERE bit_count(xor(p.phash, b.phash)) <= {int(k)} {order}
+        """).to_arrow_table()
+    for t in ("mih_build", "mih_flips", "mih_bands"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    if swapped:
+        table = table.rename_columns(["b", "a"]).select(["a", "b"])
+    return table, {"bands": m, "radius": radius, "flips_per_band": len(flips) // m,
+                   "pairs": table.num_rows}
+
+
+def components(n: int, a, b) -> np.ndarray:
+    """Connected components of a graph on nodes 0..n-1 with edges (a[i], b[i]).
+
+    Returns for every node the smallest node id in its component (so numbering
+    nodes by preference makes the label the preferred member). Hook-and-compress
+    with numpy: labels only decrease, and pointer jumping keeps rounds few.
+    """
+    lab = np.arange(n, dtype=np.int64)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if len(a) == 0:
+        return lab
+    while True:
+        la, lb = lab[a], lab[b]
+        low = np.minimum(la, lb)
+        new = lab.copy()
+        for idx in (la, lb, a, b):
+            np.minimum.at(new, idx, low)
+        while True:  # pointer jumping until every node points at a root
+            nxt = new[new]
+            if np.array_equal(nxt, new):
+                break
+            new = nxt
+        if np.array_equal(new, lab):
+            return lab
+        lab = new

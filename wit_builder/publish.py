@@ -1,0 +1,187 @@
+"""Write the kept samples into final WebDataset shards, `sizes.json` and the manifest.
+
+The kept samples of `samples/` are put in one seeded random order across the whole
+build (sorted by md5(seed:uid), so the order does not depend on how curate laid out
+its files), then cut into shards of --shard-size samples: `shards/NNNNN.tar` with
+`key.jpg` (the image bytes exactly as fetched), `key.txt` (the caption) and
+`key.json` (uid, url, selected_by, query_ids, width, height, sha256, key), plus
+`shards/sizes.json` ({"00000.tar": n, ...}, as open_clip reads it). The manifest
+(`manifest/`, view `shards`) has one row per published sample with its shard and key.
+Shards are written by Ray tasks; finished shards survive a killed run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import stage
+from .curate import map_tasks
+from .errors import WitError
+from .io import write_json
+from .stage import StageContext, StageOutput, StageResult
+
+MANIFEST_VIEW = "manifest/*.parquet"
+TAR_MTIME = 0  # fixed member times: the same inputs give byte-identical shards
+OPEN_FILES = 64  # fetch shards a writer keeps open at once
+
+
+@dataclass
+class Config:
+    shard_size: int = field(default=10000, metadata={
+        "help": "samples per final shard (the last shard may hold fewer)", "metavar": "N"})
+    seed: int = field(default=0, metadata={
+        "help": "random seed (publish: the order of samples across the shards)"})
+
+
+def _manifest_schema():
+    import pyarrow as pa
+    return pa.schema([("uid", pa.string()), ("shard", pa.string()), ("key", pa.string()),
+                      ("selected_by", pa.int32()), ("query_ids", pa.list_(pa.int32())),
+                      ("url", pa.string()), ("text", pa.string()), ("width", pa.int32()),
+                      ("height", pa.int32()), ("sha256", pa.string())])
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def write_shard(build: str, rows, out: str) -> dict[str, Any]:
+    """Write one final shard from its manifest rows (plus where each image lies).
+
+    Reads each image by seeking to its offset in the fetch tar and checks its
+    sha256 against the one curate recorded. Returns {"shard", "samples"} or
+    {"shard", "error"}.
+    """
+    import webdataset as wds
+    handles: OrderedDict[str, Any] = OrderedDict()
+
+    def read(rel: str, offset: int, size: int) -> bytes:
+        if rel not in handles:
+            if len(handles) >= OPEN_FILES:
+                handles.popitem(last=False)[1].close()
+            handles[rel] = open(os.path.join(build, rel), "rb")
+        handles.move_to_end(rel)
+        f = handles[rel]
+        f.seek(offset)
+        return f.read(size)
+
+    name = os.path.basename(out)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fobj, wds.TarWriter(fobj, encoder=False, mtime=TAR_MTIME) as sink:
+            for r in rows.to_pylist():
+                data = read(r["fetch_shard"], r["image_offset"], r["bytes"])
+                if hashlib.sha256(data).hexdigest() != r["sha256"]:
+                    return {"shard": name, "error": f"the image of uid {r['uid']} in "
+                            f"{r['fetch_shard']} no longer matches what curate recorded"}
+                meta = {k: r[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
+                                          "height", "sha256", "key")}
+                sink.write({"__key__": r["key"], r["image_format"]: data,
+                            "txt": (r["text"] or "").encode("utf-8"),
+                            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
+        os.replace(tmp, out)
+    except OSError as e:
+        return {"shard": name, "error": f"{type(e).__name__}: {e}"}
+    finally:
+        for f in handles.values():
+            f.close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"shard": name, "samples": rows.num_rows}
+
+
+def _ordered(con, build: Path, cfg: Config, batch: int = 65536):
+    """Kept samples in the seeded order, as a stream of Arrow record batches."""
+    samples = str(build / "samples" / "*.parquet").replace("'", "''")
+    return con.sql(f"""
+        SELECT uid, url, text, selected_by::INTEGER AS selected_by,
+               query_ids::INTEGER[] AS query_ids, width::INTEGER AS width,
+               height::INTEGER AS height, sha256, fetch_shard, image_offset, bytes, image_format
+        FROM read_parquet('{samples}', union_by_name = true)
+        WHERE keep
+        ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || uid), uid
+        """).to_arrow_reader(batch)
+
+
+def _shards(reader, shard_size: int) -> Iterator[tuple[int, Any]]:
+    """Cut a stream of record batches into (index, table) of `shard_size` rows each."""
+    import pyarrow as pa
+    pending, count, index = [], 0, 0
+    for rb in reader:
+        while rb.num_rows:
+            take = min(rb.num_rows, shard_size - count)
+            pending.append(rb.slice(0, take))
+            rb, count = rb.slice(take), count + take
+            if count == shard_size:
+                yield index, pa.Table.from_batches(pending)
+                pending, count, index = [], 0, index + 1
+    if count:
+        yield index, pa.Table.from_batches(pending)
+
+
+def _with_keys(index: int, table, shard_size: int):
+    """Add the final shard and key columns to one shard's rows."""
+    import pyarrow as pa
+    width = len(str(max(shard_size - 1, 0)))
+    keys = [f"{index:05d}{j:0{width}d}" for j in range(table.num_rows)]
+    table = table.append_column("key", pa.array(keys, pa.string()))
+    shard = pa.array([f"shards/{shard_name(index)}"] * table.num_rows, pa.string())
+    return table.append_column("shard", shard)
+
+
+def _work(cfg: Config):
+    def work(ctx: StageContext) -> StageOutput:
+        import duckdb
+        import pyarrow.parquet as pq
+        build = ctx.build.resolve()
+        done_dir = ctx.work / "shards"
+        done_dir.mkdir(parents=True, exist_ok=True)
+        manifest = ctx.output("manifest")
+        schema = _manifest_schema()
+        sizes: dict[str, int] = {}
+        con = duckdb.connect()
+        con.execute(f"SET temp_directory = '{str(ctx.work / 'duckdb-tmp')}'")
+        try:
+            with pq.ParquetWriter(manifest / "part-00000.parquet", schema) as writer:
+                def calls():
+                    for index, table in _shards(_ordered(con, build, cfg), cfg.shard_size):
+                        table = _with_keys(index, table, cfg.shard_size)
+                        writer.write_table(table.select(schema.names).cast(schema))
+                        sizes[shard_name(index)] = table.num_rows
+                        out = done_dir / shard_name(index)
+                        if not out.exists():  # finished in an earlier, killed run
+                            yield (str(build), table, str(out))
+                results = map_tasks(write_shard, calls())
+        finally:
+            con.close()
+        errors = [r for r in results if "error" in r]
+        if errors:
+            raise WitError(f"publish shard {errors[0]['shard']}: {errors[0]['error']}; rerun "
+                           f"`wit-build curate --force --out {ctx.build}` and then publish")
+        out = ctx.output("shards")
+        for name in sizes:
+            shutil.move(str(done_dir / name), out / name)
+        write_json(out / "sizes.json", sizes)
+        total = sum(sizes.values())
+        return StageOutput(rows=total, summary={
+            "samples": total, "shards": len(sizes), "shard_size": cfg.shard_size,
+            "seed": cfg.seed})
+    return work
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Publish the kept samples of `build` as WebDataset shards and a manifest."""
+    build = Path(build)
+    if cfg.shard_size < 1:
+        raise WitError(f"--shard-size {cfg.shard_size}: give at least 1 sample per shard")
+    stage.require(build, "curate")
+    return stage.run_stage(build, "publish", dataclasses.asdict(cfg), _work(cfg),
+                           outputs=["shards", "manifest"], inputs=("curate",), force=force,
+                           views={"shards": MANIFEST_VIEW})
