@@ -456,7 +456,7 @@ def _write_wiki(w: World, sz: Size, rng: np.random.Generator) -> None:
     talk = [f"Talk:{t}" for t in concept_titles[:sz.talk_pages]]
     pages += [(t, 1, _talk_text(wk, t, WIKI_RANK[i]), None) for i, t in enumerate(talk)]
     while wk.traps[TALK_ONLY_WORD] < 3 * sz.min_freq:   # enough that counting talk pages shows
-        t = talk[len(pages) % len(talk)] + f"/Archive {len(pages)}"
+        t = f"{talk[len(talk) % sz.talk_pages]}/Archive {len(talk)}"
         pages.append((t, 1, _talk_text(wk, t, "flower"), None))
         talk.append(t)
     # Enough markup-only words that a parser which keeps templates, refs or comments shows it.
