@@ -128,10 +128,10 @@ def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
 def _work(ctx: StageContext, cfg: Config) -> StageOutput:
     prev = ctx.build / "fetch" if "retry_of" in ctx.params else None
     plan = _plan(ctx, cfg, prev)
-    from .cluster import ray_session
+    from .cluster import ensure_ray
     t0 = time.time()
-    with ray_session():
-        run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
+    ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
+    run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
     seconds = time.time() - t0
     return _assemble(ctx, plan, failed, prev, run_stats, seconds)
 
