@@ -97,14 +97,15 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
         other_bot = srv.url(f"/robots/otherbot:noai/img/{SCENES[4]}.jpg")
         redirected = srv.url(f"/redirect/img/{SCENES[5]}.png")
         big = srv.url("/bomb/12000x12000/big.png")  # under Pillow's own limit, over ours
-        uids = write_selected(build, good + list(odd.values()) + [tiny, other_bot, redirected, big])
+        broken = "http://[::1/not-a-url.jpg"  # must not take its shard down
+        uids = write_selected(build, good + list(odd.values()) + [tiny, other_bot, redirected, big, broken])
         res = fetch.run(fast(), build)
         assert srv.hits("/status/404/gone.jpg") == 1
 
     rows = check_one_row_per_uid_and_shards(build, uids)
     by_url = {r["url"]: r for r in rows}
     assert Counter(r["status"] for r in rows) == {"success": len(good) + 3, **{k: 1 for k in odd},
-                                                  "too_large": 2}
+                                                  "too_large": 2, "bad_url": 2}
     for status, url in odd.items():
         assert by_url[url]["status"] == status, (url, by_url[url]["error"])
         assert by_url[url]["error"] and by_url[url]["width"] is None
@@ -118,7 +119,7 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
     assert one["sha256"] == hashlib.sha256(served).hexdigest() and one["bytes"] == len(served)
     assert one["text"].startswith("caption 0") and one["query_ids"] == [0, 7]
     assert res.summary["success"] == len(good) + 3
-    assert res.summary["failures_by_status"] == {**{k: 1 for k in odd}, "too_large": 2}
+    assert res.summary["failures_by_status"] == {**{k: 1 for k in odd}, "too_large": 2, "bad_url": 2}
     assert res.summary["images_per_s"] > 0 and res.summary["shards"] == math.ceil(len(rows) / 6)
     assert res.summary["bytes"] == sum(r["bytes"] or 0 for r in rows)
     got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'success'")
@@ -171,6 +172,31 @@ def test_address_problem_and_fetcher_on_loopback():
         # a redirect is followed only through the same guard
         loop = Fetcher(Policy(timeout=2, allow_private_network=True)).fetch(srv.url("/loop/y/a"))
         assert loop[1] == "redirect_loop"
+        noai = srv.url(f"/robots/noai/img/{SCENES[0]}.jpg")
+        assert Fetcher(Policy(timeout=2, allow_private_network=True)).fetch(noai)[1] == "success"
+
+
+@pytest.mark.parametrize("header, opted_out", [
+    ("noai", True), ("NoImageAI", True), ("noindex, nofollow", True), ("all", False),
+    ("otherbot: noai", False), ("wit: noai", True), ("img2dataset: noimageai", True),
+    ("max-snippet: 20, noai", True), ("unavailable_after: 25 Jun 2010 15:00:00 PST", False),
+])
+def test_x_robots_tag_directives(header, opted_out):
+    from email.message import Message
+
+    from wit_builder.netguard import is_opted_out
+    msg = Message()
+    msg["X-Robots-Tag"] = header
+    directives = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
+    assert (is_opted_out(msg, directives) is not None) == opted_out
+
+
+def test_nothing_selected_gives_an_empty_samples_view(build):
+    write_selected(build, [])
+    res = fetch.run(fast(), build)
+    assert res.rows == 0 and res.summary["shards"] == 0
+    assert catalog.query(build, "SELECT count(*) AS n FROM samples")["n"].to_pylist() == [0]
+    assert pq.read_schema(next((build / "fetch" / "status").glob("*.parquet"))).names == fetch.STATUS_COLUMNS
 
 
 @pytest.mark.slow

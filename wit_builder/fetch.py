@@ -128,9 +128,7 @@ def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
 def _work(ctx: StageContext, cfg: Config) -> StageOutput:
     prev = ctx.build / "fetch" if "retry_of" in ctx.params else None
     plan = _plan(ctx, cfg, prev)
-    from .cluster import ensure_ray
     t0 = time.time()
-    ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
     run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
     seconds = time.time() - t0
     return _assemble(ctx, plan, failed, prev, run_stats, seconds)
@@ -205,7 +203,7 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
     import ray
     from tqdm import tqdm
 
-    from .cluster import cpus
+    from .cluster import cpus, ensure_ray
     done_dir, attempts = work / "done", work / "attempts"
     shutil.rmtree(attempts, ignore_errors=True)  # a killed run's half shards
     attempts.mkdir(parents=True)
@@ -214,10 +212,12 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
     seen = [json.loads((done_dir / _shard_name(s, oom) / "summary.json").read_text()) for s in finished]
     total = {"rows": sum(r["rows"] for r in seen), "success": sum(r["success"] for r in seen)}
     run_stats = {"shards": 0, "rows": 0, "success": 0, "bytes": 0, "resumed": len(finished)}
+    pending = deque((s, 0) for s in shards if s not in set(finished))
+    if pending:
+        ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
     settings = _task_settings(cfg, oom)
     task = ray.remote(num_cpus=1, max_retries=0)(_fetch_shard)
     limit = cfg.shards_in_flight or cpus()
-    pending = deque((s, 0) for s in shards if s not in set(finished))
     inflight: dict = {}
     stopped: set = set()
     failed: dict[int, str] = {}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import http.client
 import io
 import ipaddress
+import re
 import socket
 import ssl
 import threading
@@ -33,6 +34,8 @@ ROBOTS_TOKENS = ("wit", "wit-build", "img2dataset")
 # Failures worth trying again later; everything else is a property of the URL.
 TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed"})
 MAX_REDIRECTS = 10
+_TOKEN = re.compile(r"[a-z0-9._-]+")
+_VALUED_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 _CHUNK = 1 << 16
 _PNG_END = b"IEND\xaeB`\x82"
 
@@ -115,26 +118,32 @@ class _HTTPS(http.client.HTTPSConnection):
 
 
 def is_opted_out(headers: http.client.HTTPMessage, directives: frozenset[str]) -> str | None:
-    """The X-Robots-Tag value that forbids use by us, or None."""
+    """The X-Robots-Tag value that forbids use by us, or None.
+
+    A value is `[token:] directive, directive...`; one addressed to another crawler's
+    token does not apply. Directives that take a value (`max-snippet: 20`) are no token.
+    """
     for value in headers.get_all("X-Robots-Tag") or []:
-        token, _, rest = value.rpartition(":")
-        token = token.strip().lower()
-        if token and token not in ROBOTS_TOKENS:
-            continue  # addressed to another crawler
-        if any(d.strip().lower() in directives for d in rest.split(",")):
-            return value
+        head, colon, rest = value.partition(":")
+        head = head.strip().lower()
+        if colon and _TOKEN.fullmatch(head) and head not in _VALUED_DIRECTIVES:
+            if head not in ROBOTS_TOKENS:
+                continue
+            value = rest
+        if any(d.split(":")[0].strip().lower() in directives for d in value.split(",")):
+            return value.strip()
     return None
 
 
 def image_problem(data: bytes, max_area: int) -> tuple[str, str] | None:
     """(status, message) if `data` is no image fetch accepts, read from headers only."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
     try:
         with Image.open(io.BytesIO(data)) as im:
             (width, height), fmt = im.size, im.format
     except Image.DecompressionBombError as e:
         return "too_large", f"decompression bomb, not decoded: {e}"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except Exception:  # UnidentifiedImageError, or a plugin choking on a malformed header
         return "not_an_image", f"not an image ({len(data):,} bytes starting {data[:24]!r})"
     if width * height > max_area:
         return "too_large", (f"image is {width}x{height} = {width * height:,} pixels, above "
@@ -211,6 +220,8 @@ class Fetcher:
                 if f.status not in TRANSIENT or attempt == self.policy.retries:
                     return None, f.status, str(f)
                 time.sleep(min(10.0, f.retry_after if f.retry_after is not None else 0.25 * 2 ** attempt))
+            except Exception as e:  # one odd URL must not take its shard down
+                return None, "failed", f"{type(e).__name__}: {e}"
         raise AssertionError("unreachable")
 
     def get(self, url: str) -> bytes:
@@ -220,11 +231,15 @@ class Fetcher:
             if url in seen:
                 raise Failure("redirect_loop", f"redirect loop: {url} was already visited")
             seen.add(url)
-            parts = urlsplit(url)
+            try:
+                parts = urlsplit(url)
+                port = parts.port or (443 if parts.scheme == "https" else 80)
+            except ValueError as e:
+                raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise Failure("bad_url", f"{url[:200]!r}: only http(s) URLs with a host are fetched")
             try:
-                resp, conn, key = self._request(parts)
+                resp, conn, key = self._request(parts, port)
                 location = resp.getheader("Location") if 300 <= resp.status < 400 else None
                 if location:
                     self._release(key, conn, resp, drain=True)
@@ -244,6 +259,8 @@ class Fetcher:
                 raise Failure("tls_error", f"TLS: {e}") from None
             except (OSError, http.client.HTTPException) as e:
                 raise Failure("connection_error", f"{type(e).__name__}: {e}") from None
+            except UnicodeError as e:  # a host name IDNA cannot encode
+                raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
         raise Failure("redirect_loop", f"more than {MAX_REDIRECTS} redirects")
 
     def _pool(self) -> dict:
@@ -260,8 +277,7 @@ class Fetcher:
             self._all.append(conn)
         return conn
 
-    def _request(self, parts):
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+    def _request(self, parts, port: int):
         key = (parts.scheme, parts.hostname, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.5"}
