@@ -1,0 +1,569 @@
+"""Wikipedia text in, word and bigram counts out (one chunk at a time, in a Ray worker).
+
+A MediaWiki XML export (`pages-articles*.xml.bz2`, plain or multistream, or `.xml`)
+is cut into byte ranges that workers read on their own: a bz2 file is split at its
+block boundaries (each block starts with the 48-bit magic 0x314159265359 at any bit
+offset and can be decoded alone), so no process decompresses the whole file. A page
+belongs to the chunk in which its `<page>` tag starts. Only namespace-0 articles are
+counted (redirects and other namespaces are skipped); wikitext is reduced to plain
+text with regular expressions (RE2, through pyarrow) and tokenised with numpy by the
+rules in docs/queries.md. Article files (Parquet/JSONL with title and text, the
+layout of the `wikimedia/wikipedia` dataset) hold plain text and are only tokenised.
+"""
+from __future__ import annotations
+
+import bz2
+import html
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import WitError
+
+# Bump when tokenisation or markup stripping changes: finished chunk counts are redone.
+COUNT_VERSION = 1
+
+# ---------------------------------------------------------------- bz2 blocks
+
+BLOCK_MAGIC = 0x314159265359   # starts every bz2 block
+EOS_MAGIC = 0x177245385090     # ends every bz2 stream, followed by the stream CRC
+SCAN_BYTES = 4 << 20           # how far the block scanner reads at a time
+
+
+def _patterns(magic: int) -> list[tuple[int, bytes, int, int, int]]:
+    """For each of the 8 bit offsets: (offset, whole bytes to search, their index in a
+    7-byte window, mask and value of the 56-bit window)."""
+    out = []
+    for s in range(8):
+        value, mask = magic << (8 - s), ((1 << 48) - 1) << (8 - s)
+        raw = value.to_bytes(7, "big")
+        out.append((s, raw[:6], 0, mask, value) if s == 0 else (s, raw[1:6], 1, mask, value))
+    return out
+
+
+_MAGICS = [(p, True) for p in _patterns(BLOCK_MAGIC)] + [(p, False) for p in _patterns(EOS_MAGIC)]
+
+
+def find_magics(buf: bytes, base_bit: int = 0) -> list[tuple[int, bool]]:
+    """(bit position, is_block_start) of every block and end-of-stream magic in `buf`."""
+    hits = []
+    for (s, needle, off, mask, value), is_block in _MAGICS:
+        i = buf.find(needle)
+        while i >= 0:
+            w = i - off
+            if w >= 0 and w + 7 <= len(buf) and int.from_bytes(buf[w:w + 7], "big") & mask == value:
+                hits.append((base_bit + 8 * w + s, is_block))
+            i = buf.find(needle, i + 1)
+    return sorted(hits)
+
+
+class Bz2Blocks:
+    """The blocks of a bz2 file from a byte offset on, found by scanning for magics."""
+
+    def __init__(self, path: Path, start: int):
+        self.path, self.f = path, open(path, "rb")
+        self.size = os.path.getsize(path)
+        head = self.f.read(4)
+        if len(head) < 4 or head[:3] != b"BZh" or head[3:4] not in b"123456789":
+            raise WitError(f"{path}: not a bz2 file (it does not start with 'BZh'); "
+                           "give a pages-articles .xml.bz2 dump or an uncompressed .xml")
+        self.scanned = max(0, start)     # bytes scanned so far (absolute)
+        self.min_bit = 8 * max(0, start)
+        self.magics: list[tuple[int, bool]] = []
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _scan(self) -> bool:
+        """Scan the next window; False at the end of the file."""
+        if self.scanned >= self.size:
+            return False
+        lo = max(0, self.scanned - 6)    # overlap: a magic may straddle two windows
+        self.f.seek(lo)
+        buf = self.f.read(SCAN_BYTES + (self.scanned - lo))
+        last = self.magics[-1][0] if self.magics else -1
+        self.magics += [m for m in find_magics(buf, 8 * lo) if m[0] > last and m[0] >= self.min_bit]
+        self.scanned = lo + len(buf)
+        return True
+
+    def next_block(self) -> tuple[int, int] | None:
+        """(start bit, end bit) of the next block, or None after the last one."""
+        while not self.magics or (self.magics[0][1] and len(self.magics) < 2):
+            if not self._scan():
+                break
+        while self.magics and not self.magics[0][1]:
+            self.magics.pop(0)            # end-of-stream marks are only block ends
+            while not self.magics and self._scan():
+                pass
+        if not self.magics:
+            return None
+        start = self.magics.pop(0)[0]
+        if not self.magics:
+            raise WitError(f"{self.path}: truncated: the file ends inside the bz2 block that "
+                           f"starts at byte {start // 8:,}; download the dump again "
+                           "(counts finished so far are kept)")
+        return start, self.magics[0][0]
+
+    def decode(self, start: int, end: int) -> bytes:
+        """Decompress one block by wrapping its bits in a one-block bz2 stream."""
+        lo, hi = start // 8, (end + 7) // 8
+        self.f.seek(lo)
+        raw = self.f.read(hi - lo)
+        n = end - start
+        v = (int.from_bytes(raw, "big") >> (8 * hi - end)) & ((1 << n) - 1)
+        crc = (v >> (n - 80)) & 0xFFFFFFFF   # the block's CRC follows its magic
+        v = (((v << 48) | EOS_MAGIC) << 32) | crc   # the stream CRC of one block is its CRC
+        n += 80
+        pad = -n % 8
+        try:
+            return bz2.decompress(b"BZh9" + (v << pad).to_bytes((n + pad) // 8, "big"))
+        except (OSError, ValueError, EOFError) as e:
+            raise WitError(f"{self.path}: corrupt bz2 data in the block at byte {lo:,} ({e}); "
+                           "download the dump again (counts finished so far are kept)") from None
+
+
+class _Bz2Source:
+    """Decoded text of the blocks that start in [start, end), then more on demand."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        self.blocks, self.end_bit = Bz2Blocks(path, start), 8 * end
+        self.pending: tuple[int, int] | None = None
+        self.where = start
+
+    def _decode_next(self, owned: bool) -> bytes | None:
+        blk = self.pending or self.blocks.next_block()
+        self.pending = None
+        if blk is None:
+            return None
+        if owned and blk[0] >= self.end_bit:
+            self.pending = blk
+            return None
+        self.where = blk[0] // 8
+        return self.blocks.decode(*blk)
+
+    def owned(self) -> bytes:
+        parts = []
+        while (data := self._decode_next(True)) is not None:
+            parts.append(data)
+        return b"".join(parts)
+
+    def more(self) -> bytes:
+        return self._decode_next(False) or b""
+
+    def close(self) -> None:
+        self.blocks.close()
+
+
+class _XmlSource:
+    """Bytes [start, end) of an uncompressed XML file, then more on demand."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        self.f, self.start, self.end = open(path, "rb"), start, end
+        self.where = start
+
+    def owned(self) -> bytes:
+        self.f.seek(self.start)
+        return self.f.read(self.end - self.start)
+
+    def more(self) -> bytes:
+        self.where = self.f.tell()
+        return self.f.read(1 << 20)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+# ---------------------------------------------------------------- pages
+
+def _xml_unescape(b: bytes) -> bytes:
+    if b"&" not in b:
+        return b
+    return (b.replace(b"&lt;", b"<").replace(b"&gt;", b">").replace(b"&quot;", b'"')
+            .replace(b"&#039;", b"'").replace(b"&amp;", b"&"))
+
+
+def _between(buf: bytes, open_: bytes, close: bytes, lo: int, hi: int) -> bytes | None:
+    i = buf.find(open_, lo, hi)
+    if i < 0:
+        return None
+    j = buf.find(close, i, hi)
+    return buf[i + len(open_):j] if j >= 0 else None
+
+
+NOT_A_DUMP = ("not a MediaWiki XML export (no <mediawiki> element at the start); give a "
+              "pages-articles dump, or Parquet/JSONL article files, or a count table with "
+              "--unigram-counts")
+
+
+def check_dump(path: Path) -> None:
+    """Raise WitError unless `path` starts like a MediaWiki XML export."""
+    if path.name.lower().endswith(".bz2"):
+        blocks = Bz2Blocks(path, 0)
+        try:
+            first = blocks.next_block()
+            head = blocks.decode(*first) if first else b""
+        finally:
+            blocks.close()
+    else:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    if b"<mediawiki" not in head[:1 << 16]:
+        raise WitError(f"{path}: {NOT_A_DUMP}")
+
+
+def read_pages(path: Path, start: int, end: int, first: bool) -> dict[str, Any]:
+    """The pages whose `<page>` starts in bytes [start, end) of a dump (bz2 or XML).
+
+    Returns the wikitext of namespace-0 articles (redirects skipped), every ns-0
+    title with its redirect target, and page statistics.
+    """
+    compressed = path.name.lower().endswith(".bz2")
+    src = (_Bz2Source if compressed else _XmlSource)(path, start, end)
+    try:
+        buf = src.owned()
+        owned = len(buf)
+        if first:
+            head = buf[:buf.find(b"<page>")] if b"<page>" in buf else buf[:65536]
+            if b"<mediawiki" not in head:
+                raise WitError(f"{path}: {NOT_A_DUMP}")
+
+        def unfinished() -> bool:  # the last page that starts here has not ended yet
+            last = buf.rfind(b"<page>", 0, owned + 5)
+            return len(buf) < owned + 5 or (last >= 0 and buf.find(b"</page>", last) < 0)
+
+        while owned and unfinished():
+            more = src.more()
+            if not more:
+                break
+            buf += more
+        where = src.where
+    finally:
+        src.close()
+
+    texts, titles, redirects = [], [], []
+    stats = {"pages": 0, "articles": 0, "redirects": 0, "other_namespaces": 0, "wikitext_bytes": 0}
+    p = buf.find(b"<page>")
+    while 0 <= p < owned:
+        q = buf.find(b"</page>", p)
+        if q < 0:
+            raise WitError(f"{path}: truncated XML: the file ends inside a <page> (after "
+                           f"{'compressed ' if compressed else ''}byte {where:,}); download the "
+                           "dump again (counts finished so far are kept)")
+        stats["pages"] += 1
+        ns = _between(buf, b"<ns>", b"</ns>", p, q)
+        if ns is not None and ns.strip() == b"0":
+            title = html.unescape((_between(buf, b"<title>", b"</title>", p, q) or b"").decode())
+            r = buf.find(b"<redirect", p, q)
+            target = None
+            if r >= 0:
+                m = re.match(rb'<redirect\s+title="([^"]*)"', buf[r:r + 1024])
+                target = html.unescape(m.group(1).decode()) if m else ""
+            ts = buf.rfind(b"<text", p, q)          # the last revision's text
+            te = buf.find(b">", ts, q) if ts >= 0 else -1
+            text = b""
+            if te > 0 and buf[te - 1:te] != b"/":
+                tend = buf.find(b"</text>", te, q)
+                text = buf[te + 1:tend if tend >= 0 else q]
+            if target is None and text[:9].upper().startswith(b"#REDIRECT"):
+                target = ""
+            titles.append(title)
+            redirects.append(target)
+            if target is None:
+                stats["articles"] += 1
+                texts.append(text)
+            else:
+                stats["redirects"] += 1
+        else:
+            stats["other_namespaces"] += 1
+        p = buf.find(b"<page>", q)
+    joined = _xml_unescape(b"\n\x00\n".join(texts))
+    stats["wikitext_bytes"] = len(joined)
+    return {"text": joined, "titles": titles, "redirects": redirects, "stats": stats}
+
+
+# ---------------------------------------------------------------- markup
+
+_DROP_TAGS = ("math chem ce gallery timeline graph mapframe maplink score syntaxhighlight source "
+              "templatedata imagemap hiero pre code references inputbox categorytree includeonly")
+# (pattern, replacement, repeat until nothing changes); applied in this order.
+MARKUP_PASSES: list[tuple[str, str, bool]] = [
+    # comments, references and tags whose content is not prose
+    ("(?i)" + "|".join([r"<!--[^\x00]*?-->", r"<ref\s[^>\x00]*/>",
+                        r"<ref(?:\s[^>\x00]*)?>[^\x00]*?</ref\s*>"]
+                       + [rf"<{t}(?:\s[^>\x00]*)?>[^\x00]*?</{t}\s*>" for t in _DROP_TAGS.split()]),
+     " ", False),
+    (r"\{\{[^{}\x00]*\}\}", " ", True),                               # templates, innermost first
+    (r"\{\|(?:[^{\x00]|\{+[^{|\x00])*?\|\}", "\n", True),              # tables, innermost first
+    # links: mark file/category/interlanguage links, keep the text of the others
+    (r"\[\[\s*(?:(?i:file|image|category|media)|[a-z]{2,3}(?:-[a-z]{2,12})*)\s*:", "\x01", False),
+    (r"\[\[(?:[^\[\]|\x00\x01]*\|)?([^\[\]\x00\x01]*)\]\]", r"\1", False),
+    (r"\x01[^\x01\[\]\x00]*\]\]", " ", True),
+    # external links keep their label; bare URLs go
+    (r"\[(?:(?:https?|ftp|news):)?//[^\s\]\x00]*\s*([^\]\x00]*)\]|\[mailto:[^\s\]\x00]*\s*([^\]\x00]*)\]"
+     r"|(?:https?|ftp)://[^\s<>\[\]\x00|\"]*", r" \1\2 ", False),
+    (r"(?i)<br\s*/?>|</?(?:p|div|li|ul|ol|dl|dd|dt|tr|td|th|table|blockquote|center|h[1-6]|hr)\b[^>\x00]*>",
+     "\n", False),
+    (r"</?[a-zA-Z][^>\x00\n]*>|__[A-Z]+__|\{\{|\}\}|\{\||\|\}|\[\[|\]\]|\x01", " ", False),
+    (r"'{2,}", "", False),                                            # bold, italic
+]
+_ENTITY = re.compile(rb"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});")
+
+
+def _as_array(data: bytes):
+    import pyarrow as pa
+    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
+    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:   # broken UTF-8: replace what cannot be decoded
+        return _as_array(data.decode("utf-8", "replace").encode())
+    return arr
+
+
+def _as_bytes(arr) -> bytes:
+    import numpy as np
+    off = np.frombuffer(arr.buffers()[1], np.int64, count=2, offset=8 * arr.offset)
+    return arr.buffers()[2].to_pybytes()[off[0]:off[1]]
+
+
+def strip_markup(data: bytes) -> bytes:
+    """Wikitext -> plain text: templates, refs, tables, comments, file/category links and
+    markup removed, link text kept. Pages may be joined by NUL bytes; nothing spans them."""
+    import pyarrow.compute as pc
+    arr = _as_array(data)
+    for pattern, replacement, repeat in MARKUP_PASSES:
+        for _ in range(64 if repeat else 1):
+            before = arr
+            arr = pc.replace_substring_regex(arr, pattern, replacement)
+            if pc.binary_length(arr)[0] == pc.binary_length(before)[0]:
+                break
+    out = _as_bytes(arr)
+    return _ENTITY.sub(lambda m: html.unescape(m.group().decode()).encode(), out)
+
+
+# ---------------------------------------------------------------- tokens
+
+BREAK, SPACE, WORD, JOIN, IGNORE = 0, 1, 2, 3, 4
+_TABLES: dict[str, Any] = {}
+
+
+def _class_tables():
+    """Byte classes of ASCII, and classes and ASCII stand-ins of BMP code points."""
+    if not _TABLES:
+        import unicodedata
+        import numpy as np
+        ascii_ = np.full(256, WORD, np.uint8)   # bytes >= 0x80 are fixed up per character
+        for b in range(128):
+            c = chr(b)
+            ascii_[b] = WORD if c.isalnum() else SPACE if c in " \t" else JOIN if c in "'-" else BREAK
+        bmp = np.full(0x10000, BREAK, np.uint8)
+        for cp in range(0x80, 0x10000):
+            cat = unicodedata.category(chr(cp))
+            bmp[cp] = (WORD if cat[0] in "LNM" else SPACE if cat == "Zs"
+                       else IGNORE if cat == "Cf" else BREAK)
+        stand_in = np.zeros(0x10000, np.uint8)
+        for cp, ch in ((0x2019, "'"), (0x2010, "-"), (0x2011, "-")):
+            bmp[cp], stand_in[cp] = JOIN, ord(ch)
+        _TABLES.update(ascii=ascii_, bmp=bmp, stand_in=stand_in)
+    return _TABLES
+
+
+def byte_classes(data: bytes):
+    """(bytes, class of each byte) with ignorable characters removed and ’ ‐ ‑ written
+    as ASCII ' and -; every byte of a UTF-8 character gets the character's class."""
+    import numpy as np
+    t = _class_tables()
+    a = np.frombuffer(data, np.uint8)
+    k = t["ascii"][a]
+    lead = np.flatnonzero(a >= 0xC0)
+    if len(lead):
+        a = a.copy()
+        n = len(a)
+        b = [a[lead].astype(np.uint32)] + [a[np.minimum(lead + i, n - 1)].astype(np.uint32) & 0x3F
+                                           for i in (1, 2, 3)]
+        size = np.where(b[0] >= 0xF0, 4, np.where(b[0] >= 0xE0, 3, 2))
+        cp = np.where(size == 2, (b[0] & 0x1F) << 6 | b[1],
+                      np.where(size == 3, (b[0] & 0x0F) << 12 | b[1] << 6 | b[2],
+                               (b[0] & 0x07) << 18 | b[1] << 12 | b[2] << 6 | b[3]))
+        bmp = cp < 0x10000
+        cls = np.where(bmp, t["bmp"][np.where(bmp, cp, 0)],
+                       np.where((cp >= 0x1F000) & (cp < 0x1FC00), BREAK,
+                                np.where((cp >= 0xE0000) & (cp < 0xE0080), IGNORE, WORD))).astype(np.uint8)
+        for i in range(4):
+            sel = size > i
+            k[np.minimum(lead[sel] + i, n - 1)] = cls[sel]
+        swap = np.flatnonzero(np.where(bmp, t["stand_in"][np.where(bmp, cp, 0)], 0))
+        if len(swap):   # ’ -> ' and friends: the lead byte becomes ASCII, the rest is dropped
+            a[lead[swap]] = t["stand_in"][cp[swap]]
+            for i in range(1, 3):
+                k[np.minimum(lead[swap] + i, n - 1)] = IGNORE
+    keep = k != IGNORE
+    if not keep.all():
+        a, k = a[keep], k[keep]
+    return a, k
+
+
+def count_words(data: bytes):
+    """Word and bigram counts of plain text, as Arrow tables (word, count) and
+    (word1, word2, count), and the number of words. Rules: docs/queries.md."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    a, k = byte_classes(data)
+    word = k == WORD
+    w = word.copy()
+    if len(w) > 2:   # ' and - join two word characters
+        w[1:-1] |= (k[1:-1] == JOIN) & word[:-2] & word[2:]
+    prev = np.concatenate(([False], w[:-1]))
+    nxt = np.concatenate((w[1:], [False]))
+    starts = np.flatnonzero(w & ~prev)
+    ends = np.flatnonzero(w & ~nxt) + 1
+    n = len(starts)
+    # two neighbours form a bigram when only spaces lie between them
+    breaks = np.append(np.flatnonzero(~w & (k != SPACE)), len(a))
+    same = breaks[np.searchsorted(breaks, ends[:-1])] >= starts[1:]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(ends - starts, out=offsets[1:])
+    tokens = pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets),
+                                                   pa.py_buffer(np.ascontiguousarray(a[w]))])
+    enc = pc.dictionary_encode(tokens)
+    vocab = pc.cast(enc.dictionary, pa.string())
+    idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    words = pa.table({"word": vocab, "count": np.bincount(idx, minlength=len(vocab)).astype(np.int64)})
+    keys = pc.value_counts(pa.array((idx[:-1] << 32 | idx[1:])[same], pa.int64()))
+    key = keys.field("values").to_numpy()
+    bigrams = pa.table({"word1": vocab.take(pa.array(key >> 32)),
+                        "word2": vocab.take(pa.array(key & 0xFFFFFFFF)),
+                        "count": keys.field("counts").cast(pa.int64())})
+    return words, bigrams, n
+
+
+# ---------------------------------------------------------------- article files
+
+def read_articles(spec: dict[str, Any]) -> tuple[list[str], Any]:
+    """(titles, text column) of one chunk of a Parquet or JSONL article file."""
+    import pyarrow as pa
+    path = Path(spec["path"])
+    if spec["kind"] == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            t = pq.ParquetFile(path).read_row_groups(spec["row_groups"], columns=["title", "text"])
+        except (pa.ArrowInvalid, OSError, KeyError) as e:
+            raise WitError(f"{path}: cannot read title and text columns ({e}); article files "
+                           "need the layout of wikimedia/wikipedia (id, url, title, text)") from None
+        return t.column("title").to_pylist(), t.column("text")
+    titles, texts = [], []
+    start, end = spec["start"], spec["end"]
+    with open(path, "rb") as f:
+        f.seek(max(0, start - 1))
+        data = f.read(end - start + 1)
+        if start > 0 and not data.startswith(b"\n"):   # the first line began in the chunk before
+            cut = data.find(b"\n")
+            data, start = (data[cut + 1:], start + cut) if cut >= 0 else (b"", end)
+        else:
+            data = data[1:] if start > 0 else data
+        if data and not data.endswith(b"\n"):
+            data += f.readline()
+    pos = start
+    for line in data.splitlines(keepends=True):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                titles.append(row["title"])
+                texts.append(row["text"])
+            except json.JSONDecodeError as e:
+                raise WitError(f"{path}: the line at byte {pos:,} is not valid JSON ({e.msg}); "
+                               "fix or remove it and rerun (counts finished so far are kept)") from None
+            except (KeyError, TypeError) as e:
+                raise WitError(f"{path}: the line at byte {pos:,} has no {e} field; article "
+                               "files need title and text") from None
+        pos += len(line)
+    return titles, pa.array(texts, pa.string())
+
+
+def _join_texts(column) -> bytes:
+    """A string column as one buffer, rows separated by NUL lines (no word or bigram
+    crosses them)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
+    column = pc.fill_null(column.cast(pa.large_string()), "")
+    rows = pa.LargeListArray.from_arrays(pa.array([0, len(column)], pa.int64()), column)
+    return _as_bytes(pc.binary_join(rows, pa.scalar("\n\x00\n", pa.large_string())))
+
+
+# ---------------------------------------------------------------- one chunk
+
+def _write(table, path: Path) -> None:
+    import pyarrow.parquet as pq
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
+    """Count one chunk and write `<out>.words.parquet`, `<out>.bigrams.parquet`,
+    `<out>.titles.parquet`, then `<out>.json` (its stats; the chunk's done-mark)."""
+    import pyarrow as pa
+    t0 = time.time()
+    out = Path(spec["out"])
+    kind = spec["kind"]
+    if kind in ("xml", "xml.bz2"):
+        got = read_pages(Path(spec["path"]), spec["start"], spec["end"], spec["start"] == 0)
+        text, stats = strip_markup(got["text"]), got["stats"]
+        titles, redirects = got["titles"], got["redirects"]
+    else:
+        if kind == "arrow":
+            titles, column = table.column("title").to_pylist(), table.column("text")
+        else:
+            titles, column = read_articles(spec)
+        text = _join_texts(column)
+        redirects = [None] * len(titles)
+        stats = {"pages": len(titles), "articles": len(titles), "redirects": 0,
+                 "other_namespaces": 0, "wikitext_bytes": len(text)}
+    words, bigrams, n = count_words(text)
+    _write(words, out.with_name(out.name + ".words.parquet"))
+    _write(bigrams, out.with_name(out.name + ".bigrams.parquet"))
+    _write(pa.table({"title": pa.array(titles, pa.string()),
+                     "redirect": pa.array(redirects, pa.string())}),
+           out.with_name(out.name + ".titles.parquet"))
+    stats.update(tokens=n, seconds=round(time.time() - t0, 3), index=spec["index"], path=spec["path"])
+    tmp = out.with_name(f"{out.name}.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, out.with_name(out.name + ".json"))
+    return stats
+
+
+def plan_chunks(path: Path, kind: str, chunk_bytes: int) -> list[dict[str, Any]]:
+    """Chunks of one input file: byte ranges (XML, bz2, JSONL) or row groups (Parquet)."""
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            meta = pq.ParquetFile(path).metadata
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise WitError(f"{path}: not a readable Parquet file ({e})") from None
+        groups, size, plan = [], 0, []
+        for i in range(meta.num_row_groups):
+            groups.append(i)
+            size += meta.row_group(i).total_byte_size
+            if size >= chunk_bytes or i == meta.num_row_groups - 1:
+                plan.append({"row_groups": groups})
+                groups, size = [], 0
+    else:
+        size = path.stat().st_size
+        plan = [{"start": s, "end": min(size, s + chunk_bytes)} for s in range(0, max(size, 1), chunk_bytes)]
+    return [dict(p, kind=kind, path=str(path), index=i) for i, p in enumerate(plan)]
+
+
+def input_kind(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix, kind in ((".xml.bz2", "xml.bz2"), (".xml", "xml"), (".parquet", "parquet"),
+                         (".jsonl", "jsonl"), (".json", "jsonl"), (".bz2", "xml.bz2")):
+        if name.endswith(suffix):
+            return kind
+    return None
+
