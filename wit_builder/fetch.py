@@ -74,18 +74,15 @@ class Config:
 
 
 def _check(cfg: Config) -> None:
-    positive = ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
-                "max_image_area", "max_image_bytes")
-    for name in positive:
-        if getattr(cfg, name) <= 0:
-            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be above 0")
-    for name in ("retries", "shards_in_flight", "shard_retries"):
-        if getattr(cfg, name) < 0:
-            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be 0 or more")
-    if cfg.resize_mode not in RESIZE_MODES:
-        raise WitError(f"--resize-mode {cfg.resize_mode}: choose one of {', '.join(RESIZE_MODES)}")
-    if cfg.encode_format not in ENCODE_FORMATS:
-        raise WitError(f"--encode-format {cfg.encode_format}: choose one of {', '.join(ENCODE_FORMATS)}")
+    for name in ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
+                 "max_image_area", "max_image_bytes", "retries", "shards_in_flight", "shard_retries"):
+        least = 0 if name in ("retries", "shards_in_flight", "shard_retries") else 1e-9
+        if getattr(cfg, name) < least:
+            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be "
+                           f"{'0 or more' if least == 0 else 'above 0'}")
+    for name, choices in (("resize_mode", RESIZE_MODES), ("encode_format", ENCODE_FORMATS)):
+        if getattr(cfg, name) not in choices:
+            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: choose one of {', '.join(choices)}")
     top = 9 if cfg.encode_format == "png" else 100
     if not 0 <= cfg.encode_quality <= top:
         raise WitError(f"--encode-quality {cfg.encode_quality}: must be 0-{top} for {cfg.encode_format}")
@@ -211,7 +208,7 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
     finished = [s for s in shards if (done_dir / _shard_name(s, oom)).is_dir()]
     seen = [json.loads((done_dir / _shard_name(s, oom) / "summary.json").read_text()) for s in finished]
     total = {"rows": sum(r["rows"] for r in seen), "success": sum(r["success"] for r in seen)}
-    run_stats = {"shards": 0, "rows": 0, "success": 0, "bytes": 0, "resumed": len(finished)}
+    run_stats = {"success": 0, "resumed": len(finished)}
     pending = deque((s, 0) for s in shards if s not in set(finished))
     if pending:
         ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
@@ -242,9 +239,7 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
                     failed[shard] = f"shard {shard} failed {tries + 1} time(s): {reason}"
                     bar.update(1)
                 continue
-            for k in ("rows", "success", "bytes"):
-                run_stats[k] += res[k]
-            run_stats["shards"] += 1
+            run_stats["success"] += res["success"]
             total["rows"] += res["rows"]
             total["success"] += res["success"]
             bar.update(1)
@@ -335,8 +330,7 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
     pq.write_table(table, out / "status.parquet")
     (out / f"{name}.parquet").unlink()
     statuses = table["status"].to_pylist()
-    summary = {"shard": shard, "rows": len(statuses), "success": statuses.count("success"),
-               "bytes": sum(b for b in table["bytes"].to_pylist() if b)}
+    summary = {"shard": shard, "rows": len(statuses), "success": statuses.count("success")}
     (out / "summary.json").write_text(json.dumps(summary))
     try:
         out.rename(final)
@@ -349,8 +343,7 @@ def _status_table(plan, i2d_parquet: Path, outcomes: dict, shard: int, settings:
     """The shard's fetch/status rows, in plan order, from img2dataset's parquet and the
     statuses netguard gave each download."""
     import pyarrow.parquet as pq
-    meta = pq.read_table(i2d_parquet).to_pylist()
-    by_uid = {m["uid"]: m for m in meta}
+    by_uid = {m["uid"]: m for m in pq.read_table(i2d_parquet).to_pylist()}
     cols: dict[str, list] = {c: [] for c in STATUS_COLUMNS[5:]}
     for index, uid in enumerate(plan["uid"].to_pylist()):
         m = by_uid.get(uid)
@@ -374,16 +367,28 @@ def _status_table(plan, i2d_parquet: Path, outcomes: dict, shard: int, settings:
     return _with_status(plan, cols)
 
 
-def _with_status(plan, cols: dict):
-    """`plan` (uid, url, text, selected_by, query_ids, ...) joined with status columns."""
+def _key(index: int, shard: int, settings: dict) -> str:
+    """img2dataset's sample key (downloader.compute_key): shard and index, zero-padded."""
+    oom_sample = math.ceil(math.log10(settings["shard_size"]))
+    return f"{shard * 10 ** oom_sample + index:0{oom_sample + settings['oom_shard_count']}d}"
+
+
+def _with_status(plan, cols: dict | None = None):
+    """`plan` (uid, url, text, selected_by, query_ids, ...) with the status columns
+    `cols` (all null if not given) as a fetch/status table."""
     import pyarrow as pa
-    types = {"status": pa.string(), "error": pa.string(), "width": pa.int32(), "height": pa.int32(),
-             "original_width": pa.int32(), "original_height": pa.int32(), "bytes": pa.int64(),
-             "sha256": pa.string(), "fetch_shard": pa.int32(), "key": pa.string()}
-    arrays = [plan[c].cast(t) for c, t in (("uid", pa.string()), ("url", pa.string()),
-              ("text", pa.string()), ("selected_by", pa.int32()), ("query_ids", pa.list_(pa.int32())))]
-    arrays += [pa.array(cols[c], types[c]) for c in STATUS_COLUMNS[5:]]
-    return pa.Table.from_arrays(arrays, names=STATUS_COLUMNS)
+    i32, text = pa.int32(), pa.string()
+    types = [text, text, text, i32, pa.list_(i32), text, text, i32, i32, i32, i32, pa.int64(),
+             text, i32, text]
+    schema = pa.schema(list(zip(STATUS_COLUMNS, types)))
+    if plan is None:
+        return schema.empty_table()
+    n = plan.num_rows
+    cols = cols or {}
+    return pa.Table.from_arrays(
+        [plan[c].cast(t) for c, t in zip(STATUS_COLUMNS[:5], types)]
+        + [pa.array(cols.get(c, [None] * n), t) for c, t in zip(STATUS_COLUMNS[5:], types[5:])],
+        schema=schema)
 
 
 def _link(src: Path, dest: Path) -> None:
@@ -414,8 +419,9 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path 
             continue
         rows = pq.read_table(ctx.work / "plan" / f"fetch_shard={shard}").sort_by("ord")
         n = rows.num_rows
-        cols = _failed_columns(n, failed[shard], shard, settings)
-        pq.write_table(_with_status(rows, cols), status_out / f"{name}.parquet")
+        pq.write_table(_with_status(rows, {
+            "status": ["shard_failed"] * n, "error": [failed[shard]] * n, "fetch_shard": [shard] * n,
+            "key": [_key(i, shard, settings) for i in range(n)]}), status_out / f"{name}.parquet")
     con = duckdb.connect()
     if prev is not None:  # keep the previous rows that were not retried, and all its images
         transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
@@ -425,8 +431,7 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path 
         for f in sorted((prev / "shards").iterdir()):
             _link(f, shards_out / f.name)
     if not any(status_out.iterdir()):
-        pq.write_table(_with_status(_empty_plan(), {c: [] for c in STATUS_COLUMNS[5:]}),
-                       status_out / "empty.parquet")
+        pq.write_table(_with_status(None), status_out / "empty.parquet")
     status_glob = _sql(status_out / "*.parquet")
     counts = dict(con.execute(f"SELECT status, count(*) FROM read_parquet({status_glob}) "
                               "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
@@ -455,17 +460,3 @@ def _key(index: int, shard: int, settings: dict) -> str:
     oom_sample = math.ceil(math.log10(settings["shard_size"]))
     width = oom_sample + settings["oom_shard_count"]
     return f"{shard * 10 ** oom_sample + index:0{width}d}"
-
-
-def _failed_columns(n: int, reason: str, shard: int, settings: dict) -> dict:
-    keys = [_key(i, shard, settings) for i in range(n)]
-    cols: dict[str, list] = {c: [None] * n for c in STATUS_COLUMNS[5:]}
-    cols.update(status=["shard_failed"] * n, error=[reason] * n, fetch_shard=[shard] * n, key=keys)
-    return cols
-
-
-def _empty_plan():
-    import pyarrow as pa
-    return pa.table({"uid": pa.array([], pa.string()), "url": pa.array([], pa.string()),
-                     "text": pa.array([], pa.string()), "selected_by": pa.array([], pa.int32()),
-                     "query_ids": pa.array([], pa.list_(pa.int32()))})
