@@ -383,8 +383,8 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
         "chunks_counted": counted["chunks_counted"], "chunks_reused": counted["chunks_reused"],
         "counting_seconds": round(counted["seconds"], 2)}
     con.close()
-    for store in counted["stores"]:
-        shutil.rmtree(store, ignore_errors=True)
+    # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
+    shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)
     return StageOutput(rows=summary["entries"], summary=summary)
 
 
