@@ -1,0 +1,562 @@
+"""Read candidate (image URL, caption) files into the build's pool.
+
+Takes Parquet, CSV, TSV and JSON Lines files (each optionally gzipped), globs and
+directories: CC3M/CC12M TSVs (with or without a header), LAION/DataComp/COYO
+Parquet metadata, a user's own lists. The URL and caption columns are recognised
+from common names (or given with --url-col/--text-col); other columns are kept.
+Rows without a URL or caption, or whose URL is not http(s), are dropped and counted;
+exact duplicates of (url, text) are removed and counted. Every row gets
+uid = hash(url, text). Writes `pool/part-*.parquet`: uid, url, text, + the rest.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import WitError
+from .stage import StageContext, StageOutput, StageResult, run_stage
+
+URL_NAMES = ("url", "image_url", "img_url", "imageurl", "image_link", "img_link",
+             "photo_url", "link", "src", "image")
+TEXT_NAMES = ("text", "caption", "captions", "alt_text", "alttext", "alt", "description",
+              "caption_reference_description", "title", "sentence", "txt")
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv",
+           ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+GOOD_URL = r"(?i)^https?://[^\s/?#]+"
+BUCKET_BYTES = 256 << 20     # input bytes per pool part when --pool-parts is 0
+CHUNK_ROWS = 250_000         # rows buffered before a chunk is written
+ORDER, BUCKET = "_wit_order", "_wit_bucket"
+REASONS = ("no_url", "no_text", "bad_url")
+
+
+@dataclass
+class Config:
+    pool: list[str] = field(default_factory=list, metadata={
+        "help": "candidate files: Parquet, CSV, TSV, JSONL (also .gz), globs or directories",
+        "metavar": "FILE"})
+    url_col: str | None = field(default=None, metadata={
+        "help": "column holding the image URL (default: recognised: url, URL, image_url, ...; "
+                "columnN for files without a header)"})
+    text_col: str | None = field(default=None, metadata={
+        "help": "column holding the caption (default: recognised: text, caption, alt_text, ...)"})
+    skip_broken_rows: bool = field(default=False, metadata={
+        "help": "skip and count malformed CSV/TSV/JSONL rows instead of stopping at the first"})
+    pool_parts: int = field(default=0, metadata={
+        "help": "number of pool/ files (uid buckets); 0 = one per ~256 MB of input"})
+    memory_limit: str = field(default="4GB", metadata={
+        "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)"})
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Read, clean and deduplicate the candidate files into pool/."""
+    from .io import file_fingerprint
+    if not cfg.pool:
+        raise WitError("--pool: give the candidate files (Parquet, CSV, TSV or JSONL, "
+                       "optionally .gz; globs and directories work)")
+    if cfg.pool_parts < 0:
+        raise WitError(f"--pool-parts {cfg.pool_parts}: must be >= 0 (0 = automatic)")
+    files = find_files(cfg.pool)
+    params = {"pool": file_fingerprint(files), "url_col": cfg.url_col,
+              "text_col": cfg.text_col, "skip_broken_rows": cfg.skip_broken_rows,
+              "pool_parts": cfg.pool_parts}
+    return run_stage(build, "pool", params, lambda ctx: _pool(ctx, cfg, files),
+                     outputs=["pool"], views={"pool": "pool/part-*.parquet"}, force=force)
+
+
+def find_files(patterns: list[str]) -> list[Path]:
+    """Expand files, globs and directories; explicit files of unknown format are an error."""
+    from .io import expand_inputs
+    out: list[Path] = []
+    for pat in patterns:
+        hits = expand_inputs([pat], "pool", "--pool")
+        explicit = len(hits) == 1 and Path(pat).expanduser() == hits[0]
+        known = [h for h in hits if fmt_of(h, strict=explicit)]
+        if not known:
+            raise WitError(f"--pool {pat}: no Parquet, CSV, TSV or JSONL files (.gz too) there")
+        out.extend(known)
+    return list(dict.fromkeys(out))
+
+
+def fmt_of(path: Path, strict: bool = True) -> str | None:
+    """'parquet', 'csv', 'tsv' or 'jsonl' from the file name (a .gz suffix is allowed)."""
+    name = path.name.lower()
+    name = name[:-3] if name.endswith(".gz") else name
+    fmt = FORMATS.get(Path(name).suffix)
+    if fmt is None and strict:
+        raise WitError(f"{path}: unknown format '{Path(name).suffix or path.name}'; the pool "
+                       f"takes Parquet (.parquet), CSV (.csv), TSV (.tsv) or JSON Lines "
+                       f"(.jsonl), each optionally gzipped (.gz)")
+    return fmt
+
+
+# ----------------------------------------------------------------------------------
+# Reading one file (a Ray task): normalise, filter, hash, bucket, write chunks.
+
+@dataclass
+class _Spec:
+    url_col: str | None
+    text_col: str | None
+    skip_broken_rows: bool
+    buckets: int
+
+
+def _pick(names: list[str], given: str | None, known: tuple[str, ...], flag: str,
+          path: Path, what: str) -> str:
+    if given is not None:
+        if given in names:
+            return given
+        raise WitError(f"{path}: {flag} {given!r} is not a column; columns are: "
+                       f"{', '.join(names)}")
+    lower = {n.lower().strip(): n for n in reversed(names)}
+    for k in known:
+        if k in lower:
+            return lower[k]
+    raise WitError(f"{path}: no {what} column found among: {', '.join(names)}; "
+                   f"name it with {flag}")
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.name.lower().endswith(
+        ".gz") else open(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def _first_line(path: Path) -> str | None:
+    with _open_text(path) as f:
+        for line in f:
+            if line.strip():
+                return line
+    return None
+
+
+def _looks_like_url(value: str) -> bool:
+    v = value.strip().lower()
+    return v.startswith("http://") or v.startswith("https://")
+
+
+def _delimited_columns(path: Path, fmt: str, spec: _Spec) -> tuple[list[str], bool]:
+    """Column names of a CSV/TSV and whether its first line is a header."""
+    first = _first_line(path)
+    if first is None:
+        return [], False
+    delim = "\t" if fmt == "tsv" else ","
+    fields = next(csv.reader([first], delimiter=delim,
+                             quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL))
+    fields = [f.strip() for f in fields]
+    given = {c for c in (spec.url_col, spec.text_col) if c}
+    recognised = {f.lower() for f in fields} & set(URL_NAMES + TEXT_NAMES)
+    if given & set(fields) or (recognised and not any(_looks_like_url(f) for f in fields)):
+        return fields, True
+    if any(_looks_like_url(f) for f in fields):
+        return [f"column{i}" for i in range(len(fields))], False   # CC3M/CC12M: no header
+    return fields, True
+
+
+def _headerless_columns(path: Path, names: list[str], first: str, fmt: str,
+                        spec: _Spec) -> tuple[str, str]:
+    """URL and caption columns of a header-less file: the one holding a URL, the other."""
+    fields = next(csv.reader([first], delimiter="\t" if fmt == "tsv" else ",",
+                             quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL))
+    url = spec.url_col or next(n for n, f in zip(names, fields) if _looks_like_url(f))
+    if spec.url_col and spec.url_col not in names:
+        _pick(names, spec.url_col, URL_NAMES, "--url-col", path, "URL")
+    if spec.text_col:
+        return url, _pick(names, spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+    others = [n for n in names if n != url]
+    if not others:
+        raise WitError(f"{path}: only one column (the URLs); the pool needs a caption column too")
+    return url, others[0]
+
+
+class _BrokenRow(Exception):
+    def __init__(self, text: str, expected: int, actual: int):
+        super().__init__(text)
+        self.text, self.expected, self.actual = text, expected, actual
+
+
+def _broken_line(path: Path, fmt: str, n_fields: int, header: bool) -> int | None:
+    """Line number of the first row whose field count is not `n_fields` (None if none)."""
+    delim = "\t" if fmt == "tsv" else ","
+    with _open_text(path) as f:
+        if fmt == "tsv":
+            for i, line in enumerate(f, start=1):
+                if (header and i == 1) or not line.strip("\r\n"):
+                    continue
+                if len(line.rstrip("\r\n").split(delim)) != n_fields:
+                    return i
+            return None
+        reader = csv.reader(f, delimiter=delim)
+        for row in reader:
+            if header and reader.line_num == 1 or not row:
+                continue
+            if len(row) != n_fields:
+                return reader.line_num
+    return None
+
+
+def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    names, header = _delimited_columns(path, fmt, spec)
+    if not names:
+        return
+    if header:
+        url = _pick(names, spec.url_col, URL_NAMES, "--url-col", path, "URL")
+        text = _pick(names, spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+    else:
+        url, text = _headerless_columns(path, names, _first_line(path), fmt, spec)
+    stats["columns"] = [url, text]
+    broken: list[_BrokenRow] = []
+
+    def on_invalid(row):
+        if spec.skip_broken_rows:
+            stats["broken_rows"] += 1
+            return "skip"
+        broken.append(_BrokenRow(row.text or "", row.expected_columns, row.actual_columns))
+        return "error"
+
+    reader = pcsv.open_csv(
+        pa.input_stream(str(path), compression="detect"),
+        read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if header else 0,
+                                      block_size=8 << 20, encoding="utf8"),
+        parse_options=pcsv.ParseOptions(
+            delimiter="\t" if fmt == "tsv" else ",",
+            quote_char=False if fmt == "tsv" else '"',
+            newlines_in_values=fmt == "csv", ignore_empty_lines=True,
+            invalid_row_handler=on_invalid),
+        convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                            strings_can_be_null=False))
+    try:
+        for batch in reader:
+            yield batch, url, text
+    except pa.ArrowInvalid as e:
+        if broken:
+            b = broken[0]
+            line = _broken_line(path, fmt, len(names), header)
+            where = f"line {line}" if line else f"the row starting {b.text[:60]!r}"
+            raise WitError(f"{path} {where}: expected {b.expected} fields, found {b.actual}; "
+                           f"fix or remove the row, or pass --skip-broken-rows") from None
+        raise WitError(f"{path}: not readable as {fmt.upper()} ({e})") from None
+
+
+class _SlowPath(Exception):
+    """A JSONL file with broken lines under --skip-broken-rows: reread it line by line."""
+
+
+def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.json as pjson
+    first = _first_line(path)
+    if first is None:
+        return
+    try:
+        obj = json.loads(first)
+    except json.JSONDecodeError:
+        obj = None
+    if not isinstance(obj, dict):
+        if spec.skip_broken_rows:
+            raise _SlowPath()
+        raise WitError(f"{path} line 1: not a JSON object (JSON Lines: one object per line); "
+                       f"fix or remove the line, or pass --skip-broken-rows")
+    url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
+    text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+    stats["columns"] = [url, text]
+    try:
+        reader = pjson.open_json(
+            pa.input_stream(str(path), compression="detect"),
+            read_options=pjson.ReadOptions(block_size=8 << 20),
+            parse_options=pjson.ParseOptions(
+                explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
+                unexpected_field_behavior="infer"))
+        for batch in reader:
+            yield batch, url, text
+    except pa.ArrowInvalid as e:
+        line, problem = _bad_json_line(path)
+        if line is None:
+            raise WitError(f"{path}: not readable as JSON Lines ({e})") from None
+        if spec.skip_broken_rows:
+            raise _SlowPath() from None
+        raise WitError(f"{path} line {line}: {problem}; fix or remove the line, or pass "
+                       f"--skip-broken-rows") from None
+
+
+def _bad_json_line(path: Path) -> tuple[int | None, str]:
+    with _open_text(path) as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                return i, f"not valid JSON ({e.msg})"
+            if not isinstance(obj, dict):
+                return i, "not a JSON object (one object per line expected)"
+    return None, ""
+
+
+def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
+    """Slow path for --skip-broken-rows: parse line by line, skipping bad lines."""
+    import pyarrow as pa
+    rows: list[dict] = []
+    url = text = None
+    with _open_text(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                obj = None
+            if not isinstance(obj, dict):
+                stats["broken_rows"] += 1
+                continue
+            if url is None:
+                url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
+                text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+                stats["columns"] = [url, text]
+            rows.append({k: (v if k not in (url, text) or v is None else str(v))
+                         for k, v in obj.items()})
+            if len(rows) >= 65536:
+                yield pa.RecordBatch.from_pylist(rows), url, text
+                rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows), url, text
+
+
+def _read_parquet(path: Path, spec: _Spec, stats: dict, scratch: Path) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    src = path
+    if path.name.lower().endswith(".gz"):
+        src = scratch / path.name[:-3]
+        with gzip.open(path, "rb") as fin, open(src, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
+    try:
+        pf = pq.ParquetFile(src)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise WitError(f"{path}: not a readable Parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    url = _pick(names, spec.url_col, URL_NAMES, "--url-col", path, "URL")
+    text = _pick(names, spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+    stats["columns"] = [url, text]
+    try:
+        for batch in pf.iter_batches(batch_size=65536):
+            yield batch, url, text
+    except (pa.ArrowInvalid, OSError) as e:
+        raise WitError(f"{path}: corrupt Parquet data ({e})") from None
+
+
+def _as_text(col, name: str, path: Path):
+    import pyarrow as pa
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return col.cast(pa.string())
+    if pa.types.is_nested(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        raise WitError(f"{path}: column {name!r} holds {t}, not text; pick another with "
+                       f"--url-col/--text-col")
+    return col.cast(pa.string())
+
+
+def _clean(batch, url_col: str, text_col: str, path: Path, stats: dict, first_row: int,
+           file_index: int, buckets: int):
+    """Rename, filter and hash one batch; returns a table with uid, url, text, extras."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from .io import uids
+    n = batch.num_rows
+    url = pc.utf8_trim_whitespace(_as_text(batch.column(url_col), url_col, path))
+    text = _as_text(batch.column(text_col), text_col, path)
+    no_url = pc.fill_null(pc.equal(url, ""), True)
+    no_text = pc.and_(pc.invert(no_url),
+                      pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), True))
+    ok = pc.and_(pc.invert(no_url), pc.invert(no_text))
+    good = pc.fill_null(pc.match_substring_regex(url, GOOD_URL), False)
+    bad_url = pc.and_(ok, pc.invert(good))
+    keep = pc.and_(ok, good)
+    for reason, mask in zip(REASONS, (no_url, no_text, bad_url)):
+        stats[reason] += int(pc.sum(mask).as_py() or 0)
+    cols = {"url": url.filter(keep), "text": text.filter(keep)}
+    uid_list = uids(cols["url"], cols["text"])
+    extras = {}
+    for name in batch.schema.names:
+        if name in (url_col, text_col):
+            continue
+        out_name = f"source_{name}" if name in ("uid", "url", "text", ORDER, BUCKET) else name
+        extras[out_name] = batch.column(name).filter(keep)
+    order = (np.int64(file_index) << np.int64(40)) + first_row + np.flatnonzero(
+        keep.to_numpy(zero_copy_only=False))
+    return pa.table({
+        "uid": pa.array(uid_list, pa.string()), **cols, **extras,
+        ORDER: pa.array(order, pa.int64()),
+        BUCKET: pa.array([int(u[:8], 16) % buckets for u in uid_list], pa.int32()),
+    })
+
+
+def _write_chunk(tables: list, dest: Path) -> None:
+    """One chunk file, rows grouped by bucket (a row group per bucket, for pruning)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    table = pa.concat_tables(tables, promote_options="permissive")
+    table = table.take(pc.sort_indices(table, [(BUCKET, "ascending"), (ORDER, "ascending")]))
+    bucket = table.column(BUCKET).to_numpy()
+    cuts = [0, *((bucket[1:] != bucket[:-1]).nonzero()[0] + 1).tolist(), len(bucket)]
+    with pq.ParquetWriter(dest, table.schema) as w:
+        for a, b in zip(cuts, cuts[1:]):
+            w.write_table(table.slice(a, b - a))
+
+
+def read_file(path: str, file_index: int, spec: _Spec, out_dir: str) -> dict:
+    """Read one candidate file into bucketed chunk files under out_dir (atomic)."""
+    try:
+        return _read_file(Path(path), file_index, spec, Path(out_dir), slow=False)
+    except _SlowPath:
+        return _read_file(Path(path), file_index, spec, Path(out_dir), slow=True)
+
+
+def _read_file(path: Path, file_index: int, spec: _Spec, out: Path, slow: bool) -> dict:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats: dict[str, Any] = {"file": str(path), "rows_read": 0, "broken_rows": 0, "kept": 0,
+                             **{r: 0 for r in REASONS}}
+    fmt = fmt_of(path)
+    if fmt == "parquet":
+        batches = _read_parquet(path, spec, stats, tmp)
+    elif fmt == "jsonl":
+        batches = _jsonl_by_line(path, spec, stats) if slow else _read_jsonl(path, spec, stats)
+    else:
+        batches = _read_delimited(path, fmt, spec, stats)
+    pending: list = []
+    pending_rows = chunks = 0
+    for batch, url_col, text_col in batches:
+        table = _clean(batch, url_col, text_col, path, stats, stats["rows_read"], file_index,
+                       spec.buckets)
+        stats["rows_read"] += batch.num_rows
+        stats["kept"] += table.num_rows
+        if table.num_rows:
+            pending.append(table)
+            pending_rows += table.num_rows
+        if pending_rows >= CHUNK_ROWS:
+            _write_chunk(pending, tmp / f"chunk-{chunks:05d}.parquet")
+            pending, pending_rows, chunks = [], 0, chunks + 1
+    if pending:
+        _write_chunk(pending, tmp / f"chunk-{chunks:05d}.parquet")
+    for scratch in tmp.glob("*"):
+        if not scratch.name.startswith("chunk-"):
+            scratch.unlink()
+    (tmp / "stats.json").write_text(json.dumps(stats))
+    tmp.rename(out)
+    return stats
+
+
+# ----------------------------------------------------------------------------------
+# The stage: read every file (Ray tasks), then dedupe each bucket in DuckDB.
+
+def _buckets(cfg: Config, files: list[Path]) -> int:
+    if cfg.pool_parts:
+        return cfg.pool_parts
+    size = sum(p.stat().st_size * (3 if fmt_of(p) == "parquet" or p.name.endswith(".gz") else 1)
+               for p in files)
+    return max(1, min(1024, math.ceil(size / BUCKET_BYTES)))
+
+
+def _pool(ctx: StageContext, cfg: Config, files: list[Path]) -> StageOutput:
+    import ray
+    from .cluster import ray_session
+    spec = _Spec(cfg.url_col, cfg.text_col, cfg.skip_broken_rows, _buckets(cfg, files))
+    read_dir = ctx.work / "read"
+    read_dir.mkdir(parents=True, exist_ok=True)
+    dirs = [read_dir / f"f{i:05d}" for i in range(len(files))]
+    todo = [i for i, d in enumerate(dirs) if not d.exists()]
+    if todo:
+        with ray_session():
+            task = ray.remote(num_cpus=1)(read_file)
+            refs = [task.remote(str(files[i]), i, spec, str(dirs[i])) for i in todo]
+            try:
+                ray.get(refs)
+            except ray.exceptions.RayTaskError as e:
+                raise (e.cause if isinstance(e.cause, WitError) else e) from None
+    per_file = [json.loads((d / "stats.json").read_text()) for d in dirs]
+    totals = {k: sum(s[k] for s in per_file) for k in ("rows_read", "kept", "broken_rows", *REASONS)}
+    if totals["kept"] == 0:
+        raise WitError(
+            f"the pool is empty: {totals['rows_read']:,} rows read from {len(files)} file(s), "
+            f"{totals['no_url']:,} without a URL, {totals['no_text']:,} without a caption, "
+            f"{totals['bad_url']:,} with a non-http(s) URL, {totals['broken_rows']:,} broken. "
+            f"Check --url-col/--text-col (used: {per_file[0].get('columns')})")
+    out = ctx.output("pool")
+    rows = _dedupe(ctx, dirs, spec.buckets, out, cfg.memory_limit)
+    summary = {
+        "files": len(files),
+        "rows_read": totals["rows_read"],
+        "dropped_no_url": totals["no_url"],
+        "dropped_no_text": totals["no_text"],
+        "dropped_bad_url": totals["bad_url"],
+        "broken_rows_skipped": totals["broken_rows"],
+        "duplicates": totals["kept"] - rows["rows"],
+        "rows": rows["rows"],
+        "pairs_per_text": round(rows["rows"] / max(rows["texts"], 1), 3),
+        "parts": rows["parts"],
+        "columns": {Path(s["file"]).name: s.get("columns") for s in per_file},
+    }
+    return StageOutput(rows=rows["rows"], summary=summary)
+
+
+def duckdb_connect(work: Path, memory_limit: str):
+    """A DuckDB connection that spills to `work`/duckdb beyond `memory_limit`."""
+    import duckdb
+    con = duckdb.connect()
+    tmp = work / "duckdb"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        con.execute(f"SET memory_limit = '{memory_limit}'")
+    except duckdb.Error:
+        raise WitError(f"--memory-limit {memory_limit!r}: not a size DuckDB understands "
+                       f"(e.g. 4GB, 500MB)") from None
+    con.execute(f"SET temp_directory = '{tmp}'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
+def _dedupe(ctx: StageContext, dirs: list[Path], buckets: int, out: Path,
+            memory_limit: str) -> dict[str, int]:
+    """Keep the first occurrence of each (url, text) per bucket; write pool/part-B.parquet."""
+    import pyarrow.parquet as pq
+    chunks = [str(c) for d in dirs for c in sorted(d.glob("chunk-*.parquet"))]
+    done_dir = ctx.work / "parts"
+    done_dir.mkdir(exist_ok=True)
+    con = duckdb_connect(ctx.work, memory_limit)
+    try:
+        files = "[" + ", ".join("'" + c.replace("'", "''") + "'" for c in chunks) + "]"
+        for b in range(buckets):
+            dest = done_dir / f"part-{b:05d}.parquet"
+            if dest.exists():
+                continue
+            tmp = dest.with_suffix(".tmp")
+            con.execute(f"""
+                COPY (SELECT * EXCLUDE ({ORDER}, {BUCKET})
+                      FROM read_parquet({files}, union_by_name = true)
+                      WHERE {BUCKET} = {b}
+                      QUALIFY row_number() OVER (PARTITION BY uid, url, text ORDER BY {ORDER}) = 1
+                      ORDER BY {ORDER})
+                TO '{tmp}' (FORMAT parquet)""")
+            tmp.rename(dest)
+        rows = texts = parts = 0
+        for b in range(buckets):
+            src = done_dir / f"part-{b:05d}.parquet"
+            n = pq.ParquetFile(src).metadata.num_rows
+            if n:
+                src.rename(out / src.name)
+                rows, parts = rows + n, parts + 1
+        texts = con.execute(f"SELECT count(DISTINCT hash(text)) FROM "
+                            f"read_parquet('{out}/part-*.parquet')").fetchall()[0][0]
+        return {"rows": rows, "texts": int(texts), "parts": parts}
+    finally:
+        con.close()
