@@ -173,12 +173,6 @@ def _headerless_columns(path: Path, names: list[str], first: str, fmt: str,
     return url, others[0]
 
 
-class _BrokenRow(Exception):
-    def __init__(self, text: str, expected: int, actual: int):
-        super().__init__(text)
-        self.text, self.expected, self.actual = text, expected, actual
-
-
 def _broken_line(path: Path, fmt: str, n_fields: int, header: bool) -> int | None:
     """Line number of the first row whose field count is not `n_fields` (None if none)."""
     delim = "\t" if fmt == "tsv" else ","
@@ -201,7 +195,6 @@ def _broken_line(path: Path, fmt: str, n_fields: int, header: bool) -> int | Non
 
 def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[Any]:
     import pyarrow as pa
-    import pyarrow.csv as pcsv
     names, header = _delimited_columns(path, fmt, spec)
     if not names:
         return
@@ -211,15 +204,30 @@ def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[
     else:
         url, text = _headerless_columns(path, names, _first_line(path), fmt, spec)
     stats["columns"] = [url, text]
-    broken: list[_BrokenRow] = []
+    broken: list[tuple[str, int, int]] = []   # (row text, fields expected, found)
 
     def on_invalid(row):
         if spec.skip_broken_rows:
             stats["broken_rows"] += 1
             return "skip"
-        broken.append(_BrokenRow(row.text or "", row.expected_columns, row.actual_columns))
+        broken.append((row.text or "", row.expected_columns, row.actual_columns))
         return "error"
 
+    try:
+        yield from _csv_batches(path, fmt, names, header, on_invalid, url, text)
+    except pa.ArrowInvalid as e:
+        if broken:
+            row, expected, found = broken[0]
+            line = _broken_line(path, fmt, len(names), header)
+            where = f"line {line}" if line else f"the row starting {row[:60]!r}"
+            raise WitError(f"{path} {where}: expected {expected} fields, found {found}; "
+                           f"fix or remove the row, or pass --skip-broken-rows") from None
+        raise WitError(f"{path}: not readable as {fmt.upper()} ({e})") from None
+
+
+def _csv_batches(path: Path, fmt: str, names: list[str], header: bool, on_invalid, url, text):
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
     reader = pcsv.open_csv(
         pa.input_stream(str(path), compression="detect"),
         read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if header else 0,
@@ -231,17 +239,8 @@ def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[
             invalid_row_handler=on_invalid),
         convert_options=pcsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                             strings_can_be_null=False))
-    try:
-        for batch in reader:
-            yield batch, url, text
-    except pa.ArrowInvalid as e:
-        if broken:
-            b = broken[0]
-            line = _broken_line(path, fmt, len(names), header)
-            where = f"line {line}" if line else f"the row starting {b.text[:60]!r}"
-            raise WitError(f"{path} {where}: expected {b.expected} fields, found {b.actual}; "
-                           f"fix or remove the row, or pass --skip-broken-rows") from None
-        raise WitError(f"{path}: not readable as {fmt.upper()} ({e})") from None
+    for batch in reader:
+        yield batch, url, text
 
 
 class _SlowPath(Exception):
