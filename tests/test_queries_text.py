@@ -65,7 +65,9 @@ def test_empty_and_punctuation_only_text():
     assert words_and_bigrams(" ... --- '' \n") == ({}, set())
 
 
-def test_every_bz2_block_decodes_alone(tmp_path):
+@pytest.mark.parametrize("scan_bytes", [4 << 20, 997])
+def test_every_bz2_block_decodes_alone(tmp_path, monkeypatch, scan_bytes):
+    monkeypatch.setattr(wikitext, "SCAN_BYTES", scan_bytes)   # magics straddling scan windows
     rnd = random.Random(3)
     text = " ".join(rnd.choice(["alpha", "beta", "gamma", "delta", "épsilon"]) + str(rnd.randint(0, 999))
                     for _ in range(150_000)).encode()

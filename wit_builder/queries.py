@@ -381,7 +381,8 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
         "other_namespaces_skipped": sum(s["other_namespaces"] for s in stats),
         "words": sum(s["tokens"] for s in stats), "wikitext_mb": round(counted["wikitext_mb"], 2),
         "chunks_counted": counted["chunks_counted"], "chunks_reused": counted["chunks_reused"],
-        "counting_seconds": round(counted["seconds"], 2)}
+        "counting_seconds": round(counted["seconds"], 2),
+        "counting_cpu_seconds": round(sum(s.get("cpu_seconds", 0) for s in stats), 2)}
     con.close()
     # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
     shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)

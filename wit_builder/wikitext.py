@@ -71,7 +71,7 @@ class Bz2Blocks:
             raise WitError(f"{path}: not a bz2 file (it does not start with 'BZh'); "
                            "give a pages-articles .xml.bz2 dump or an uncompressed .xml")
         self.scanned = max(0, start)     # bytes scanned so far (absolute)
-        self.min_bit = 8 * max(0, start)
+        self.last = 8 * max(0, start) - 1  # the last magic found (bit), or before the start
         self.magics: list[tuple[int, bool]] = []
 
     def close(self) -> None:
@@ -84,20 +84,19 @@ class Bz2Blocks:
         lo = max(0, self.scanned - 6)    # overlap: a magic may straddle two windows
         self.f.seek(lo)
         buf = self.f.read(SCAN_BYTES + (self.scanned - lo))
-        last = self.magics[-1][0] if self.magics else -1
-        self.magics += [m for m in find_magics(buf, 8 * lo) if m[0] > last and m[0] >= self.min_bit]
+        new = [m for m in find_magics(buf, 8 * lo) if m[0] > self.last]
+        self.magics += new
+        self.last = new[-1][0] if new else self.last
         self.scanned = lo + len(buf)
         return True
 
     def next_block(self) -> tuple[int, int] | None:
         """(start bit, end bit) of the next block, or None after the last one."""
-        while not self.magics or (self.magics[0][1] and len(self.magics) < 2):
-            if not self._scan():
+        while True:
+            while self.magics and not self.magics[0][1]:
+                self.magics.pop(0)        # end-of-stream marks are only block ends
+            if len(self.magics) >= 2 or not self._scan():
                 break
-        while self.magics and not self.magics[0][1]:
-            self.magics.pop(0)            # end-of-stream marks are only block ends
-            while not self.magics and self._scan():
-                pass
         if not self.magics:
             return None
         start = self.magics.pop(0)[0]
@@ -433,11 +432,13 @@ def count_words(data: bytes):
     vocab = pc.cast(enc.dictionary, pa.string())
     idx = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     words = pa.table({"word": vocab, "count": np.bincount(idx, minlength=len(vocab)).astype(np.int64)})
-    keys = pc.value_counts(pa.array((idx[:-1] << 32 | idx[1:])[same], pa.int64()))
-    key = keys.field("values").to_numpy()
+    keys = np.sort((idx[:-1] << 32 | idx[1:])[same])   # sorting beats hashing here
+    first = np.flatnonzero(np.diff(keys, prepend=-1))
+    counts = np.diff(np.append(first, len(keys)))
+    key = keys[first]
     bigrams = pa.table({"word1": vocab.take(pa.array(key >> 32)),
                         "word2": vocab.take(pa.array(key & 0xFFFFFFFF)),
-                        "count": keys.field("counts").cast(pa.int64())})
+                        "count": counts.astype(np.int64)})
     return words, bigrams, n
 
 
@@ -509,7 +510,7 @@ def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
     """Count one chunk and write `<out>.words.parquet`, `<out>.bigrams.parquet`,
     `<out>.titles.parquet`, then `<out>.json` (its stats; the chunk's done-mark)."""
     import pyarrow as pa
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     out = Path(spec["out"])
     kind = spec["kind"]
     if kind in ("xml", "xml.bz2"):
@@ -531,7 +532,8 @@ def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
     _write(pa.table({"title": pa.array(titles, pa.string()),
                      "redirect": pa.array(redirects, pa.string())}),
            out.with_name(out.name + ".titles.parquet"))
-    stats.update(tokens=n, seconds=round(time.time() - t0, 3), index=spec["index"], path=spec["path"])
+    stats.update(tokens=n, seconds=round(time.time() - t0, 3), index=spec["index"], path=spec["path"],
+                 cpu_seconds=round(time.process_time() - cpu0, 3))
     tmp = out.with_name(f"{out.name}.json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, out.with_name(out.name + ".json"))
