@@ -176,6 +176,44 @@ def test_address_problem_and_fetcher_on_loopback():
         assert Fetcher(Policy(timeout=2, allow_private_network=True)).fetch(noai)[1] == "success"
 
 
+def test_fetcher_keeps_http11_connections_alive():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        connections = 0
+
+        def setup(self):
+            super().setup()
+            type(self).connections += 1
+
+        def do_GET(self):  # noqa: N802
+            found = self.path.startswith("/img")
+            body = imageserver.render(SCENES[0]) if found else b"nope"
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    fetcher = Fetcher(Policy(timeout=2, allow_private_network=True))
+    try:
+        got = [fetcher.fetch(f"{base}/img/{i}.jpg")[1] for i in range(4)] + [fetcher.fetch(f"{base}/x")[1]]
+        got.append(fetcher.fetch(f"{base}/img/last.jpg")[1])
+    finally:
+        fetcher.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert got == ["success"] * 4 + ["not_found", "success"]
+    assert KeepAlive.connections == 1
+
+
 @pytest.mark.parametrize("header, opted_out", [
     ("noai", True), ("NoImageAI", True), ("noindex, nofollow", True), ("all", False),
     ("otherbot: noai", False), ("wit: noai", True), ("img2dataset: noimageai", True),

@@ -196,15 +196,15 @@ class Fetcher:
     def __init__(self, policy: Policy):
         self.policy = policy
         self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
+        self._kept: set[http.client.HTTPConnection] = set()  # kept-alive, closed by close()
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context()
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for conn in self._kept:
                 conn.close()
-            self._all.clear()
+            self._kept.clear()
 
     def fetch(self, url: str) -> tuple[bytes | None, str, str | None]:
         """(image bytes, "success", None) or (None, status, error message), retried
@@ -271,11 +271,8 @@ class Fetcher:
 
     def _connect(self, scheme: str, host: str, port: int):
         p = self.policy
-        conn = (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls) if scheme == "https"
+        return (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls) if scheme == "https"
                 else _HTTP(host, port, p.timeout, p.allow_private_network))
-        with self._lock:
-            self._all.append(conn)
-        return conn
 
     def _request(self, parts, port: int):
         key = (parts.scheme, parts.hostname, port)
@@ -293,6 +290,9 @@ class Fetcher:
                 conn.close()
                 if not reused:
                     raise  # a kept-alive connection the server had closed: one fresh try
+            except BaseException:
+                conn.close()
+                raise
         raise AssertionError("unreachable")
 
     def _release(self, key, conn, resp, drain: bool = False) -> None:
@@ -301,6 +301,8 @@ class Fetcher:
             resp.read(_CHUNK)
         if resp.isclosed() and not resp.will_close:
             self._pool()[key] = conn
+            with self._lock:
+                self._kept.add(conn)
         else:
             conn.close()
 
