@@ -344,6 +344,7 @@ def test_count_tables(ray_cluster, build, tmp_path):
         run(build, unigram_counts=[str(uni)])
 
 
+@pytest.mark.slow
 def test_article_files_parquet_jsonl_and_hf_folder(ray_cluster, build, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -113,7 +113,6 @@ def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
     assert code == 2 and err.startswith(f"error: {path}: not a bz2 file") and "Traceback" not in err
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_from_finished_chunks(ray_cluster, dump, build, tmp_path, monkeypatch):
     done = []
 

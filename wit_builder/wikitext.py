@@ -325,7 +325,7 @@ def _as_array(data: bytes):
 def _as_bytes(arr) -> bytes:
     import numpy as np
     off = np.frombuffer(arr.buffers()[1], np.int64, count=2, offset=8 * arr.offset)
-    return arr.buffers()[2].to_pybytes()[off[0]:off[1]]
+    return bytes(memoryview(arr.buffers()[2])[off[0]:off[1]])
 
 
 def strip_markup(data: bytes) -> bytes:
