@@ -133,6 +133,7 @@ def test_an_existing_clip_style_tokenizer_json_is_understood(tmp_path):
     assert clip_tok(["a b a"])[0, :5].tolist() == [0, 2, 3, 2, 1]
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_64_pairs():
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
