@@ -3,12 +3,14 @@ exactly one chunk, wikitext reduced to plain text, and the tokenisation rules.""
 from __future__ import annotations
 
 import bz2
+import json
 import random
 
 import pytest
 
 from test_queries import World
 from wit_builder import wikitext
+from wit_builder.errors import WitError
 
 
 def plain(wikitext_: str) -> str:
@@ -98,3 +100,19 @@ def test_each_page_belongs_to_exactly_one_chunk(tmp_path, name, kw):
             pages += got["stats"]["pages"]
         assert pages == len(world.titles)
         assert sorted(titles) == sorted(t for t in world.titles if ":" not in t)
+
+
+def test_each_jsonl_line_belongs_to_exactly_one_chunk(tmp_path):
+    path = tmp_path / "articles.jsonl"
+    rows = [{"title": f"T{i}", "text": "x" * (i % 7)} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" + ("\n" if i % 5 == 0 else "") for i, r in enumerate(rows)))
+    for chunk in range(1, 60):
+        titles = []
+        for spec in wikitext.plan_chunks(path, "jsonl", chunk):
+            titles += wikitext.read_articles(spec)[0]
+        assert titles == [r["title"] for r in rows], chunk
+    path.write_text(path.read_text() + '{"title": "bad", "text": \n')
+    with pytest.raises(WitError, match=rf"articles.jsonl: the line at byte {path.stat().st_size - 26:,} "
+                                       "is not valid JSON"):
+        for spec in wikitext.plan_chunks(path, "jsonl", 100):
+            wikitext.read_articles(spec)

@@ -90,7 +90,8 @@ def _wiki_sources(cfg: Config) -> list[dict[str, Any]]:
                 raise WitError(f"--wiki {path}: unknown kind of file; give .xml.bz2 / .xml dumps, "
                                ".parquet or .jsonl article files, or hf:NAME:CONFIG")
             out.append({"kind": kind, "path": str(path), "fingerprint": file_fingerprint([path])[0]})
-    return out
+    seen: set[str] = set()   # a file named twice (a folder and a file in it) counts once
+    return [s for s in out if not (s["fingerprint"][0] in seen or seen.add(s["fingerprint"][0]))]
 
 
 def _blocklist(cfg: Config) -> Path | None:

@@ -458,30 +458,25 @@ def read_articles(spec: dict[str, Any]) -> tuple[list[str], Any]:
         return t.column("title").to_pylist(), t.column("text")
     titles, texts = [], []
     start, end = spec["start"], spec["end"]
-    with open(path, "rb") as f:
-        f.seek(max(0, start - 1))
-        data = f.read(end - start + 1)
-        if start > 0 and not data.startswith(b"\n"):   # the first line began in the chunk before
-            cut = data.find(b"\n")
-            data, start = (data[cut + 1:], start + cut) if cut >= 0 else (b"", end)
-        else:
-            data = data[1:] if start > 0 else data
-        if data and not data.endswith(b"\n"):
-            data += f.readline()
-    pos = start
-    for line in data.splitlines(keepends=True):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                titles.append(row["title"])
-                texts.append(row["text"])
-            except json.JSONDecodeError as e:
-                raise WitError(f"{path}: the line at byte {pos:,} is not valid JSON ({e.msg}); "
-                               "fix or remove it and rerun (counts finished so far are kept)") from None
-            except (KeyError, TypeError) as e:
-                raise WitError(f"{path}: the line at byte {pos:,} has no {e} field; article "
-                               "files need title and text") from None
-        pos += len(line)
+    with open(path, "rb") as f:   # a line belongs to the chunk in which it starts
+        if start > 0:
+            f.seek(start - 1)
+            if f.read(1) != b"\n":
+                f.readline()
+        pos = f.tell()
+        while pos < end and (line := f.readline()):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    titles.append(row["title"])
+                    texts.append(row["text"])
+                except json.JSONDecodeError as e:
+                    raise WitError(f"{path}: the line at byte {pos:,} is not valid JSON ({e.msg}); "
+                                   "fix or remove it and rerun (counts finished so far are kept)") from None
+                except (KeyError, TypeError) as e:
+                    raise WitError(f"{path}: the line at byte {pos:,} has no {e} field; article "
+                                   "files need title and text") from None
+            pos += len(line)
     return titles, pa.array(texts, pa.string())
 
 
