@@ -287,7 +287,8 @@ def test_titles_from_pageviews_and_wordnet(ray_cluster, dump, build, tmp_path):
     assert rows["alpha"]["sources"] == ["wiki_unigram", "wordnet"]
     assert rows["zebra"]["wiki_count"] == 2 and rows["dog"]["wiki_count"] is None
     assert res.summary["overlaps"] == {"wiki_unigram+wordnet": 1}
-    assert res.summary["notes"] == []
+    assert "notes" not in res.summary
+    assert "wiki_title: Zebra, Alpha | wordnet: alpha, zebra, " in res.summary["examples"]
     # all lemmas, case folding
     run(build, wiki=[str(dump)], pageviews=[str(pv)], wordnet=str(wn), all_lemmas=True, case="fold")
     rows = table(build)

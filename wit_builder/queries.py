@@ -197,15 +197,19 @@ def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dic
         else:
             plans.append((src, store, None))
     done_before = sum(len(list(s.glob("chunk-*.json"))) for s in stores)
-    t0, counted, errors = time.time(), 0, []
+    todo = sum(len(p) for _, _, p in plans if p is not None) - done_before
+    fresh: list[dict[str, Any]] = []
+    errors: list[WitError] = []
     with ray_session():
+        t0 = time.time()   # counting time, without starting Ray
         task = ray.remote(num_cpus=1)(wikitext.count_chunk)
         limit = cfg.workers or cpus()
         pending: list[Any] = []
-        bar = tqdm(desc="queries: counting", unit="chunk", disable=None, leave=False)
+        bar = tqdm(desc="queries: counting", unit="chunk", total=todo if todo > 0 else None,
+                   disable=None, leave=False)
 
         def wait(until: int) -> None:
-            nonlocal pending, counted
+            nonlocal pending
             while len(pending) > until:
                 ready, pending = ray.wait(pending, num_returns=1)
                 try:
@@ -215,21 +219,27 @@ def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dic
                         raise
                     errors.append(e.cause)   # the other chunks go on: their counts are kept
                     continue
-                counted += 1
+                fresh.append(stats)
                 bar.update(1)
                 _chunk_done(stats)
 
-        for src, store, plan in plans:
-            specs = plan if plan is not None else _hf_chunks(src, chunk_bytes)
-            for item in specs:
-                spec, table = item if isinstance(item, tuple) else (item, None)
-                spec["out"] = str(store / f"chunk-{spec['index']:05d}")
-                if Path(spec["out"] + ".json").exists():
-                    continue
-                wait(limit - 1)
-                pending.append(task.remote(spec, ray.put(table) if table is not None else None))
-        wait(0)
-        bar.close()
+        try:
+            for src, store, plan in plans:
+                for item in plan if plan is not None else _hf_chunks(src, chunk_bytes):
+                    spec, table = item if isinstance(item, tuple) else (item, None)
+                    spec["out"] = str(store / f"chunk-{spec['index']:05d}")
+                    if Path(spec["out"] + ".json").exists():
+                        continue
+                    wait(limit - 1)
+                    pending.append(task.remote(spec, ray.put(table) if table is not None else None))
+            wait(0)
+        except BaseException:
+            for ref in pending:   # interrupted: finished chunks stay, the rest stops
+                ray.cancel(ref)
+            raise
+        finally:
+            bar.close()
+        seconds = time.time() - t0
     if errors:
         more = f" ({len(errors) - 1} more chunk(s) failed too)" if len(errors) > 1 else ""
         raise WitError(f"{errors[0]}{more}")
@@ -241,10 +251,9 @@ def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dic
             raise WitError(f"--wiki {src['path']}: no namespace-0 articles found (pages read: "
                            f"{n['pages']:,}; in other namespaces: {n['other_namespaces']:,}; "
                            f"redirects: {n['redirects']:,}); is it the pages-articles dump?")
-    seconds = time.time() - t0
-    mb = sum(s["wikitext_bytes"] for s in stats) / 1e6
-    return {"stores": stores, "stats": stats, "chunks_counted": counted, "chunks_reused": done_before,
-            "seconds": seconds, "wikitext_mb": mb}
+    return {"stores": stores, "stats": stats, "chunks_counted": len(fresh), "chunks_reused": done_before,
+            "seconds": seconds, "wikitext_mb": sum(s["wikitext_bytes"] for s in stats) / 1e6,
+            "counted_mb": sum(s["wikitext_bytes"] for s in fresh) / 1e6}
 
 
 # ---------------------------------------------------------------- other inputs
@@ -368,22 +377,33 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
     con.register("blocked_in", pa.table({"entry": pa.array(blocked, pa.string())}))
 
     counted = _count(ctx, cfg, inputs["sources"]) if inputs["sources"] else \
-        {"stores": [], "stats": [], "chunks_counted": 0, "chunks_reused": 0, "seconds": 0.0, "wikitext_mb": 0.0}
+        {"stores": [], "stats": [], "chunks_counted": 0, "chunks_reused": 0, "seconds": 0.0,
+         "wikitext_mb": 0.0, "counted_mb": 0.0}
     for s in counted["stores"]:
         tables["words"].append(str(s / "*.words.parquet"))
         tables["bigrams"].append(str(s / "*.bigrams.parquet"))
     titles = [str(s / "*.titles.parquet") for s in counted["stores"]]
-    summary = _select(con, cfg, tables, titles, ctx.output("queries") / "queries.parquet")
-    summary["notes"] = notes
     stats = counted["stats"]
+    n = {k: sum(s[k] for s in stats) for k in ("pages", "articles", "redirects", "other_namespaces",
+                                               "tokens", "cpu_seconds")}
+    mb, secs = counted["wikitext_mb"], counted["seconds"]
+    summary: dict[str, Any] = {}
+    if stats:
+        summary["read"] = (f"{n['articles']:,} articles, {mb:,.1f} MB of wikitext, {n['tokens']:,} words; "
+                           f"skipped {n['redirects']:,} redirects and {n['other_namespaces']:,} pages "
+                           "in other namespaces")
+        summary["counting"] = (f"{counted['chunks_counted']:,} chunks in {secs:,.1f} s "
+                               f"({counted['counted_mb'] / max(secs, 1e-9):,.1f} MB/s), "
+                               f"{counted['chunks_reused']:,} reused from an earlier run")
+    summary.update(_select(con, cfg, tables, titles, ctx.output("queries") / "queries.parquet"))
+    if notes:
+        summary["notes"] = notes
     summary["input"] = {
-        "pages": sum(s["pages"] for s in stats), "articles": sum(s["articles"] for s in stats),
-        "redirects_skipped": sum(s["redirects"] for s in stats),
-        "other_namespaces_skipped": sum(s["other_namespaces"] for s in stats),
-        "words": sum(s["tokens"] for s in stats), "wikitext_mb": round(counted["wikitext_mb"], 2),
-        "chunks_counted": counted["chunks_counted"], "chunks_reused": counted["chunks_reused"],
-        "counting_seconds": round(counted["seconds"], 2),
-        "counting_cpu_seconds": round(sum(s.get("cpu_seconds", 0) for s in stats), 2)}
+        "pages": n["pages"], "articles": n["articles"], "redirects_skipped": n["redirects"],
+        "other_namespaces_skipped": n["other_namespaces"], "words": n["tokens"],
+        "wikitext_mb": round(mb, 3), "chunks_counted": counted["chunks_counted"],
+        "chunks_reused": counted["chunks_reused"], "counting_seconds": round(secs, 3),
+        "counting_cpu_seconds": round(n["cpu_seconds"], 3)}
     con.close()
     # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
     shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)
@@ -504,7 +524,6 @@ def _summary(con, cfg: Config, order: list[str], n_cand: int) -> dict[str, Any]:
     examples = {s: [r[0] for r in rows(
         f"SELECT query FROM entries WHERE best = {_q(s)} AND {kept} ORDER BY source_rank LIMIT 5")]
         for s in SOURCES}
-    return {"entries": entries, "candidates": {s: candidates.get(s, 0) for s in SOURCES},
-            "entries_per_source": {s: per_source.get(s, 0) for s in SOURCES},
-            "overlaps": overlaps, "cap": cap,
-            "examples": {s: v for s, v in examples.items() if v}}
+    return {"entries": entries, "entries_per_source": {s: per_source.get(s, 0) for s in SOURCES},
+            "candidates": {s: candidates.get(s, 0) for s in SOURCES}, "overlaps": overlaps, "cap": cap,
+            "examples": " | ".join(f"{s}: {', '.join(v)}" for s, v in examples.items() if v)}
