@@ -279,15 +279,17 @@ def test_shard_time_limit_marks_the_shard_failed(build, ray_cluster):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_then_rerun_completes(build, tmp_path):
+def test_sigkill_mid_run_then_rerun_completes(build, ray_cluster):
     """kill -9 the CLI while shards are finishing; the same command completes the build."""
+    import ray
     with imageserver.serve() as srv:
-        urls = [srv.url(f"/slow/0.4/img/{SCENES[i % len(SCENES)]}@{40 + i}.jpg") for i in range(40)]
+        urls = [srv.url(f"/slow/0.4/img/{SCENES[i % len(SCENES)]}@{40 + i}.jpg") for i in range(32)]
         uids = write_selected(build, urls)
         cmd = [sys.executable, "-m", "wit_builder.cli", "fetch", "--out", str(build),
                "--allow-private-network", "--fetch-shard-size", "4", "--shards-in-flight", "1",
                "--threads", "2", "--image-size", "32", "--timeout", "5"]
-        env = {**os.environ, "RAY_ADDRESS": ""}
+        # the CLI joins the session's Ray (its own job: its workers go when it is killed)
+        env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         proc = subprocess.Popen(cmd, env=env, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         work = next_work_dir(build, proc)
@@ -297,13 +299,13 @@ def test_sigkill_mid_run_then_rerun_completes(build, tmp_path):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no shard finished in time"
             time.sleep(0.1)
-        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and the Ray it started
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
         assert not (build / "_stages" / "fetch.json").exists()
         finished = {p.name: pq.read_table(p / "status.parquet")["url"].to_pylist()
                     for p in done_dir.iterdir()}
-        assert 2 <= len(finished) < 10
+        assert 2 <= len(finished) < 8
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert "shards_resumed" in rerun.stdout
