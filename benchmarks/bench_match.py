@@ -67,17 +67,19 @@ def captions(n: int, seed: int = 1, vocab=None) -> pa.Array:
 
 
 def queries(n: int, seed: int = 2, vocab=None) -> pa.Array:
-    """About `n` distinct queries: half single words, a third pairs, the rest titles."""
+    """`n` distinct queries: half single words, a third word pairs, the rest 3-5 word titles."""
     vocab = vocab or vocabulary()
     rng = np.random.default_rng(seed)
     words = vocab[0]
-    n_single, n_pair = n // 2, n // 3
+    n_single = n // 2
+    n_pair, n_title = (n // 3) * 3 // 2, (n - n_single - n // 3) * 3 // 2   # spares for repeats
     pairs = _draw(rng, vocab, 2 * n_pair)
-    pair = pc.binary_join_element_wise(pairs[0::2], pairs[1::2], " ")
-    lengths = rng.integers(3, 6, n - n_single - n_pair)
+    pair = pc.unique(pc.binary_join_element_wise(pairs[0::2], pairs[1::2], " "))[:n // 3]
+    lengths = rng.integers(3, 6, n_title)
     t = _draw(rng, vocab, int(lengths.sum()))
     t = pc.if_else(pa.array(rng.random(len(t)) < 0.5), pc.utf8_capitalize(t), t)
-    return pc.unique(pa.concat_arrays([words[:n_single], pair, _join(t, lengths)]))
+    titles = pc.unique(_join(t, lengths))[:n - n_single - len(pair)]
+    return pc.unique(pa.concat_arrays([words[:n_single], pair, titles]))
 
 
 def main() -> None:

@@ -329,7 +329,9 @@ def _files(ctx: StageContext, stage: str, view: str) -> list[Path]:
 
 
 def _read_queries(files: list[Path]):
+    """query_id (int32) and query (string) of the query list; WitError if unusable."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
     tables = []
     for f in files:
@@ -339,9 +341,9 @@ def _read_queries(files: list[Path]):
             raise WitError(f"{f}: the query list has no {', '.join(missing)} column "
                            f"(columns: {', '.join(names)}); rerun `wit-build queries`")
         tables.append(pq.read_table(f, columns=["query_id", "query"]))
-    table = pa.concat_tables(tables).filter(
-        __import__("pyarrow.compute", fromlist=["is_valid"]).is_valid(
-            pa.concat_tables(tables).column("query")))
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.and_(pc.is_valid(table.column("query")),
+                                 pc.is_valid(table.column("query_id"))))
     if table.num_rows == 0:
         raise WitError(f"{files[0].parent}: the query list is empty; nothing can match. "
                        f"Rerun `wit-build queries` (lower --min-freq?)")
@@ -393,83 +395,75 @@ def _match(ctx: StageContext, cfg: Config) -> StageOutput:
     import pyarrow.parquet as pq
     import ray
     from .cluster import cpus, ray_session
-    from .io import read_parquet_checked
     queries = _read_queries(_files(ctx, "queries", "queries"))
     pool_files = _files(ctx, "pool", "pool")
     parts = ctx.work / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     units = _units(pool_files, parts)
-    todo = [u for u in units if not Path(u[2]).exists()]
-    first = pq.ParquetFile(pool_files[0])
-    sample = (first.read_row_group(0, columns=["text"]).column("text")[:SAMPLE_ROWS]
-              .combine_chunks() if first.num_row_groups else None)
-    t0 = time.time()
-    with ray_session():
-        workers = min(cfg.workers or cpus(), max(1, len(todo)))
-        if todo:
+    todo = [u for u in units if not Path(u[2]).exists()]   # finished parts survive a kill
+    # Captions to rank words by frequency (only speed depends on it).
+    first = pq.ParquetFile(units[0][0]) if units else None
+    sample = first.read_row_group(0, columns=["text"]).column("text")[:SAMPLE_ROWS] if first else None
+    t0, scanned_now, workers = time.time(), 0, 0
+    if todo:
+        with ray_session():
+            workers = min(cfg.workers or cpus(), len(todo))
             actor = ray.remote(num_cpus=1)(_Worker)
             q_ref, s_ref = ray.put(queries), ray.put(sample)
-            pool = ray.util.ActorPool([actor.remote(q_ref, cfg.case_sensitive, s_ref)
-                                       for _ in range(workers)])
+            actors = ray.util.ActorPool([actor.remote(q_ref, cfg.case_sensitive, s_ref)
+                                         for _ in range(workers)])
             try:
-                for _ in pool.map_unordered(
+                for stats in actors.map_unordered(
                         lambda a, u: a.run.remote(u[0], u[1], u[2], cfg.batch_size), todo):
-                    pass
+                    scanned_now += stats["captions"]
             except ray.exceptions.RayTaskError as e:
-                cause = getattr(e, "cause", None)
-                raise cause if isinstance(cause, WitError) else e
+                raise (e.cause if isinstance(e.cause, WitError) else e) from None
     seconds = time.time() - t0
 
     out = ctx.output("matches")
     for _, _, dest in units:
         Path(dest).rename(out / f"part-{Path(dest).name}")
     (out / "counts").mkdir()
-    stats = _count(ctx, out, queries)
+    stats = _count(out, queries)
+    captions = sum(pq.ParquetFile(f).metadata.num_rows for f in pool_files)
     if stats["matched"] == 0:
-        raise WitError(f"no caption of the pool ({stats['captions']:,} rows) contains any of "
-                       f"the {queries.num_rows:,} queries. Matching is MetaCLIP's: whole "
-                       f"words, case-sensitive (try --no-case-sensitive), punctuation "
-                       f"separated; check that the pool's text column holds captions")
-    scanned = sum(pq.ParquetFile(f).metadata.num_rows for f in pool_files)
+        raise WitError(f"no caption of the pool ({captions:,} rows) contains any of the "
+                       f"{queries.num_rows:,} queries. Matching is MetaCLIP's: whole words, "
+                       f"case-sensitive (try --no-case-sensitive), punctuation separated; "
+                       f"check that the pool's text column holds captions")
     summary = {
-        "captions": scanned,
+        "captions": captions,
         "matched_captions": stats["matched"],
-        "matched_share": round(stats["matched"] / max(scanned, 1), 4),
+        "matched_share": round(stats["matched"] / max(captions, 1), 4),
         "pairs": stats["pairs"],
         "queries": queries.num_rows,
         "queries_matched": stats["queries_matched"],
         "workers": workers,
-        "captions_per_second": round(sum(
-            pq.ParquetFile(u[0]).metadata.row_group(u[1]).num_rows for u in todo)
-            / max(seconds, 1e-9)),
+        "captions_per_second": round(scanned_now / max(seconds, 1e-9)),
     }
-    _ = read_parquet_checked  # (imported for symmetry with other stages' checked reads)
     return StageOutput(rows=stats["matched"], summary=summary)
 
 
-def _count(ctx: StageContext, out: Path, queries) -> dict[str, int]:
-    """Write matches/counts/match_counts.parquet; return totals."""
+def _count(out: Path, queries) -> dict[str, int]:
+    """Write matches/counts/match_counts.parquet (every query, 0 if unmatched); totals."""
     import duckdb
+    parts = str(out / "part-*.parquet").replace("'", "''")
+    counts = str(out / "counts" / "match_counts.parquet").replace("'", "''")
     con = duckdb.connect()
     try:
         con.register("queries_in", queries)
-        parts = str(out / "part-*.parquet").replace("'", "''")
         con.execute(f"""
-            COPY (
-              SELECT q.query_id, coalesce(c.matches, 0)::BIGINT AS matches
-              FROM queries_in q LEFT JOIN (
-                SELECT qid AS query_id, count(*) AS matches
-                FROM (SELECT unnest(query_ids) AS qid FROM read_parquet('{parts}'))
-                GROUP BY qid) c USING (query_id)
-              ORDER BY q.query_id
-            ) TO '{str(out / "counts" / "match_counts.parquet").replace("'", "''")}' (FORMAT parquet)""")
-        matched, pairs = con.execute(
-            f"SELECT count(*), coalesce(sum(len(query_ids)), 0) FROM read_parquet('{parts}')"
-        ).fetchall()[0]
-        qm = con.execute(
-            f"SELECT count(*) FROM read_parquet('{str(out / 'counts' / '*.parquet')}') "
-            "WHERE matches > 0").fetchall()[0][0]
-        return {"matched": int(matched), "pairs": int(pairs), "queries_matched": int(qm),
-                "captions": 0}
+            COPY (SELECT q.query_id, coalesce(c.matches, 0)::BIGINT AS matches
+                  FROM queries_in q LEFT JOIN (
+                      SELECT qid AS query_id, count(*) AS matches
+                      FROM (SELECT unnest(query_ids) AS qid FROM read_parquet('{parts}'))
+                      GROUP BY qid) c USING (query_id)
+                  ORDER BY q.query_id)
+            TO '{counts}' (FORMAT parquet)""")
+        matched, pairs = con.execute(f"SELECT count(*), coalesce(sum(len(query_ids)), 0) "
+                                     f"FROM read_parquet('{parts}')").fetchall()[0]
+        hit = con.execute(f"SELECT count(*) FROM read_parquet('{counts}') WHERE matches > 0"
+                          ).fetchall()[0][0]
+        return {"matched": int(matched), "pairs": int(pairs), "queries_matched": int(hit)}
     finally:
         con.close()
