@@ -238,6 +238,8 @@ def test_nothing_selected_gives_an_empty_samples_view(build):
     assert res.rows == 0 and res.summary["shards"] == 0
     assert catalog.query(build, "SELECT count(*) AS n FROM samples")["n"].to_pylist() == [0]
     assert pq.read_schema(next((build / "fetch" / "status").glob("*.parquet"))).names == fetch.STATUS_COLUMNS
+    retry = fetch.run(fast(retry_failed=True), build)  # nothing transient: nothing to do
+    assert retry.skipped and retry.summary["retried"] == 0
 
 
 @pytest.mark.slow

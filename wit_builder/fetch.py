@@ -31,6 +31,7 @@ RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest
 ENCODE_FORMATS = ["jpg", "png", "webp"]
 # A retry adds images to the previous shards, so these must not change between them.
 SAME_ON_RETRY = ("image_size", "resize_mode", "encode_format", "encode_quality", "fetch_shard_size")
+IN_TRANSIENT = "(" + ", ".join(f"'{s}'" for s in sorted(TRANSIENT)) + ")"  # SQL: status IN ...
 STATUS_COLUMNS = ["uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
                   "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key"]
 
@@ -96,6 +97,9 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     old = read_record(build, "fetch")
     if cfg.retry_failed:
         params = _retry_params(build, base, old)
+        if not force and not _transient_rows(build):  # nothing to retry: keep the output as is
+            return StageResult("fetch", old["run_id"], old["rows"], {**old["summary"], "retried": 0},
+                               ["fetch"], 0.0, skipped=True)
     elif old and old.get("params", {}).get("origin") == params_hash(base):
         params = old["params"]  # the retried output of this very fetch is complete: keep it
     else:
@@ -120,6 +124,13 @@ def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
                            f"fetch ({old['params'].get(name)}); retry with the same value")
     origin = old["params"].get("origin") or params_hash(old["params"])
     return {**base, "retry_of": old["run_id"], "origin": origin}
+
+
+def _transient_rows(build: Path) -> int:
+    import duckdb
+    return duckdb.connect().execute(
+        f"SELECT count(*) FROM read_parquet({_sql(build / 'fetch' / 'status' / '*.parquet')}) "
+        f"WHERE status IN {IN_TRANSIENT}").fetchall()[0][0]
 
 
 def _work(ctx: StageContext, cfg: Config) -> StageOutput:
@@ -162,9 +173,8 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
         src = prev / "status" / "*.parquet"
         offset = con.execute(f"SELECT coalesce(max(fetch_shard) + 1, 0) FROM read_parquet({_sql(src)})"
                              ).fetchall()[0][0]
-        transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
         rows = (f"SELECT uid, url, text, selected_by, query_ids FROM read_parquet({_sql(src)}) "
-                f"WHERE status IN ({transient})")
+                f"WHERE status IN {IN_TRANSIENT}")
     try:
         con.execute(f"CREATE TEMP TABLE pairs AS {rows}")
         n = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
@@ -424,10 +434,9 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path 
             "key": [_key(i, shard, settings) for i in range(n)]}), status_out / f"{name}.parquet")
     con = duckdb.connect()
     if prev is not None:  # keep the previous rows that were not retried, and all its images
-        transient = ", ".join(f"'{s}'" for s in sorted(TRANSIENT))
         for f in sorted((prev / "status").glob("*.parquet")):
             con.execute(f"COPY (SELECT * FROM read_parquet({_sql(f)}) WHERE status NOT IN "
-                        f"({transient})) TO {_sql(status_out / f.name)} (FORMAT parquet)")
+                        f"{IN_TRANSIENT}) TO {_sql(status_out / f.name)} (FORMAT parquet)")
         for f in sorted((prev / "shards").iterdir()):
             _link(f, shards_out / f.name)
     if not any(status_out.iterdir()):
