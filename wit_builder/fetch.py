@@ -165,6 +165,7 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
     tmp.mkdir(parents=True)
     con = duckdb.connect()
     con.execute("SET preserve_insertion_order = false")
+    con.execute(f"SET temp_directory = {_sql(ctx.work / 'duckdb.tmp')}")  # big selections spill
     if prev is None:
         src, offset = ctx.build / "selected" / "*.parquet", 0
         rows = (f"SELECT DISTINCT ON (uid) uid, url, text, selected_by, query_ids "
