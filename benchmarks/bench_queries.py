@@ -148,7 +148,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=float, default=64, help="MB of wikitext to generate")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out"))
-    ap.add_argument("--chunk-mb", type=float, default=4.0)
+    ap.add_argument("--chunk-mb", type=float, default=2.0)
     ap.add_argument("--skip-one-worker", action="store_true")
     args = ap.parse_args()
     out = Path(args.out)

@@ -435,7 +435,7 @@ def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], d
     # A bigram xy can reach the PMI threshold only if both words occur at most N / 2^pmi
     # times (c(xy) <= min(c(x), c(y))), and at least --min-bigram-count times.
     ex(f"CREATE TABLE bw AS SELECT key, count FROM wkeys WHERE count >= {cfg.min_bigram_count} "
-       f"AND count <= {total} / pow(2, {cfg.min_pmi})")
+       f"AND count <= {total} / pow(2, {cfg.min_pmi} - 1e-9)")
     ex(f"CREATE TABLE bsurf AS SELECT word1, word2, sum(count)::BIGINT AS count FROM "
        f"{files(tables['bigrams'], 'word1 VARCHAR, word2 VARCHAR, count BIGINT')} "
        f"WHERE {K('word1')} IN (SELECT key FROM bw) AND {K('word2')} IN (SELECT key FROM bw) GROUP BY ALL")
@@ -469,6 +469,7 @@ def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], d
           WHERE count >= {cfg.min_freq} AND {word_ok}
         UNION ALL SELECT key, spelling, 'wiki_bigram', count, pmi FROM bkeys
           WHERE count >= {cfg.min_bigram_count} AND pmi >= {cfg.min_pmi} - 1e-9
+            AND regexp_full_match(spelling, {_q(WORD_RE + ' ' + WORD_RE)})
         UNION ALL SELECT key, spelling, 'wiki_title', views, 0.0 FROM tkeys WHERE views >= {cfg.min_views}
         UNION ALL SELECT w.key, w.spelling, 'wordnet', coalesce(u.count, b.count, 0), 0.0
           FROM wnkeys w LEFT JOIN wkeys u USING (key) LEFT JOIN bkeys b USING (key)""")

@@ -309,6 +309,9 @@ MARKUP_PASSES: list[tuple[str, str, bool]] = [
     (r"'{2,}", "", False),                                            # bold, italic
 ]
 _ENTITY = re.compile(rb"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});")
+# The entities wikitext uses most, decoded without a call per occurrence.
+_COMMON_ENTITIES = [(f"&{name};".encode(), html.unescape(f"&{name};").encode())
+                    for name in ("nbsp", "ndash", "mdash", "minus", "times", "thinsp", "quot")]
 
 
 def _as_array(data: bytes):
@@ -340,6 +343,11 @@ def strip_markup(data: bytes) -> bytes:
             if pc.binary_length(arr)[0] == pc.binary_length(before)[0]:
                 break
     out = _as_bytes(arr)
+    if b"&" not in out:
+        return out
+    for entity, char in _COMMON_ENTITIES:   # none of them makes a new "&"
+        if entity in out:
+            out = out.replace(entity, char)
     return _ENTITY.sub(lambda m: html.unescape(m.group().decode()).encode(), out)
 
 
