@@ -124,21 +124,22 @@ def test_unknown_format_and_missing_files(build, tmp_path):
         pool.run(pool.Config(pool=[str(bad)]), build)
 
 
-def test_broken_rows_name_file_and_line(build, tmp_path):
-    tsv = tmp_path / "cc.tsv"
-    tsv.write_text("url\tcaption\nhttp://a.test/1\tone\nhttp://a.test/2\ttwo\textra\n"
-                   "http://a.test/3\tthree\n")
-    with pytest.raises(WitError, match=r"cc.tsv line 3: expected 2 fields, found 3.*--skip-broken-rows"):
-        pool.run(pool.Config(pool=[str(tsv)]), build)
-    res = pool.run(pool.Config(pool=[str(tsv)], skip_broken_rows=True), build)
-    assert (res.rows, res.summary["broken_rows_skipped"]) == (2, 1)
-
-    js = tmp_path / "l.jsonl"
-    js.write_text('{"url": "http://b.test/1", "text": "one"}\n{"url": "http://b.test/2", text}\n'
-                  '{"url": "http://b.test/3", "text": "three"}\n')
-    with pytest.raises(WitError, match=r"l.jsonl line 2: not valid JSON"):
-        pool.run(pool.Config(pool=[str(js)]), build)
-    res = pool.run(pool.Config(pool=[str(js)], skip_broken_rows=True), build)
+@pytest.mark.parametrize("name,content,error", [
+    ("cc.tsv", "url\tcaption\nhttp://a.test/1\tone\nhttp://a.test/2\ttwo\textra\n"
+               "http://a.test/3\tthree\n", r"cc.tsv line 3: expected 2 fields, found 3"),
+    ("my.csv", 'url,text\nhttp://a.test/1,one\nhttp://a.test/2,"two",x\nhttp://a.test/3,three\n',
+     r"my.csv line 3: expected 2 fields, found 3"),
+    ("l.jsonl", '{"url": "http://b.test/1", "text": "one"}\n{"url": "http://b.test/2", text}\n'
+                '{"url": "http://b.test/3", "text": "three"}\n', r"l.jsonl line 2: not valid JSON"),
+    ("a.jsonl", '{"url": "http://b.test/1", "text": "one"}\n[1, 2]\n'
+                '{"url": "http://b.test/3", "text": "three"}\n', r"a.jsonl line 2: not a JSON object"),
+])
+def test_broken_rows_name_file_and_line(build, tmp_path, name, content, error):
+    f = tmp_path / name
+    f.write_text(content)
+    with pytest.raises(WitError, match=error + ".*--skip-broken-rows"):
+        pool.run(pool.Config(pool=[str(f)]), build)
+    res = pool.run(pool.Config(pool=[str(f)], skip_broken_rows=True), build)
     assert (res.rows, res.summary["broken_rows_skipped"]) == (2, 1)
     assert sorted(r["text"] for r in rows(build)) == ["one", "three"]
 

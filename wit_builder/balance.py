@@ -174,28 +174,15 @@ def _glob(ctx: StageContext, stage: str, view: str) -> str:
     return str(ctx.build / rel).replace("'", "''")
 
 
-def _connect(work: Path, memory_limit: str):
-    import duckdb
-    con = duckdb.connect()
-    (work / "duckdb").mkdir(parents=True, exist_ok=True)
-    try:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    except duckdb.Error:
-        raise WitError(f"--memory-limit {memory_limit!r}: not a size DuckDB understands "
-                       f"(e.g. 4GB, 500MB)") from None
-    con.execute(f"SET temp_directory = '{work / 'duckdb'}'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
     import numpy as np
     import pyarrow.parquet as pq
     import ray
     from .cluster import ray_session
+    from .pool import duckdb_connect   # the same spilling DuckDB set-up (see docs/matching.md)
     matches, counts_glob = _glob(ctx, "match", "matches"), _glob(ctx, "match", "match_counts")
     pool = _glob(ctx, "pool", "pool")
-    con = _connect(ctx.work, cfg.memory_limit)
+    con = duckdb_connect(ctx.work, cfg.memory_limit)
     try:
         qc = con.execute(f"SELECT query_id, matches FROM read_parquet('{counts_glob}')").fetchnumpy()
         if len(qc["query_id"]) == 0 or qc["query_id"].min() < 0:

@@ -243,6 +243,17 @@ def _csv_batches(path: Path, fmt: str, names: list[str], header: bool, on_invali
         yield batch, url, text
 
 
+def _json_object(line: str) -> tuple[dict | None, str]:
+    """(the object on a JSON Lines line, or None and what is wrong with the line)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg})"
+    if not isinstance(obj, dict):
+        return None, "not a JSON object (JSON Lines: one object per line)"
+    return obj, ""
+
+
 class _SlowPath(Exception):
     """A JSONL file with broken lines under --skip-broken-rows: reread it line by line."""
 
@@ -253,15 +264,12 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
     first = _first_line(path)
     if first is None:
         return
-    try:
-        obj = json.loads(first)
-    except json.JSONDecodeError:
-        obj = None
-    if not isinstance(obj, dict):
+    obj, problem = _json_object(first)
+    if obj is None:
         if spec.skip_broken_rows:
             raise _SlowPath()
-        raise WitError(f"{path} line 1: not a JSON object (JSON Lines: one object per line); "
-                       f"fix or remove the line, or pass --skip-broken-rows")
+        raise WitError(f"{path} line 1: {problem}; fix or remove the line, or pass "
+                       f"--skip-broken-rows")
     url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
     text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
     stats["columns"] = [url, text]
@@ -287,14 +295,10 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
 def _bad_json_line(path: Path) -> tuple[int | None, str]:
     with _open_text(path) as f:
         for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                return i, f"not valid JSON ({e.msg})"
-            if not isinstance(obj, dict):
-                return i, "not a JSON object (one object per line expected)"
+            if line.strip():
+                obj, problem = _json_object(line)
+                if obj is None:
+                    return i, problem
     return None, ""
 
 
@@ -307,11 +311,8 @@ def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
         for line in f:
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                obj = None
-            if not isinstance(obj, dict):
+            obj, _ = _json_object(line)
+            if obj is None:
                 stats["broken_rows"] += 1
                 continue
             if url is None:
