@@ -297,6 +297,15 @@ def test_titles_from_pageviews_and_wordnet(ray_cluster, dump, build, tmp_path):
     assert rows["zebra"]["sources"] == ["wiki_title", "wordnet"] and rows["zebra"]["pageviews"] == 90
 
 
+def test_pageviews_hourly_and_complete_formats(ray_cluster, dump, build, tmp_path):
+    hourly = write_pageviews(tmp_path / "pageviews-20240101-000000.gz", ["en Zebra 50 0", "en.m Zebra 30 0"])
+    complete = tmp_path / "pageviews-20240101-user.bz2"    # wiki title page_id access daily hourly
+    complete.write_bytes(bz2.compress(b"en.wikipedia Zebra 12 mobile-web 7 A3D4\n"
+                                      b"de.wikipedia Zebra 34 desktop 999 A999\n"))
+    run(build, wiki=[str(dump)], pageviews=[str(hourly), str(complete)], min_views=1)
+    assert {q: r["pageviews"] for q, r in by_source(table(build), "wiki_title").items()} == {"Zebra": 87}
+
+
 def test_without_pageviews_titles_are_left_out_and_wordnet_found_in_nltk_data(
         ray_cluster, dump, build, tmp_path, monkeypatch):
     write_wordnet(tmp_path / "nltk" / "corpora" / "wordnet")

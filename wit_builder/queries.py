@@ -326,14 +326,14 @@ def _load_pageviews(con, files: list[Path], domain: str, work: Path) -> None:
         else:
             path_read = path
         if n == 4:
-            cols, views, domains = ("{'domain': 'VARCHAR', 'title': 'VARCHAR', 'views': 'BIGINT', "
-                                    "'bytes': 'VARCHAR'}"), "views", [domain, domain + ".m"]
+            cols = "{'domain': 'VARCHAR', 'title': 'VARCHAR', 'views': 'BIGINT', 'bytes': 'VARCHAR'}"
         else:
-            cols, views, domains = ("{'domain': 'VARCHAR', 'title': 'VARCHAR', 'page_id': 'VARCHAR', "
-                                    "'access': 'VARCHAR', 'views': 'BIGINT', 'hourly': 'VARCHAR'}"), \
-                "views", [domain + ".wikipedia"]
+            cols = ("{'domain': 'VARCHAR', 'title': 'VARCHAR', 'page_id': 'VARCHAR', "
+                    "'access': 'VARCHAR', 'views': 'BIGINT', 'hourly': 'VARCHAR'}")
+        # "en" is the desktop site, "en.m" the mobile one; pageviews complete says "en.wikipedia"
+        domains = [domain, domain + ".m", domain + ".wikipedia", domain + ".m.wikipedia"]
         try:
-            con.execute(f"INSERT INTO pv SELECT replace(title, '_', ' '), sum({views}) FROM read_csv("
+            con.execute("INSERT INTO pv SELECT replace(title, '_', ' '), sum(views) FROM read_csv("
                         f"{_q(path_read)}, columns={cols}, delim=' ', quote='', escape='', "
                         "header=false, auto_detect=false, null_padding=false) "
                         f"WHERE domain IN ({', '.join(map(_q, domains))}) GROUP BY 1")
