@@ -159,6 +159,7 @@ def _hf_chunks(source: dict[str, Any], chunk_bytes: int):
     """(spec, table) per chunk of a `datasets` dataset streamed by name."""
     import datasets
     import pyarrow as pa
+    import pyarrow.compute as pc
     try:
         ds = datasets.load_dataset(source["name"], source["config"], split="train", streaming=True)
     except Exception as e:  # noqa: BLE001 - network, missing dataset: all the user's to fix
@@ -170,7 +171,7 @@ def _hf_chunks(source: dict[str, Any], chunk_bytes: int):
             raise WitError(f"--wiki {source['path']}: the dataset has no title and text columns "
                            f"(it has {', '.join(batch.column_names)})")
         batches.append(batch.select(["title", "text"]))
-        size += sum(len(t or "") for t in batch.column("text").to_pylist())
+        size += pc.sum(pc.binary_length(batch.column("text"))).as_py() or 0
         if size >= chunk_bytes:
             yield {"kind": "arrow", "path": source["path"], "index": index}, pa.concat_tables(batches)
             batches, size, index = [], 0, index + 1
