@@ -387,7 +387,6 @@ def byte_classes(data: bytes):
     k = t["ascii"][a]
     lead = np.flatnonzero(a >= 0xC0)
     if len(lead):
-        a = a.copy()
         n = len(a)
         b = [a[lead].astype(np.uint32)] + [a[np.minimum(lead + i, n - 1)].astype(np.uint32) & 0x3F
                                            for i in (1, 2, 3)]
@@ -404,6 +403,7 @@ def byte_classes(data: bytes):
             k[np.minimum(lead[sel] + i, n - 1)] = cls[sel]
         swap = np.flatnonzero(np.where(bmp, t["stand_in"][np.where(bmp, cp, 0)], 0))
         if len(swap):   # ’ -> ' and friends: the lead byte becomes ASCII, the rest is dropped
+            a = a.copy()
             a[lead[swap]] = t["stand_in"][cp[swap]]
             for i in range(1, 3):
                 k[np.minimum(lead[swap] + i, n - 1)] = IGNORE
