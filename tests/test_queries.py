@@ -295,6 +295,11 @@ def test_titles_from_pageviews_and_wordnet(ray_cluster, dump, build, tmp_path):
     assert {"hot dog", "Canis familiaris", "scat", "rapidly"} <= set(by_source(rows, "wordnet"))
     assert rows["alpha"]["sources"] == ["wiki_unigram", "wiki_title", "wordnet"]
     assert rows["zebra"]["sources"] == ["wiki_title", "wordnet"] and rows["zebra"]["pageviews"] == 90
+    # lower case; no blocklist: the main page's title comes back
+    run(build, wiki=[str(dump)], pageviews=[str(pv)], case="lower", blocklist="none")
+    rows = table(build)
+    assert all(q == q.lower() for q in rows) and rows["main page"]["pageviews"] == 9999
+    assert rows["alpha"]["sources"] == ["wiki_unigram", "wiki_title"]
 
 
 def test_pageviews_hourly_and_complete_formats(ray_cluster, dump, build, tmp_path):
