@@ -347,8 +347,19 @@ def _load_pageviews(con, files: list[Path], domain: str, work: Path) -> None:
 
 def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput:
     import duckdb
-    import pyarrow as pa
     con = duckdb.connect()
+    try:
+        summary = _build(ctx, cfg, inputs, con)
+    finally:
+        con.close()
+    # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
+    shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)
+    return StageOutput(rows=summary["entries"], summary=summary)
+
+
+def _build(ctx: StageContext, cfg: Config, inputs: dict[str, Any], con) -> dict[str, Any]:
+    """Read every input, count, select; returns the summary."""
+    import pyarrow as pa
     tmpdir = ctx.work / "duckdb"
     tmpdir.mkdir(exist_ok=True)
     con.execute(f"SET temp_directory = {_q(tmpdir)}")
@@ -385,8 +396,8 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
         tables["bigrams"].append(str(s / "*.bigrams.parquet"))
     titles = [str(s / "*.titles.parquet") for s in counted["stores"]]
     stats = counted["stats"]
-    n = {k: sum(s[k] for s in stats) for k in ("pages", "articles", "redirects", "other_namespaces",
-                                               "tokens", "cpu_seconds")}
+    n = {k: sum(s.get(k, 0) for s in stats) for k in ("pages", "articles", "redirects",
+                                                      "other_namespaces", "tokens", "cpu_seconds")}
     mb, secs = counted["wikitext_mb"], counted["seconds"]
     summary: dict[str, Any] = {}
     if stats:
@@ -405,10 +416,7 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
         "wikitext_mb": round(mb, 3), "chunks_counted": counted["chunks_counted"],
         "chunks_reused": counted["chunks_reused"], "counting_seconds": round(secs, 3),
         "counting_cpu_seconds": round(n["cpu_seconds"], 3)}
-    con.close()
-    # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
-    shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)
-    return StageOutput(rows=summary["entries"], summary=summary)
+    return summary
 
 
 def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], dest: Path) -> dict[str, Any]:
