@@ -65,7 +65,9 @@ def test_two_process_ddp_matches_one_process_with_the_full_batch(tmp_path):
     make_shards(tmp_path / "build", shards=1, per_shard=16, size=32)
     out = tmp_path / "run"
     out.mkdir()
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path / "build"), str(out)), nprocs=2, join=True)
+    # fork: the children need not import torch again (they use one thread each)
+    mp.start_processes(worker, args=(2, free_port(), str(tmp_path / "build"), str(out)), nprocs=2,
+                       start_method="fork")
 
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)

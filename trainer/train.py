@@ -149,6 +149,8 @@ def train(cfg: TrainConfig) -> dict:
         check_same_model(ckpt, mcfg, resume_path)
     torch.manual_seed(cfg.seed)
     raw = CLIP(mcfg).to(device)
+    if world > 1 and device.type == "cuda":  # BatchNorm statistics over the global batch (ResNet)
+        raw = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw)
     model = torch.compile(raw) if cfg.compile else raw
     if world > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
