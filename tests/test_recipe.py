@@ -1,0 +1,76 @@
+"""Recipes: parsing, --set overrides, placeholders, and the shipped recipes."""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from wit_builder import config as cfgmod
+from wit_builder import pipeline, recipe
+from wit_builder.errors import WitError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_set_overrides_parse_toml_values(tmp_path):
+    path = write(tmp_path, "[balance]\nper_query = 20000\n")
+    r = recipe.load(path, ["balance.per_query=500", "balance.mode=metaclip",
+                           'pool.pool=["a.tsv", "b.tsv"]', "fetch.allow_private_network=true"])
+    assert r["balance"] == {"per_query": 500, "mode": "metaclip"}
+    assert r["pool"]["pool"] == ["a.tsv", "b.tsv"]
+    assert r["fetch"]["allow_private_network"] is True
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("per_query=5", "expected STAGE.KEY=VALUE"),
+    ("nosuch.key=1", "unknown section 'nosuch'"),
+    ("balance.per_query", "expected STAGE.KEY=VALUE"),
+])
+def test_bad_overrides_name_the_flag(tmp_path, bad, message):
+    with pytest.raises(WitError, match=message):
+        recipe.load(write(tmp_path, ""), [bad])
+
+
+def test_placeholders_must_be_filled(tmp_path):
+    path = write(tmp_path, '[queries]\nwiki = ["FILL-ME: path to the dump"]\n')
+    with pytest.raises(WitError, match=r"\[queries\] wiki is not filled in.*--set queries.wiki="):
+        recipe.load(path)
+    assert recipe.load(path, ['queries.wiki=["x.xml.bz2"]'])["queries"]["wiki"] == ["x.xml.bz2"]
+
+
+def test_bad_toml_and_unknown_sections(tmp_path):
+    with pytest.raises(WitError, match="not valid TOML"):
+        recipe.load(write(tmp_path, "[queries\n"))
+    with pytest.raises(WitError, match="unknown section"):
+        recipe.load(write(tmp_path, "[quries]\nmin_freq = 3\n"))
+    with pytest.raises(WitError, match="no such file"):
+        recipe.find_recipe(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_name_valid_settings(path):
+    """Every key of every shipped recipe is a real setting of its stage."""
+    raw = tomllib.loads(path.read_text())
+    for stage, table in raw.items():
+        if stage in pipeline.STAGES:
+            values = {k: v for k, v in table.items()
+                      if not (isinstance(v, str) and v.startswith(recipe.PLACEHOLDER))
+                      and not (isinstance(v, list) and v and str(v[0]).startswith(recipe.PLACEHOLDER))}
+            cfgmod.from_mapping(pipeline.module(stage).Config, values, where=str(path))
+        elif stage == "train":
+            from trainer.config import TrainConfig
+            cfgmod.from_mapping(TrainConfig, table, where=str(path))
+        else:
+            assert stage in {"build", "eval", "report", "name", "description"}, stage
+
+
+def test_full_scale_recipe_marks_what_to_fill_in():
+    with pytest.raises(WitError, match="is not filled in"):
+        recipe.load(REPO / "pipelines" / "wit400m.toml")
