@@ -3,13 +3,16 @@
 `make_fetch` writes what the fetch stage promises (docs/architecture.md):
 `fetch/shards/NNNNN.tar` in img2dataset format (key.jpg, key.txt, key.json) and
 `fetch/status/*.parquet` with one row per selected uid, registered as the stage
-`fetch` through `wit_builder.stage.run_stage`.
+`fetch` through `wit_builder.stage.run_stage`. `fetch_shard` is the shard number,
+as wit_builder.fetch writes it, or (numbered=False) the tar's path in the build.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +28,7 @@ STATUS_SCHEMA = pa.schema([
     ("selected_by", pa.int32()), ("query_ids", pa.list_(pa.int32())),
     ("status", pa.string()), ("error", pa.string()), ("width", pa.int32()),
     ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
-    ("bytes", pa.int64()), ("sha256", pa.string()), ("fetch_shard", pa.string()),
+    ("bytes", pa.int64()), ("sha256", pa.string()), ("fetch_shard", pa.int32()),
     ("key", pa.string()),
 ])
 
@@ -76,8 +79,12 @@ def _size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def make_fetch(build, samples: list[Sample], shards: int = 2, tag: str = "v1"):
+def make_fetch(build, samples: list[Sample], shards: int = 2, tag: str = "v1",
+               numbered: bool = True):
     """Write and register a fetch output holding `samples`; returns the StageResult."""
+    schema = STATUS_SCHEMA if numbered else STATUS_SCHEMA.set(
+        STATUS_SCHEMA.get_field_index("fetch_shard"), pa.field("fetch_shard", pa.string()))
+
     def work(ctx):
         out = ctx.output("fetch")
         (out / "shards").mkdir()
@@ -95,7 +102,8 @@ def make_fetch(build, samples: list[Sample], shards: int = 2, tag: str = "v1"):
                 key = f"{shard:05d}{len(members[shard]):04d}"
                 size = _size(s.image) if s.image is not None else None
                 orig = s.original_size or size
-                row.update(fetch_shard=f"fetch/shards/{shard:05d}.tar", key=key,
+                row.update(fetch_shard=shard if numbered else f"fetch/shards/{shard:05d}.tar",
+                           key=key, sha256=None if s.image is None else hashlib.sha256(s.image).hexdigest(),
                            width=size and size[0], height=size and size[1],
                            original_width=orig and orig[0], original_height=orig and orig[1],
                            bytes=len(s.image) if s.image is not None else None)
@@ -112,12 +120,16 @@ def make_fetch(build, samples: list[Sample], shards: int = 2, tag: str = "v1"):
                         info = tarfile.TarInfo(name)
                         info.size = len(data)
                         tf.addfile(info, io.BytesIO(data))
-        pq.write_table(pa.Table.from_pylist(rows, schema=STATUS_SCHEMA),
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema),
                        out / "status" / "part-00000.parquet")
         return StageOutput(rows=len(rows), summary={"success": sum(
             s.status == "success" for s in samples)})
-    return run_stage(build, "fetch", {"tag": tag, "n": len(samples)}, work,
-                     outputs=["fetch"], views={"samples": "fetch/status/*.parquet"})
+    res = run_stage(build, "fetch", {"tag": tag, "n": len(samples)}, work,
+                    outputs=["fetch"], views={"samples": "fetch/status/*.parquet"})
+    # Stage records carry whole-second times and the catalog orders views by them: a
+    # curate finishing in the same second as this fetch would lose its `samples` view.
+    time.sleep(1.05 - time.time() % 1)
+    return res
 
 
 def make_queries(build, queries: list[str]):

@@ -14,7 +14,8 @@ For each image in the fetch shards, Ray workers record its size, bytes, sha256 a
   near_duplicate   pHash within --near-dup-bits bits of a kept sample, across the build
 
 Dedup runs over the samples that pass the filters; of each group of duplicates the
-sample with the largest image (then the smallest uid) is kept, and the others name it
+sample with the largest original image (then the most stored bytes, then the smallest
+uid) is kept, and the others name it
 in `duplicate_of`. Writes `samples/` (view `samples`) and per-query counts
 (view `kept_per_query`).
 """
@@ -40,7 +41,7 @@ FETCH_COLUMNS = ("uid", "url", "text", "selected_by", "query_ids", "status", "er
                  "height", "original_width", "original_height", "bytes", "sha256",
                  "fetch_shard", "key")
 SAMPLES_VIEW = "samples/*.parquet"
-KEPT_VIEW = "samples/kept_per_query/*.parquet"
+KEPT_VIEW = "samples/_kept_per_query/*.parquet"  # "_": Parquet dataset readers skip it
 
 
 @dataclass
@@ -121,15 +122,17 @@ def map_tasks(fn: Callable, calls: Iterable[tuple], in_flight: int | None = None
 
 def _facts_schema():
     import pyarrow as pa
-    return pa.schema([("fetch_shard", pa.string()), ("key", pa.string()),
+    return pa.schema([("fetch_tar", pa.string()), ("key", pa.string()),
                       ("image_format", pa.string()), ("image_offset", pa.int64()),
-                      ("bytes", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()),
+                      ("image_bytes", pa.int64()), ("image_sha256", pa.string()),
+                      ("width", pa.int32()),
                       ("height", pa.int32()), ("phash", pa.int64()),
                       ("decode_error", pa.string())])
 
 
 def image_facts(blobs: list[bytes]) -> dict[str, list]:
-    """Facts for a batch of encoded images: bytes, sha256, width, height, phash, decode_error.
+    """Facts for a batch of encoded images: image_bytes, image_sha256, width, height,
+    phash, decode_error.
 
     The pHashes of the decodable images are computed in one vectorised batch.
     """
@@ -142,8 +145,8 @@ def image_facts(blobs: list[bytes]) -> dict[str, list]:
         values = phash_pixels(np.stack([facts[i]["pixels"] for i in ok])).view(np.int64)
         for i, h in zip(ok, values.tolist()):
             hashes[i] = h
-    return {"bytes": [len(b) for b in blobs],
-            "sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
+    return {"image_bytes": [len(b) for b in blobs],
+            "image_sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
             "width": [f["width"] for f in facts], "height": [f["height"] for f in facts],
             "phash": hashes, "decode_error": [f["error"] for f in facts]}
 
@@ -178,7 +181,7 @@ def shard_facts(tar_path: str, rel: str, out: str, batch: int = 512) -> dict[str
                 if not member.isfile() or ext not in IMAGE_EXTS or key in seen:
                     continue
                 seen.add(key)
-                cols["fetch_shard"].append(rel)
+                cols["fetch_tar"].append(rel)
                 cols["key"].append(key)
                 cols["image_format"].append(ext)
                 cols["image_offset"].append(member.offset_data)
@@ -199,7 +202,7 @@ def eval_facts(paths: list[str], root: str) -> dict[str, list]:
     """sha256 and pHash of evaluation image files (path relative to `root`)."""
     blobs = [Path(p).read_bytes() for p in paths]
     facts = image_facts(blobs)
-    return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["sha256"],
+    return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["image_sha256"],
             "phash": facts["phash"], "decode_error": facts["decode_error"]}
 
 
@@ -260,6 +263,7 @@ def _quote(s: str) -> str:
 def _filter_reasons_sql(cfg: Config) -> str:
     """The CASE giving each sample its first failing filter (NULL: passes them all)."""
     return f"""CASE
+        WHEN status = 'decode_error' THEN 'undecodable'
         WHEN status IS DISTINCT FROM 'success' THEN 'failed_download'
         WHEN phash IS NULL THEN 'undecodable'
         WHEN least(coalesce(original_width, width), coalesce(original_height, height))
@@ -270,15 +274,42 @@ def _filter_reasons_sql(cfg: Config) -> str:
         END"""
 
 
-def _load_samples(con, build: Path, facts_dir: Path, cfg: Config) -> None:
-    """Table `s`: fetch rows with the measured image facts and filter reasons."""
+def _open_status(con, build: Path) -> list[str]:
+    """View `status` (fetch's rows, with `fetch_tar`: the tar path relative to the build).
+
+    `fetch_shard` may name the tar ("fetch/shards/00000.tar") or number it (0);
+    returns the tars holding successful downloads.
+    """
     status = _quote(str(build / "fetch" / "status" / "*.parquet"))
-    con.execute(f"CREATE VIEW status AS SELECT * FROM read_parquet({status}, union_by_name = true)")
-    have = {r[0] for r in con.execute("DESCRIBE status").fetchall()}
-    missing = [c for c in FETCH_COLUMNS if c not in have]
+    con.execute(f"CREATE VIEW fetch_rows AS SELECT * FROM read_parquet({status}, union_by_name = true)")
+    types = dict((r[0], r[1]) for r in con.execute("DESCRIBE fetch_rows").fetchall())
+    missing = [c for c in FETCH_COLUMNS if c not in types]
     if missing:
         raise WitError(f"{build / 'fetch' / 'status'}: missing column(s) {', '.join(missing)}; "
                        f"rerun `wit-build fetch --force --out {build}`")
+    if types["fetch_shard"] == "VARCHAR":
+        con.execute("CREATE VIEW status AS SELECT *, fetch_shard AS fetch_tar FROM fetch_rows")
+    else:  # a shard number: the tar whose name is that number
+        import pyarrow as pa
+        tars = sorted((build / "fetch" / "shards").glob("*.tar"))
+        numbered = [(int(p.stem), f"fetch/shards/{p.name}") for p in tars if p.stem.isdigit()]
+        con.register("tar_names", pa.table({"n": pa.array([n for n, _ in numbered], pa.int64()),
+                                            "fetch_tar": [t for _, t in numbered]}))
+        con.execute("CREATE TABLE tars AS SELECT * FROM tar_names")
+        con.unregister("tar_names")
+        con.execute("""CREATE VIEW status AS SELECT r.*, t.fetch_tar FROM fetch_rows r
+                       LEFT JOIN tars t ON t.n = r.fetch_shard""")
+    missing = con.execute("SELECT fetch_shard FROM status WHERE status = 'success' "
+                          "AND fetch_tar IS NULL LIMIT 1").fetchall()
+    if missing:
+        raise WitError(f"{build / 'fetch' / 'shards'}: no tar for fetch shard {missing[0][0]} "
+                       f"(a file named like 00000.tar); rerun `wit-build fetch --force --out {build}`")
+    return [r[0] for r in con.execute("SELECT DISTINCT fetch_tar FROM status WHERE status = "
+                                      "'success' ORDER BY 1").fetchall()]
+
+
+def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
+    """Table `s`: fetch rows with the measured image facts and filter reasons."""
     facts = _quote(str(facts_dir / "*.parquet"))
     con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts})")
     con.execute(f"""
@@ -286,13 +317,14 @@ def _load_samples(con, build: Path, facts_dir: Path, cfg: Config) -> None:
         SELECT st.* REPLACE (
                  CASE WHEN st.status = 'success' AND f.key IS NULL
                       THEN 'no image for key ' || coalesce(st.key, 'NULL') || ' in '
-                           || coalesce(st.fetch_shard, 'NULL')
+                           || st.fetch_tar
                       WHEN st.status = 'success' THEN f.decode_error ELSE st.error END AS error,
                  coalesce(f.width, st.width) AS width, coalesce(f.height, st.height) AS height,
-                 coalesce(f.bytes, st.bytes) AS bytes, coalesce(f.sha256, st.sha256) AS sha256),
-               f.phash, f.image_format, f.image_offset
+                 coalesce(st.bytes, f.image_bytes) AS bytes,
+                 coalesce(st.sha256, f.image_sha256) AS sha256),
+               f.phash, f.image_sha256, f.image_bytes, f.image_format, f.image_offset
         FROM status st
-        LEFT JOIN facts f ON st.status = 'success' AND f.fetch_shard = st.fetch_shard
+        LEFT JOIN facts f ON st.status = 'success' AND f.fetch_tar = st.fetch_tar
                           AND f.key = st.key""")
     con.execute(f"""
         CREATE TABLE s AS
@@ -317,7 +349,10 @@ def _eval_hits(con, eval_table, k: int) -> dict[str, Any]:
     con.execute("CREATE TABLE ev AS SELECT row_number() OVER (ORDER BY path) - 1 AS id, * "
                 "FROM eval_arrow")
     con.unregister("eval_arrow")
-    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM s JOIN ev USING (sha256)
+    # Fetch's sha256 is of the file as downloaded (before any resize), so an eval image
+    # served as is matches it; image_sha256 matches one stored unchanged.
+    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM s JOIN ev
+                   ON ev.sha256 = s.sha256 OR ev.sha256 = s.image_sha256
                    WHERE s.reason IS NULL""")
     stats: dict[str, Any] = {"eval_images": con.execute("SELECT count(*) FROM ev").fetchall()[0][0]}
     if k >= 0:
@@ -335,8 +370,9 @@ def _eval_hits(con, eval_table, k: int) -> dict[str, Any]:
 def _dedup(con, k: int) -> dict[str, Any]:
     """Table `dups` (rid, reason, duplicate_of) over the samples passing every filter.
 
-    Samples are ranked by image area (largest first), then uid; each exact group
-    (same sha256) keeps its best-ranked member. Those representatives are then
+    Samples are ranked by original image area (largest first), then stored bytes
+    (of two encodings of one picture, the larger is usually the better), then uid; each exact group
+    (same image_sha256: identical bytes in the shards) keeps its best-ranked member. Those representatives are then
     grouped by pHash distance <= k (connected components over multi-index-hashing
     pairs) and each component keeps its best-ranked member.
     """
@@ -345,16 +381,20 @@ def _dedup(con, k: int) -> dict[str, Any]:
     from .phash import components, near_pairs
     con.execute("""
         CREATE TABLE d AS
-        SELECT rid, uid, sha256, phash,
-               row_number() OVER (ORDER BY width::BIGINT * height DESC, uid) - 1 AS rank
+        SELECT rid, uid, image_sha256 AS sha256, phash,
+               row_number() OVER (ORDER BY coalesce(original_width, width)::BIGINT
+                                             * coalesce(original_height, height) DESC,
+                                           image_bytes DESC, uid) - 1 AS rank
         FROM s WHERE reason IS NULL AND rid NOT IN (SELECT rid FROM eval_hits)""")
     con.execute("CREATE TABLE exact AS SELECT sha256, min(rank) AS rep_rank FROM d GROUP BY sha256")
-    # One node per distinct pHash among the exact representatives, numbered by best rank.
-    con.execute("""
+    # One node per distinct pHash among the exact representatives (with the search off:
+    # per representative), numbered by best rank.
+    group = "d.phash" if k >= 0 else "d.rank"
+    con.execute(f"""
         CREATE TABLE nodes AS
-        SELECT row_number() OVER (ORDER BY best) - 1 AS id, phash, best
-        FROM (SELECT d.phash, min(d.rank) AS best FROM d JOIN exact e ON d.rank = e.rep_rank
-              GROUP BY d.phash)""")
+        SELECT row_number() OVER (ORDER BY best) - 1 AS id, grp, phash, best
+        FROM (SELECT {group} AS grp, any_value(d.phash) AS phash, min(d.rank) AS best
+              FROM d JOIN exact e ON d.rank = e.rep_rank GROUP BY 1)""")
     n = con.execute("SELECT count(*) FROM nodes").fetchall()[0][0]
     stats: dict[str, Any] = {}
     if k >= 0 and n > 1:
@@ -367,12 +407,12 @@ def _dedup(con, k: int) -> dict[str, Any]:
     final = pa.table({"id": np.arange(n, dtype=np.int64),
                       "final_rank": best[components(n, a, b)] if n else best})
     con.register("final_arrow", final)
-    con.execute("""
+    con.execute(f"""
         CREATE TABLE dups AS
         WITH rep AS (  -- sha256 -> the rank finally kept for that image
             SELECT e.sha256, e.rep_rank, f.final_rank
             FROM exact e JOIN d ON d.rank = e.rep_rank
-            JOIN nodes n ON n.phash = d.phash JOIN final_arrow f ON f.id = n.id)
+            JOIN nodes n ON n.grp = {group} JOIN final_arrow f ON f.id = n.id)
         SELECT d.rid,
                CASE WHEN d.rank <> rep.rep_rank THEN 'exact_duplicate'
                     WHEN d.rank <> rep.final_rank THEN 'near_duplicate' END AS reason,
@@ -383,10 +423,10 @@ def _dedup(con, k: int) -> dict[str, Any]:
 
 
 def _write(con, tmp: Path) -> None:
-    """samples/part-*.parquet and samples/kept_per_query/part-0.parquet."""
+    """samples/part-*.parquet and samples/_kept_per_query/part-0.parquet."""
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    fetch_cols = [r[0] for r in con.execute("DESCRIBE status").fetchall()]
+    fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()]
     cols = ", ".join(f"s.{c}" for c in fetch_cols)
     con.execute(f"""
         CREATE VIEW final AS
@@ -394,14 +434,14 @@ def _write(con, tmp: Path) -> None:
                coalesce(s.reason, eh.reason, du.reason) IS NULL AS keep,
                coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
                coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
-               s.image_format, s.image_offset
+               s.image_sha256, s.fetch_tar, s.image_offset, s.image_bytes, s.image_format
         FROM s
         LEFT JOIN (SELECT rid, 'eval_set' AS reason, min(eval_path) AS eval_path
                    FROM eval_hits GROUP BY rid) eh USING (rid)
         LEFT JOIN dups du USING (rid)""")
     con.execute(f"COPY (SELECT * FROM final) TO {_quote(str(out))} (FORMAT parquet, "
                 "FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE)")
-    counts = out / "kept_per_query"
+    counts = out / "_kept_per_query"
     counts.mkdir()
     con.execute(f"""
         COPY (
@@ -430,10 +470,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
         con = duckdb.connect(str(db))
         try:
             con.execute(f"SET temp_directory = {_quote(str(ctx.work / 'duckdb-tmp'))}")
-            status = _quote(str(build / "fetch" / "status" / "*.parquet"))
-            shards = [r[0] for r in con.execute(
-                f"SELECT DISTINCT fetch_shard FROM read_parquet({status}, union_by_name = true) "
-                "WHERE status = 'success' AND fetch_shard IS NOT NULL ORDER BY 1").fetchall()]
+            shards = _open_status(con, build)
             absent = [s for s in shards if not (build / s).is_file()]
             if absent:
                 raise WitError(f"{build / absent[0]}: fetch shard missing ({len(absent)} of "
@@ -442,7 +479,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
             if not any(facts_dir.glob("*.parquet")):  # no shards at all: an empty facts file
                 import pyarrow.parquet as pq
                 pq.write_table(_facts_schema().empty_table(), facts_dir / "empty.parquet")
-            _load_samples(con, build, facts_dir, cfg)
+            _load_samples(con, facts_dir, cfg)
             evals = _compute_eval(cfg, eval_files, ctx.work) if eval_files else None
             summary: dict[str, Any] = {}
             summary.update(_eval_hits(con, evals, cfg.near_dup_bits))

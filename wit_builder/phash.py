@@ -153,13 +153,15 @@ def plan_bands(n_probe: int, n_build: int, k: int, self_join: bool) -> tuple[int
     return best[1], best[2]
 
 
-def near_pairs(con, left: str, k: int, right: str | None = None) -> tuple[Any, dict[str, Any]]:
+def near_pairs(con, left: str, k: int, right: str | None = None,
+               bands: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Pairs of ids whose hashes are within `k` bits, as a pyarrow Table (a, b).
 
     `left` and `right` name DuckDB tables or views with columns (id BIGINT,
     phash BIGINT). Without `right`, pairs within `left` are returned once each with
     a < b; with `right`, a is a left id and b a right id. Also returns a summary
-    of the search (bands, radius, candidate rows checked, pairs).
+    of the search (bands, radius, flips per band, pairs). `bands` overrides the
+    number of bands `plan_bands` would choose.
     """
     if k < 0:
         raise ValueError("k must be >= 0")
@@ -169,6 +171,8 @@ def near_pairs(con, left: str, k: int, right: str | None = None) -> tuple[Any, d
     probe, build = (left, right or left) if n_left <= n_right else (right, left)
     swapped = right is not None and probe != left
     m, radius = plan_bands(min(n_left, n_right), max(n_left, n_right), k, right is None)
+    if bands is not None:
+        m, radius = bands, k // bands
     widths = [64 // m + (1 if i < 64 % m else 0) for i in range(m)]
     shifts = [sum(widths[:i]) for i in range(m)]
     con.execute("CREATE OR REPLACE TEMP TABLE mih_bands (band INTEGER, shift INTEGER, mask BIGINT)")

@@ -77,10 +77,10 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
     try:
         with open(tmp, "wb") as fobj, wds.TarWriter(fobj, encoder=False, mtime=TAR_MTIME) as sink:
             for r in rows.to_pylist():
-                data = read(r["fetch_shard"], r["image_offset"], r["bytes"])
-                if hashlib.sha256(data).hexdigest() != r["sha256"]:
+                data = read(r["fetch_tar"], r["image_offset"], r["image_bytes"])
+                if hashlib.sha256(data).hexdigest() != r["image_sha256"]:
                     return {"shard": name, "error": f"the image of uid {r['uid']} in "
-                            f"{r['fetch_shard']} no longer matches what curate recorded"}
+                            f"{r['fetch_tar']} no longer matches what curate recorded"}
                 meta = {k: r[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
                                           "height", "sha256", "key")}
                 sink.write({"__key__": r["key"], r["image_format"]: data,
@@ -103,7 +103,7 @@ def _ordered(con, build: Path, cfg: Config, batch: int = 65536):
     return con.sql(f"""
         SELECT uid, url, text, selected_by::INTEGER AS selected_by,
                query_ids::INTEGER[] AS query_ids, width::INTEGER AS width,
-               height::INTEGER AS height, sha256, fetch_shard, image_offset, bytes, image_format
+               height::INTEGER AS height, sha256, image_sha256, fetch_tar, image_offset, image_bytes, image_format
         FROM read_parquet('{samples}', union_by_name = true)
         WHERE keep
         ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || uid), uid

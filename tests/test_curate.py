@@ -1,0 +1,378 @@
+"""Curate: pHash, near-duplicate search, filters, dedup and the SQL a user runs on the result."""
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from fetch_fixture import Sample, encode, make_fetch, make_queries, picture
+from wit_builder import catalog, cli, curate
+from wit_builder.errors import WitError
+from wit_builder.phash import (components, hamming, inspect_image, near_pairs, phash_bytes,
+                               phash_pixels, plan_bands)
+
+REPO = Path(__file__).resolve().parents[1]
+FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
+FOX_TEXT = "red fox (Vulpes vulpes) in snow"
+FOX_UID = "52028369f8892d49"  # the uid docs/curate.md's examples ask about
+
+
+# ---------------------------------------------------------------------------------
+# pHash
+
+
+def full_size_phash(data: bytes) -> int:
+    """imagehash.phash's recipe: full decode, grayscale, Lanczos to 32x32, DCT, median."""
+    im = Image.open(io.BytesIO(data)).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    return int(phash_pixels(np.asarray(im))[0])
+
+
+def test_phash_bits_are_the_dct_definition():
+    """Bits equal a DCT-II written out from its definition (and scipy's, as imagehash uses)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 32, 32)).astype(np.uint8)
+    n = np.arange(32)
+    basis = np.array([[np.cos(np.pi * k * (2 * i + 1) / 64) for i in n] for k in range(8)])
+    for img, got in list(zip(pixels, phash_pixels(pixels)))[:4]:
+        coeffs = np.array([[sum(basis[u, x] * basis[v, y] * float(img[x, y])
+                                for x in range(32) for y in range(32))
+                            for v in range(8)] for u in range(8)]).ravel()
+        bits = "".join("1" if c > np.median(coeffs) else "0" for c in coeffs)
+        assert int(got) == int(bits, 2)
+    fftpack = pytest.importorskip("scipy.fftpack")
+    for img, got in zip(pixels, phash_pixels(pixels)):
+        low = fftpack.dct(fftpack.dct(img.astype(float), axis=0), axis=1)[:8, :8]
+        assert int(got) == int("".join("1" if c else "0" for c in (low > np.median(low)).ravel()), 2)
+
+
+def test_phash_equals_imagehash_on_the_same_pixels():
+    imagehash = pytest.importorskip("imagehash")  # installed with the [bench] extra
+    for seed in range(5):
+        data = encode(picture(seed))
+        assert full_size_phash(data) == int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)
+
+
+def test_fast_decoding_stays_close_to_the_full_size_hash():
+    rng = np.random.default_rng(1)
+    blobs = []
+    for seed in range(24):
+        w = int(rng.integers(200, 700))
+        blobs.append(encode(picture(seed, w, int(w * rng.uniform(0.6, 1.4))),
+                            quality=int(rng.integers(70, 96))))
+    blobs.append(encode(picture(99, 300, 200), "PNG"))
+    fast = phash_bytes(blobs)
+    full = np.array([full_size_phash(b) for b in blobs], dtype=np.uint64)
+    d = hamming(fast, full)
+    assert d.mean() <= 1.5 and d.max() <= 6, d
+
+
+def test_copies_are_close_and_different_pictures_far():
+    default = curate.Config().near_dup_bits
+    for seed in range(4):
+        original = picture(100 + seed, 480, 360)
+        copies = [encode(original), encode(original.resize((320, 240), Image.Resampling.BICUBIC)),
+                  encode(original.resize((200, 150)), quality=50), encode(original, quality=25),
+                  encode(original, "PNG"), encode(original.convert("L"))]
+        h = phash_bytes(copies)
+        assert hamming(np.repeat(h[:1], len(h)), h).max() <= default
+    others = phash_bytes([encode(picture(seed)) for seed in range(40)])
+    gaps = [hamming(others[i:i + 1], others[j:j + 1])[0]
+            for i, j in itertools.combinations(range(40), 2)]
+    assert min(gaps) > 2 * default
+
+
+def test_undecodable_bytes_are_reported_not_raised():
+    good = encode(picture(3))
+    for data in (b"", b"not an image at all", good[:len(good) // 3], b"\xff\xd8\xff" + b"\0" * 500):
+        facts = inspect_image(data)
+        assert facts["pixels"] is None and facts["error"], data[:10]
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        phash_bytes([good, b"junk"])
+
+
+# ---------------------------------------------------------------------------------
+# Near-duplicate search and components
+
+
+def brute_pairs(a, b, k, self_join):
+    d = hamming(np.repeat(a, len(b)), np.tile(b, len(a))).reshape(len(a), len(b))
+    hits = {(i, j) for i, j in zip(*np.nonzero(d <= k))}
+    return {(i, j) for i, j in hits if i < j} if self_join else hits
+
+
+def planted_hashes(n, rng, flips=(0, 1, 2, 3, 4, 5, 7, 9)):
+    """Random hashes plus near copies at several distances (some chained)."""
+    base = rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64)
+    out = [base]
+    for d in flips:
+        src = base[rng.choice(n, 8, replace=False)].view(np.uint64).copy()
+        for i in range(len(src)):
+            for bit in rng.choice(64, d, replace=False):
+                src[i] ^= np.uint64(1) << np.uint64(bit)
+        out.append(src.view(np.int64))
+    return np.concatenate(out)
+
+
+@pytest.mark.parametrize("k,bands", [(0, None), (3, None), (4, None), (4, 3), (6, 3), (5, 2)])
+def test_near_pairs_equal_brute_force(k, bands):
+    rng = np.random.default_rng(k * 10 + (bands or 0))
+    h = planted_hashes(150, rng)
+    con = duckdb.connect()
+    con.register("h", pa.table({"id": np.arange(len(h)), "phash": h}))
+    got, stats = near_pairs(con, "h", k, bands=bands)
+    assert set(zip(got["a"].to_pylist(), got["b"].to_pylist())) == brute_pairs(h, h, k, True)
+    assert stats["pairs"] == got.num_rows and (bands is None or stats["bands"] == bands)
+    # across two sets, the smaller one on either side
+    small = planted_hashes(10, rng, flips=(1, 3))
+    con.register("s", pa.table({"id": np.arange(len(small)) + 1000, "phash": small}))
+    mixed = np.concatenate([h[:60], small[5:]])
+    con.register("m", pa.table({"id": np.arange(len(mixed)), "phash": mixed}))
+    for left, right, lh, rh in (("m", "s", mixed, small), ("s", "m", small, mixed)):
+        got, _ = near_pairs(con, left, k, right=right, bands=bands)
+        lid = np.arange(len(lh)) + (1000 if left == "s" else 0)
+        rid = np.arange(len(rh)) + (1000 if right == "s" else 0)
+        want = {(lid[i], rid[j]) for i, j in brute_pairs(lh, rh, k, False)}
+        assert set(zip(got["a"].to_pylist(), got["b"].to_pylist())) == want
+
+
+def test_band_plan_scales_with_the_number_of_hashes():
+    assert plan_bands(1000, 1000, 4, True) == (5, 0)         # small: exact bands
+    assert plan_bands(1_000_000, 1_000_000, 4, True) == (3, 1)  # large: wider bands, 1 flip
+
+
+def test_components_are_labelled_by_their_smallest_node():
+    rng = np.random.default_rng(5)
+    n = 300
+    a, b = rng.integers(0, n, 200), rng.integers(0, n, 200)
+    labels = components(n, a, b)
+    adj = {i: set() for i in range(n)}
+    for x, y in zip(a, b):
+        adj[x].add(y)
+        adj[y].add(x)
+    for start in range(n):
+        seen, todo = {start}, [start]
+        while todo:
+            for nxt in adj[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        assert labels[start] == min(seen)
+    assert components(3, [], []).tolist() == [0, 1, 2]
+    assert components(4, [3, 2, 1], [2, 1, 0]).tolist() == [0, 0, 0, 0]  # a chain
+
+
+# ---------------------------------------------------------------------------------
+# The curate stage on a crafted fetch output
+
+
+def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
+    """One sample per case; the name says what curate must decide."""
+    lake = picture(4, 480, 360)
+    fox = encode(picture(1, 400, 300))
+    mountain = picture(5, 320, 240)
+    eval_exact, eval_near = picture(6), picture(7)
+    eval_dir.mkdir()
+    (eval_dir / "cls").mkdir()
+    (eval_dir / "cls" / "exact.jpg").write_bytes(encode(eval_exact))
+    (eval_dir / "near.png").write_bytes(encode(eval_near, "PNG"))
+    (eval_dir / "labels.txt").write_text("not an image, ignored\n")
+    good = "a photo of a quiet harbour at dawn"
+    cases = {
+        "keep_fox": Sample(FOX_URL, FOX_TEXT, fox, selected_by=1, query_ids=[1, 2], shard=0),
+        "exact_duplicate": Sample("https://mirror4.example.org/fox.jpg", "fox in the snow, a copy",
+                                  fox, selected_by=2, query_ids=[2], shard=1),
+        "keep_lake": Sample("http://x/lake", "a big picture of a lake", encode(lake), shard=0),
+        "near_resized": Sample("http://x/lake-small", "a resized picture of a lake",
+                               encode(lake.resize((320, 240), Image.Resampling.BICUBIC)), shard=1),
+        "keep_mountain": Sample("http://x/mountain", "mountains under a clear sky",
+                                encode(mountain), shard=0, selected_by=3, query_ids=[3]),
+        "near_reencoded": Sample("http://x/mountain-q25", "mountains, a blurry copy",
+                                 encode(mountain, quality=25), shard=1),
+        "too_small": Sample("http://x/small", "a small picture of a cat", encode(picture(2, 150, 120))),
+        "too_small_original": Sample("http://x/upscaled", "a cat picture that was upscaled",
+                                     encode(picture(12)), original_size=(120, 90)),
+        "bad_aspect": Sample("http://x/wide", "a wide panorama of hills", encode(picture(3, 700, 200))),
+        "short_words": Sample("http://x/words", "lighthouses everywhere", encode(picture(8))),
+        "short_chars": Sample("http://x/chars", "a b c", encode(picture(9))),
+        "too_small_and_short": Sample("http://x/both", "cat", encode(picture(10, 100, 100))),
+        "junk": Sample("http://x/junk", "junk bytes posing as a jpeg", b"not an image at all"),
+        "truncated": Sample("http://x/trunc", "a truncated jpeg from a shard",
+                            encode(picture(11))[:2500]),
+        "missing": Sample("http://x/missing", "success but no image in the shard", None),
+        "failed": Sample("http://x/404", "never downloaded at all", None, status="not_found",
+                         error="HTTP 404"),
+        "decode_error": Sample("http://x/bad", "fetch could not resize this", None,
+                               status="decode_error", error="cannot identify image"),
+        "eval_exact": Sample("http://x/eval1", "a leaked benchmark image", encode(eval_exact)),
+        "eval_near": Sample("http://x/eval2", "a leaked benchmark image, re-encoded",
+                            encode(eval_near, quality=60)),
+    }
+    for i in range(6):
+        cases[f"keep_other_{i}"] = Sample(f"http://x/other{i}", f"{good} number {i}",
+                                          encode(picture(200 + i, 360, 270)))
+    return cases
+
+
+EXPECTED = {
+    "keep_fox": None, "exact_duplicate": "exact_duplicate", "keep_lake": None,
+    "near_resized": "near_duplicate", "keep_mountain": None, "near_reencoded": "near_duplicate",
+    "too_small": "too_small", "too_small_original": "too_small", "bad_aspect": "bad_aspect",
+    "short_words": "short_caption", "short_chars": "short_caption",
+    "too_small_and_short": "too_small", "junk": "undecodable", "truncated": "undecodable",
+    "missing": "undecodable", "failed": "failed_download", "decode_error": "undecodable",
+    "eval_exact": "eval_set", "eval_near": "eval_set",
+    **{f"keep_other_{i}": None for i in range(6)},
+}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, ray_cluster):
+    """A crafted fetch output, curated through the CLI with every curate flag."""
+    root = tmp_path_factory.mktemp("curate")
+    build = root / "wit-data"
+    cases = crafted_samples(root / "eval")
+    make_queries(build, ["fox", "snow", "lake", "mountain"])
+    make_fetch(build, list(cases.values()), shards=3)
+    code = cli.main(["curate", "--out", str(build), "--min-side", "200", "--max-aspect", "3",
+                     "--min-caption-words", "3", "--min-caption-chars", "6",
+                     "--near-dup-bits", "4", "--eval-images", str(root / "eval")])
+    assert code == 0
+    rows = {r["uid"]: r for r in pq.read_table(build / "samples").to_pylist()}
+    return build, cases, {name: rows[s.uid] for name, s in cases.items()}, root
+
+
+def test_every_sample_gets_its_first_reason(world):
+    build, cases, rows, _ = world
+    assert len(pq.read_table(build / "samples")) == len(cases)  # one row per selected uid
+    assert {name: r["drop_reason"] for name, r in rows.items()} == EXPECTED
+    assert all(r["keep"] == (r["drop_reason"] is None) for r in rows.values())
+    assert set(EXPECTED.values()) - {None} == set(curate.DROP_REASONS)  # every reason is exercised
+
+
+def test_facts_are_measured_from_the_shard(world):
+    _, cases, rows, _ = world
+    lake = rows["keep_lake"]
+    assert (lake["width"], lake["height"], lake["aspect"]) == (480, 360, pytest.approx(4 / 3))
+    assert lake["phash"] == int(phash_bytes([cases["keep_lake"].image])[0])
+    assert lake["image_bytes"] == len(cases["keep_lake"].image) and lake["image_format"] == "jpg"
+    assert rows["bad_aspect"]["aspect"] == pytest.approx(3.5)
+    assert rows["too_small_original"]["width"] == 320  # stored size; the filter used the original
+    assert "truncated" in rows["truncated"]["error"]
+    assert rows["junk"]["error"] == "not a recognised image format" and rows["junk"]["phash"] is None
+    assert "no image for key" in rows["missing"]["error"]
+    assert rows["failed"]["error"] == "HTTP 404" and rows["failed"]["status"] == "not_found"
+
+
+def test_duplicates_name_the_sample_kept(world):
+    _, cases, rows, _ = world
+    assert rows["exact_duplicate"]["duplicate_of"] == FOX_UID == cases["keep_fox"].uid
+    # the larger image of a near-duplicate pair is kept; both sit in different shards
+    assert rows["near_resized"]["duplicate_of"] == cases["keep_lake"].uid
+    assert rows["near_resized"]["fetch_shard"] != rows["keep_lake"]["fetch_shard"]
+    assert rows["near_reencoded"]["duplicate_of"] == cases["keep_mountain"].uid
+    assert rows["eval_exact"]["duplicate_of"] == "cls/exact.jpg"
+    assert rows["eval_near"]["duplicate_of"] == "near.png"
+    assert all(r["duplicate_of"] is None for r in rows.values()
+               if r["drop_reason"] not in ("exact_duplicate", "near_duplicate", "eval_set"))
+
+
+def test_kept_per_query_view(world):
+    build, cases, rows, _ = world
+    got = {r["query_id"]: r for r in catalog.query(build, "SELECT * FROM kept_per_query").to_pylist()}
+    for q in range(4):
+        mine = [r for r in rows.values() if r["selected_by"] == q]
+        assert got[q]["selected"] == len(mine)
+        assert got[q]["kept"] == sum(r["keep"] for r in mine)
+        assert got[q]["downloaded"] == sum(r["status"] == "success" for r in mine)
+        assert got[q]["kept_matching"] == sum(r["keep"] and q in r["query_ids"] for r in rows.values())
+    assert (got[2]["selected"], got[2]["kept"], got[2]["kept_matching"]) == (1, 0, 1)
+
+
+def test_summary_and_rerun(world, tmp_path, capsys):
+    build, cases, _, root = world
+    build = Path(shutil.copytree(build, tmp_path / "copy"))  # a copied build still answers
+    rec = catalog.query(build, "SELECT rows FROM stages WHERE stage = 'curate'").to_pylist()
+    assert rec == [{"rows": len(cases)}]
+    args = ["curate", "--out", str(build), "--min-caption-words", "3", "--min-caption-chars", "6",
+            "--eval-images", str(root / "eval")]
+    assert cli.main(args) == 0
+    assert "already done" in capsys.readouterr().out
+    # a looser filter reruns curate and keeps more
+    res = curate.run(curate.Config(min_side=100, near_dup_bits=-1, min_caption_words=1,
+                                   eval_images=str(root / "eval")), build)
+    assert not res.skipped
+    got = {r["url"]: r["drop_reason"]
+           for r in catalog.query(build, "SELECT url, drop_reason FROM samples").to_pylist()}
+    assert got["http://x/small"] is None and got["http://x/words"] is None
+    assert got["http://x/lake-small"] is None        # near-duplicate search is off
+    assert got["https://mirror4.example.org/fox.jpg"] == "exact_duplicate"
+    assert got["http://x/both"] == "short_caption"   # "cat" is too short either way
+    assert res.summary["dropped"]["eval_set"] == 1    # only the byte-identical one now
+
+
+def test_fetch_shard_may_be_a_path(build, ray_cluster):
+    pics = [encode(picture(s)) for s in (40, 41)]
+    samples = [Sample(f"http://x/{i}", f"a picture with number {i}", pics[i % 2]) for i in range(3)]
+    make_fetch(build, samples, shards=2, numbered=False)
+    res = curate.run(curate.Config(), build)
+    assert res.summary["kept"] == 2 and res.summary["dropped"] == {"exact_duplicate": 1}
+    tars = {r["fetch_tar"] for r in pq.read_table(build / "samples").to_pylist()}
+    assert tars == {"fetch/shards/00000.tar", "fetch/shards/00001.tar"}
+
+
+def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
+    assert cli.main(["curate", "--out", str(build)]) == 2
+    assert "the fetch stage has not finished" in capsys.readouterr().err
+    make_fetch(build, [Sample("http://x/a", "a picture of something", encode(picture(1)))], shards=1)
+    for flags, message in ((["--eval-images", str(tmp_path / "nope")], "not a directory"),
+                           (["--eval-images", str(tmp_path)], "no image files"),
+                           (["--max-aspect", "0.5"], "--max-aspect 0.5"),
+                           (["--near-dup-bits", "30"], "--near-dup-bits 30")):
+        assert cli.main(["curate", "--out", str(build), *flags]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "evals").mkdir()
+    (tmp_path / "evals" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
+    with pytest.raises(WitError, match="broken.jpg cannot be decoded"):
+        curate.run(curate.Config(eval_images=str(tmp_path / "evals")), build)
+    (build / "fetch" / "shards" / "00000.tar").unlink()
+    with pytest.raises(WitError, match=r"no tar for fetch shard 0.*rerun `wit-build fetch --force"):
+        curate.run(curate.Config(), build)
+
+
+# ---------------------------------------------------------------------------------
+# The SQL examples in docs/curate.md, run exactly as written
+
+
+def sql_examples() -> list[list[str]]:
+    text = (REPO / "docs" / "curate.md").read_text()
+    block = text.split("<!-- sql-examples -->", 1)[1].split("```", 2)[1]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("wit-build sql")]
+
+
+def test_sql_examples_work_as_written(world, capsys):
+    build, cases, rows, _ = world
+    examples = sql_examples()
+    assert len(examples) >= 5
+    outputs = []
+    for argv in examples:
+        assert argv[:2] == ["wit-build", "sql"]
+        assert cli.main(argv[1:] + ["--out", str(build)]) == 0, argv
+        outputs.append(capsys.readouterr().out)
+    by_topic = dict(zip(["kept_per_query", "drop_reasons", "most_copies", "copies_of",
+                         "within_bits", "eval"], outputs))
+    assert re.search(r"^snow\s+1\s+1\s+1\s*$", by_topic["kept_per_query"], re.M)
+    for reason in set(EXPECTED.values()) - {None}:
+        assert reason in by_topic["drop_reasons"]
+    assert FOX_UID in by_topic["most_copies"]
+    assert cases["exact_duplicate"].uid in by_topic["copies_of"]
+    assert "exact_duplicate" in by_topic["within_bits"] and FOX_UID in by_topic["within_bits"]
+    assert "cls/exact.jpg" in by_topic["eval"] and "near.png" in by_topic["eval"]
