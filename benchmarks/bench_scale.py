@@ -49,30 +49,40 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
-def _memory(pid: int) -> tuple[int, int]:
-    """(RSS, PSS) of one process in bytes, 0 if it is gone."""
+def _usage(pid: int) -> tuple[int, int, float]:
+    """(RSS, PSS) in bytes and CPU seconds so far of one process; zeros if it is gone."""
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.endswith("kB\n")}
-        return fields.get("Rss", 0) * 1024, fields.get("Pss", 0) * 1024
-    except (OSError, ValueError):
-        return 0, 0
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = f.read().rsplit(")", 1)[1].split()
+        cpu = (int(ticks[11]) + int(ticks[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
+        return fields.get("Rss", 0) * 1024, fields.get("Pss", 0) * 1024, cpu
+    except (OSError, ValueError, IndexError):
+        return 0, 0, 0.0
 
 
 class MemorySampler(threading.Thread):
-    """Peak summed RSS/PSS over this process tree, overall and per labelled phase."""
+    """Peak summed RSS/PSS over this process tree per labelled phase, and CPU seconds
+    used by the tree (last sample of each process, so exits cost < one interval)."""
 
     def __init__(self, every: float = 0.2):
         super().__init__(daemon=True)
         self.every, self.phase, self.stop = every, "setup", threading.Event()
         self.peaks: dict[str, dict[str, int]] = {}
+        self.cpu: dict[int, float] = {}
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
 
     def run(self) -> None:
         me = os.getpid()
         while not self.stop.is_set():
-            per = [_memory(p) for p in _descendants(me)]
-            rss, pss = sum(r for r, _ in per), sum(p for _, p in per)
-            top = max((r for r, _ in per), default=0)
+            per = {p: _usage(p) for p in _descendants(me)}
+            for p, (_, _, cpu) in per.items():
+                self.cpu[p] = max(self.cpu.get(p, 0.0), cpu)
+            rss, pss = sum(u[0] for u in per.values()), sum(u[1] for u in per.values())
+            top = max((u[0] for u in per.values()), default=0)
             peak = self.peaks.setdefault(self.phase, {"rss": 0, "pss": 0, "largest_process": 0})
             peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
             peak["largest_process"] = max(peak["largest_process"], top)
@@ -87,7 +97,7 @@ def make_inputs(out: Path, n_captions: int, n_queries: int) -> tuple[list[Path],
     files = []
     for i in range(0, n_captions, FILE_ROWS):
         n = min(FILE_ROWS, n_captions - i)
-        path = inputs / f"pool-{i // FILE_ROWS:03d}-{n}.parquet"
+        path = inputs / f"pool-{i // FILE_ROWS:03d}-{n}-head20.parquet"   # (generator version)
         if not path.exists():
             ids = pa.array(np.arange(i, i + n)).cast(pa.string())
             urls = pc.binary_join_element_wise("http://img.example/", ids, ".jpg", "")
@@ -154,15 +164,19 @@ def main() -> None:
                                                             memory_limit=args.memory_limit), build))]
     for name, step in steps:
         sampler.phase = name
-        t = time.time()
+        t, cpu = time.time(), sampler.cpu_seconds()
         res = step()
+        time.sleep(2 * sampler.every)
+        cpu = sampler.cpu_seconds() - cpu
         report["stages"][name] = {"seconds": round(time.time() - t, 1), "rows": res.rows,
-                                  "summary": res.summary}
-        print(f"[{name}] {res.rows:,} rows in {time.time() - t:.0f} s", flush=True)
+                                  "cpu_seconds": round(cpu, 1), "summary": res.summary}
+        print(f"[{name}] {res.rows:,} rows in {time.time() - t:.0f} s wall, {cpu:.0f} CPU-s "
+              f"over the process tree", flush=True)
         for k, v in res.summary.items():
             if len(str(v)) < 200:
                 print(f"    {k}: {v}", flush=True)
     report["wall_seconds"] = round(time.time() - start, 1)
+    report["cpu_seconds"] = round(sum(st["cpu_seconds"] for st in report["stages"].values()), 1)
     time.sleep(0.5)
     sampler.stop.set()
     sampler.join()
@@ -171,7 +185,8 @@ def main() -> None:
     report["peak_memory_gb"] = {phase: {k: round(v / gb, 2) for k, v in p.items()}
                                 for phase, p in sampler.peaks.items()}
     overall = {k: max(p[k] for p in sampler.peaks.values()) / gb for k in ("rss", "pss")}
-    print(f"pool -> match -> balance: {report['wall_seconds']:.0f} s wall for "
+    print(f"pool -> match -> balance: {report['wall_seconds']:.0f} s wall, "
+          f"{report['cpu_seconds']:.0f} CPU-s, for "
           f"{args.captions:,} captions x {len(queries):,} queries on {os.cpu_count()} CPUs")
     for phase, p in report["peak_memory_gb"].items():
         print(f"    peak memory during {phase:8s}: {p['pss']:.2f} GB PSS, {p['rss']:.2f} GB RSS "

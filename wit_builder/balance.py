@@ -66,6 +66,7 @@ def uid_numbers(uids) -> "Any":
     import pyarrow.compute as pc
     n = len(uids)
     arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
+    arr = arr.cast(pa.string())                      # int32 offsets below
     if n and arr.null_count == 0 and pc.all(pc.equal(pc.binary_length(arr), 16)).as_py():
         offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + 1]
         raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n]

@@ -140,7 +140,10 @@ class Matcher:
             members[e].append(int(query_ids[i]))
         self.n_entries = len(members)
         self.entry_query = np.array([m[0] for m in members], dtype=np.int32)
-        self.shared = {e: m for e, m in enumerate(members) if len(m) > 1}  # duplicate queries
+        # Queries sharing a string (or a lowercased one): entry -> all its ids (CSR).
+        self.shared = any(len(m) > 1 for m in members)
+        self.id_offsets = np.cumsum([0] + [len(m) for m in members])
+        self.ids = np.array([q for m in members for q in m], dtype=np.int32)
         # Row separator, and its stand-in should a caption contain it: characters in
         # no query, so a token holding either can never match (results unchanged).
         self.sep, self.stand_in = _unused_chars(list(entry_of), 2)
@@ -262,13 +265,14 @@ class Matcher:
             key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         rows, entries = key >> shift, key & ((1 << shift) - 1)
         qids = self.entry_query[entries]
-        if self.shared and np.isin(entries, list(self.shared)).any():
-            # Duplicate queries: an entry stands for several ids; expand and re-sort.
-            pairs = [(r, q) for r, e in zip(rows.tolist(), entries.tolist())
-                     for q in self.shared.get(e, [self.entry_query[e]])]
-            pairs.sort()
-            rows = np.array([p[0] for p in pairs], dtype=np.int64)
-            qids = np.array([p[1] for p in pairs], dtype=np.int32)
+        if self.shared:
+            # An entry stands for several ids: expand, then order by (row, id) again.
+            per = np.diff(self.id_offsets)[entries]
+            first = np.repeat(self.id_offsets[entries] - np.cumsum(per) + per, per)
+            qids = self.ids[first + np.arange(int(per.sum()))]
+            rows = np.repeat(rows, per)
+            order = np.lexsort((qids, rows))
+            rows, qids = rows[order], qids[order]
         offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
         return pa.ListArray.from_arrays(pa.array(offsets), pa.array(qids, pa.int32()))
