@@ -189,6 +189,26 @@ def test_metaclip_coins_are_uniform_over_many_seeds(tmp_path):
     assert 0.5 * var <= np.var(kept, ddof=1) <= 2.0 * var
 
 
+def test_cutoff_shortcut_never_changes_the_result():
+    # Priorities bunched at the top of the range defeat the "skip far-away candidates"
+    # shortcut; the query must then be redone in full and still get the exact k-th.
+    import duckdb
+    con = duckdb.connect()
+    n, k = 5000, 40
+    con.execute(f"""CREATE TABLE cand AS SELECT
+        (i % 2)::INTEGER AS selected_by,
+        CASE WHEN i % 2 = 0 THEN 9223372036854775807 - i * 1000   -- adversarial
+             ELSE (hash(i) >> 1)::BIGINT END AS priority,          -- uniform-looking
+        printf('%016x', i) AS uid
+        FROM range({n}) t(i)""")
+    balance._cutoffs(con, k)
+    got = dict(con.execute("SELECT query_id, priority FROM cutoff").fetchall())
+    want = dict(con.execute(f"""SELECT selected_by, priority FROM (SELECT selected_by, priority,
+        row_number() OVER (PARTITION BY selected_by ORDER BY priority, uid) AS rn FROM cand)
+        WHERE rn = {k}""").fetchall())
+    assert got == want and len(got) == 2
+
+
 def test_bad_settings_and_missing_stages(build):
     with pytest.raises(WitError, match="--per-query 0: must be at least 1"):
         balance.run(balance.Config(per_query=0), build)
