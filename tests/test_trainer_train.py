@@ -2,7 +2,12 @@
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 
 import pytest
 import torch
@@ -140,3 +145,25 @@ def test_eval_command_reports_zero_shot_and_retrieval(run, build, tmp_path, caps
     assert result["retrieval"]["image_to_text_R@10"] >= result["retrieval"]["image_to_text_R@1"]
     expect_error(capsys, "3 names for 4 class folders", "eval", "--checkpoint", out / "checkpoint.pt",
                  "--images", images, "--classnames", names.write_text("a\nb\nc\n") and names)
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_to_resume_from(build, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "trainer.cli", "--data", str(build), "--out", str(out), "--steps", "100000",
+           "--image-size", "32", "--batch-size", "8", "--workers", "1", "--threads", "1", "--log-every", "1",
+           "--checkpoint-every", "1000", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        log = out / "log.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C does: the worker process gets it too
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "continue with --resume" in stdout
+    summary = json.loads(stdout[stdout.index("{"):])
+    assert summary["interrupted"] and 2 <= summary["steps"] < 100000
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == summary["steps"]

@@ -95,11 +95,24 @@ def check_shards(urls: list[str], members: int = 200) -> None:
                        "wit-train needs key.jpg + key.txt pairs")
 
 
+def _shard_captions(url: str):
+    if Path(url).is_file():  # a seekable tar: headers are read, image bytes skipped over
+        try:
+            with tarfile.open(url) as tar:
+                for m in tar:
+                    if m.isfile() and m.name.lower().endswith(".txt"):
+                        yield tar.extractfile(m).read()
+        except (tarfile.TarError, OSError):
+            return
+    else:
+        for s in wds.tarfile_samples([dict(url=url)], handler=wds.ignore_and_continue,
+                                     select_files=lambda name: name.lower().endswith(".txt")):
+            yield s.get("txt", b"")
+
+
 def read_captions(urls: list[str], limit: int):
     """Up to `limit` captions, shard by shard, for training the tokenizer."""
-    files = wds.tarfile_samples([dict(url=u) for u in urls], handler=wds.ignore_and_continue,
-                                select_files=lambda name: name.lower().endswith(".txt"))
-    captions = (s["txt"].decode("utf-8", "replace").strip() for s in files if "txt" in s)
+    captions = (c.decode("utf-8", "replace").strip() for url in urls for c in _shard_captions(url))
     return itertools.islice((c for c in captions if c), limit)
 
 
