@@ -250,6 +250,7 @@ def world(tmp_path_factory, ray_cluster):
     return build, cases, {name: rows[s.uid] for name, s in cases.items()}, root
 
 
+@pytest.mark.slow  # Ray
 def test_every_sample_gets_its_first_reason(world):
     build, cases, rows, _ = world
     assert len(pq.read_table(build / "samples")) == len(cases)  # one row per selected uid
@@ -258,6 +259,7 @@ def test_every_sample_gets_its_first_reason(world):
     assert set(EXPECTED.values()) - {None} == set(curate.DROP_REASONS)  # every reason is exercised
 
 
+@pytest.mark.slow  # Ray
 def test_facts_are_measured_from_the_shard(world):
     _, cases, rows, _ = world
     lake = rows["keep_lake"]
@@ -272,6 +274,7 @@ def test_facts_are_measured_from_the_shard(world):
     assert rows["failed"]["error"] == "HTTP 404" and rows["failed"]["status"] == "not_found"
 
 
+@pytest.mark.slow  # Ray
 def test_duplicates_name_the_sample_kept(world):
     _, cases, rows, _ = world
     assert rows["exact_duplicate"]["duplicate_of"] == FOX_UID == cases["keep_fox"].uid
@@ -285,6 +288,7 @@ def test_duplicates_name_the_sample_kept(world):
                if r["drop_reason"] not in ("exact_duplicate", "near_duplicate", "eval_set"))
 
 
+@pytest.mark.slow  # Ray
 def test_kept_per_query_view(world):
     build, cases, rows, _ = world
     got = {r["query_id"]: r for r in catalog.query(build, "SELECT * FROM kept_per_query").to_pylist()}
@@ -297,6 +301,7 @@ def test_kept_per_query_view(world):
     assert (got[2]["selected"], got[2]["kept"], got[2]["kept_matching"]) == (1, 0, 1)
 
 
+@pytest.mark.slow  # Ray
 def test_summary_and_rerun(world, tmp_path, capsys):
     build, cases, _, root = world
     build = Path(shutil.copytree(build, tmp_path / "copy"))  # a copied build still answers
@@ -319,6 +324,7 @@ def test_summary_and_rerun(world, tmp_path, capsys):
     assert res.summary["dropped"]["eval_set"] == 1    # only the byte-identical one now
 
 
+@pytest.mark.slow  # Ray
 def test_fetch_shard_may_be_a_path(build, ray_cluster):
     pics = [encode(picture(s)) for s in (40, 41)]
     samples = [Sample(f"http://x/{i}", f"a picture with number {i}", pics[i % 2]) for i in range(3)]
@@ -329,6 +335,7 @@ def test_fetch_shard_may_be_a_path(build, ray_cluster):
     assert tars == {"fetch/shards/00000.tar", "fetch/shards/00001.tar"}
 
 
+@pytest.mark.slow  # Ray
 def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
     assert cli.main(["curate", "--out", str(build)]) == 2
     assert "the fetch stage has not finished" in capsys.readouterr().err
@@ -358,6 +365,7 @@ def sql_examples() -> list[list[str]]:
     return [shlex.split(line) for line in block.splitlines() if line.startswith("wit-build sql")]
 
 
+@pytest.mark.slow  # Ray
 def test_sql_examples_work_as_written(world, capsys):
     build, cases, rows, _ = world
     examples = sql_examples()

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import shutil
+import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,6 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
     sha256 against the one curate recorded. Returns {"shard", "samples"} or
     {"shard", "error"}.
     """
-    import webdataset as wds
     handles: OrderedDict[str, Any] = OrderedDict()
 
     def read(rel: str, offset: int, size: int) -> bytes:
@@ -75,7 +76,9 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
     name = os.path.basename(out)
     tmp = f"{out}.tmp-{os.getpid()}"
     try:
-        with open(tmp, "wb") as fobj, wds.TarWriter(fobj, encoder=False, mtime=TAR_MTIME) as sink:
+        # Plain tarfile, as webdataset's TarWriter does (importing webdataset pulls in
+        # torch: seconds per Ray worker for nothing).
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as sink:
             for r in rows.to_pylist():
                 data = read(r["fetch_tar"], r["image_offset"], r["image_bytes"])
                 if hashlib.sha256(data).hexdigest() != r["image_sha256"]:
@@ -83,11 +86,14 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
                             f"{r['fetch_tar']} no longer matches what curate recorded"}
                 meta = {k: r[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
                                           "height", "sha256", "key")}
-                sink.write({"__key__": r["key"], r["image_format"]: data,
-                            "txt": (r["text"] or "").encode("utf-8"),
-                            "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
+                for ext, blob in ((r["image_format"], data),
+                                  ("txt", (r["text"] or "").encode("utf-8")),
+                                  ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))):
+                    info = tarfile.TarInfo(f"{r['key']}.{ext}")
+                    info.size, info.mtime, info.mode = len(blob), TAR_MTIME, 0o444
+                    sink.addfile(info, io.BytesIO(blob))
         os.replace(tmp, out)
-    except OSError as e:
+    except (OSError, tarfile.TarError) as e:
         return {"shard": name, "error": f"{type(e).__name__}: {e}"}
     finally:
         for f in handles.values():

@@ -1,0 +1,216 @@
+"""Publish: final WebDataset shards that webdataset, datasets and Ray Data read back."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from fetch_fixture import Sample, encode, make_fetch, make_queries, picture
+from wit_builder import catalog, cli, curate, pipeline, publish
+from wit_builder.errors import WitError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+pytestmark = pytest.mark.slow  # Ray, and a curated build to publish
+REPO = Path(__file__).resolve().parents[1]
+FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
+FOX_TEXT = "red fox (Vulpes vulpes) in snow"
+SHARD_SIZE = 4
+
+
+def world_samples() -> list[Sample]:
+    """14 distinct pictures (one with a non-ASCII caption) plus 3 to be dropped.
+
+    All JPEG, as fetch stores them (one --encode-format per build).
+    """
+    fox = encode(picture(1, 400, 300))
+    out = [Sample(FOX_URL, FOX_TEXT, fox, selected_by=1, query_ids=[1, 2]),
+           Sample("http://x/fox-copy", "the same fox, copied elsewhere", fox, selected_by=2),
+           Sample("http://x/junk", "an image that does not decode", b"junk"),
+           Sample("http://x/404", "never downloaded at all", None, status="not_found"),
+           Sample("http://x/png", "a lossless picture of a meadow", encode(picture(300, 500, 300))),
+           Sample("http://x/unicode", "Ein Fuchs im Schnee — ünïcödé 狐狸", encode(picture(301)),
+                  selected_by=2, query_ids=[2, 0])]
+    out += [Sample(f"http://x/{i}", f"a photo of scene number {i}", encode(picture(400 + i)),
+                   selected_by=i % 3, query_ids=[i % 3]) for i in range(12)]
+    return out
+
+
+def kept_rows(build: Path) -> dict[str, dict]:
+    return {r["uid"]: r for r in pq.read_table(build / "samples").to_pylist() if r["keep"]}
+
+
+def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {extension: bytes} for one tar."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return out
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def pub(tmp_path_factory, ray_cluster):
+    build = tmp_path_factory.mktemp("publish") / "wit-data"
+    make_queries(build, ["fox", "snow", "meadow"])
+    make_fetch(build, world_samples(), shards=3)
+    curate.run(curate.Config(), build)
+    assert cli.main(["publish", "--out", str(build), "--shard-size", str(SHARD_SIZE),
+                     "--seed", "7"]) == 0
+    return build
+
+
+def test_sizes_manifest_and_tars_agree(pub):
+    kept = kept_rows(pub)
+    assert len(kept) == 15  # 18 selected: one exact copy, one undecodable, one failed
+    sizes = json.loads((pub / "shards" / "sizes.json").read_text())
+    tars = sorted((pub / "shards").glob("*.tar"))
+    assert list(sizes) == [t.name for t in tars] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
+    assert list(sizes.values()) == [4, 4, 4, 3]
+    manifest = pq.read_table(pub / "manifest").to_pylist()
+    assert sum(sizes.values()) == len(manifest) == len(kept)
+    seen: Counter = Counter()
+    for tar in tars:
+        members = tar_samples(tar)
+        assert len(members) == sizes[tar.name]
+        for key, files in members.items():
+            meta = json.loads(files["json"])
+            seen[meta["uid"]] += 1
+            row = next(m for m in manifest if m["uid"] == meta["uid"])
+            assert (row["shard"], row["key"]) == (f"shards/{tar.name}", key)
+            src = kept[meta["uid"]]
+            image = files[src["image_format"]]
+            assert hashlib.sha256(image).hexdigest() == src["image_sha256"]
+            assert files["txt"].decode() == src["text"]
+            assert meta == {k: src[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
+                                                 "height", "sha256")} | {"key": key}
+    assert seen == Counter(list(kept))  # every kept uid in exactly one shard
+    assert {m["uid"]: (m["url"], m["text"], m["selected_by"]) for m in manifest} == {
+        u: (r["url"], r["text"], r["selected_by"]) for u, r in kept.items()}
+    n = catalog.query(pub, "SELECT count(*) AS n, count(DISTINCT key) AS keys FROM shards").to_pylist()
+    assert n == [{"n": 15, "keys": 15}]
+
+
+def test_order_is_the_seeded_shuffle_across_the_build(pub):
+    manifest = pq.read_table(pub / "manifest").to_pylist()
+    order = [m["uid"] for m in manifest]
+
+    def rank(uid: str, seed: int) -> tuple[int, str]:
+        return int.from_bytes(hashlib.md5(f"{seed}:{uid}".encode()).digest(), "little"), uid
+    assert order == sorted(order, key=lambda u: rank(u, 7))
+    assert order != sorted(order)  # not uid order
+    first = {kept_rows(pub)[m["uid"]]["fetch_tar"] for m in manifest[:SHARD_SIZE]}
+    assert len(first) > 1  # one final shard mixes fetch shards
+
+
+def test_shards_read_back_with_webdataset(pub):
+    import webdataset as wds
+    tars = [str(t) for t in sorted((pub / "shards").glob("*.tar"))]
+    got = list(wds.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
+    kept = kept_rows(pub)
+    assert len(got) == len(kept)
+    for key, image, text, meta in got:
+        assert image.size == (kept[meta["uid"]]["width"], kept[meta["uid"]]["height"])
+        assert text == kept[meta["uid"]]["text"] and meta["key"] == key
+
+
+def test_shards_read_back_with_datasets(pub, tmp_path):
+    import datasets
+    ds = datasets.load_dataset("webdataset", data_files={"train": str(pub / "shards" / "*.tar")},
+                               split="train", cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == len(kept_rows(pub))
+    assert {"__key__", "jpg", "txt", "json"} <= set(ds.column_names)
+    uids = {row["json"]["uid"] for row in ds}
+    assert uids == set(kept_rows(pub))
+    meadow = [row for row in ds if row["txt"] == "a lossless picture of a meadow"]
+    assert len(meadow) == 1 and meadow[0]["jpg"].size == (500, 300)
+
+
+def test_shards_read_back_with_ray_data(pub):
+    import ray
+    ds = ray.data.read_webdataset(str(pub / "shards"), file_extensions=["tar"])  # as the docs show
+    rows = ds.take_all()
+    assert len(rows) == len(kept_rows(pub))
+    uids = {json.loads(r["json"])["uid"] if isinstance(r["json"], (bytes, str)) else r["json"]["uid"]
+            for r in rows}
+    assert uids == set(kept_rows(pub))
+
+
+def test_rerun_is_byte_identical_and_seed_changes_only_the_order(pub, tmp_path):
+    before = file_digests(pub / "shards")
+    again = publish.run(publish.Config(shard_size=SHARD_SIZE, seed=7), pub, force=True)
+    assert not again.skipped and file_digests(pub / "shards") == before
+    copy = Path(shutil.copytree(pub, tmp_path / "copy"))
+    publish.run(publish.Config(shard_size=SHARD_SIZE, seed=8), copy)
+    a = [m["uid"] for m in pq.read_table(pub / "manifest").to_pylist()]
+    b = [m["uid"] for m in pq.read_table(copy / "manifest").to_pylist()]
+    assert sorted(a) == sorted(b) and a != b
+
+
+def test_a_changed_fetch_shard_is_refused_and_publish_resumes(pub, tmp_path):
+    build = Path(shutil.copytree(pub, tmp_path / "copy"))
+    row = pq.read_table(build / "manifest").to_pylist()[-1]  # in the last final shard
+    src = kept_rows(build)[row["uid"]]
+    tar = build / src["fetch_tar"]
+    original = tar.read_bytes()
+    with open(tar, "r+b") as f:
+        f.seek(src["image_offset"] + 100)
+        f.write(b"\0" * 16)
+    with pytest.raises(WitError, match=f"uid {row['uid']} .* no longer matches"):
+        publish.run(publish.Config(shard_size=SHARD_SIZE, seed=7), build, force=True)
+    finished = {p.name: p.stat().st_ino for p in (build / "_work").glob("publish-*/shards/*.tar")}
+    assert finished == {k: v for k, v in finished.items() if k != "00003.tar"} and len(finished) == 3
+    tar.write_bytes(original)
+    publish.run(publish.Config(shard_size=SHARD_SIZE, seed=7), build, force=True)
+    assert {n: (build / "shards" / n).stat().st_ino for n in finished} == finished  # reused
+    assert file_digests(build / "shards") == file_digests(pub / "shards")
+    assert not list((build / "_work").glob("publish-*"))
+
+
+def test_nothing_kept_gives_empty_shards_and_manifest(build, ray_cluster):
+    make_fetch(build, [Sample("http://x/a", "a", encode(picture(1)))], shards=1)
+    pipeline.run_stages(build, {"curate": {}, "publish": {"shard_size": 2}}, ["curate", "publish"])
+    assert json.loads((build / "shards" / "sizes.json").read_text()) == {}
+    assert not list((build / "shards").glob("*.tar"))
+    assert catalog.query(build, "SELECT count(*) AS n FROM shards").to_pylist() == [{"n": 0}]
+    again = pipeline.run_stages(build, {"curate": {}, "publish": {"shard_size": 2}},
+                                ["curate", "publish"])
+    assert [r.skipped for r in again] == [True, True]
+
+
+def test_download_takes_the_curate_and_publish_flags(capsys):
+    args = cli.build_parser().parse_args(
+        ["download", "--shard-size", "5", "--seed", "3", "--near-dup-bits", "2",
+         "--min-side", "64", "--eval-images", "evals"])
+    assert (args.shard_size, args.seed, args.near_dup_bits, args.min_side, args.eval_images) == (
+        5, 3, 2, 64, "evals")
+    assert pipeline.DOWNLOAD[-2:] == ["curate", "publish"]
+    assert cli.main(["publish", "--shard-size", "0", "--out", "nowhere"]) == 2
+    assert "--shard-size 0" in capsys.readouterr().err
+
+
+def test_publish_sql_examples_work_as_written(pub, capsys):
+    text = (REPO / "docs" / "curate.md").read_text()
+    block = text.split("<!-- sql-examples-publish -->", 1)[1].split("```", 2)[1]
+    examples = [shlex.split(line) for line in block.splitlines() if line.startswith("wit-build sql")]
+    assert len(examples) == 2
+    outputs = []
+    for argv in examples:
+        assert cli.main(argv[1:] + ["--out", str(pub)]) == 0, argv
+        outputs.append(capsys.readouterr().out)
+    fox = next(m for m in pq.read_table(pub / "manifest").to_pylist() if m["url"] == FOX_URL)
+    assert fox["shard"] in outputs[0] and fox["key"] in outputs[0]
+    assert "shards/00003.tar" in outputs[1] and "(4 rows)" in outputs[1]
