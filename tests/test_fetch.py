@@ -21,7 +21,7 @@ import pytest
 from wit_builder import catalog, fetch, imageserver
 from wit_builder.errors import WitError
 from wit_builder.io import uid_of
-from wit_builder.netguard import Fetcher, Policy, address_problem
+from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
 from wit_builder.stage import StageOutput, run_stage
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
@@ -186,12 +186,14 @@ def test_fetcher_keeps_http11_connections_alive():
     class KeepAlive(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         connections = 0
+        agents: set = set()
 
         def setup(self):
             super().setup()
             type(self).connections += 1
 
         def do_GET(self):  # noqa: N802
+            type(self).agents.add(self.headers["User-Agent"])
             found = self.path.startswith("/img")
             body = imageserver.render(SCENES[0]) if found else b"nope"
             self.send_response(200 if found else 404)
@@ -215,6 +217,7 @@ def test_fetcher_keeps_http11_connections_alive():
         httpd.server_close()
     assert got == ["success"] * 4 + ["not_found", "success"]
     assert KeepAlive.connections == 1
+    assert KeepAlive.agents == {DEFAULT_USER_AGENT} and "wit-build" in DEFAULT_USER_AGENT
 
 
 @pytest.mark.parametrize("header, opted_out", [
