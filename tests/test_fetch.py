@@ -330,3 +330,16 @@ def next_work_dir(build: Path, proc) -> Path:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "fetch did not start"
         time.sleep(0.1)
+
+
+def test_mistakes_name_the_flag_or_the_missing_stage(build, capsys):
+    from wit_builder.cli import main
+    assert main(["fetch", "--out", str(build)]) == 2
+    assert "balance" in capsys.readouterr().err  # nothing selected yet: says what to run
+    write_selected(build, ["http://example.invalid/a.jpg"])
+    for bad, flag in ((dict(threads=0), "--threads"), (dict(encode_quality=20, encode_format="png"),
+                      "--encode-quality"), (dict(resize_mode="stretch"), "--resize-mode")):
+        with pytest.raises(WitError, match=flag):
+            fetch.run(fetch.Config(**bad), build)
+    with pytest.raises(WitError, match="no finished fetch"):
+        fetch.run(fetch.Config(retry_failed=True), build)
