@@ -141,7 +141,7 @@ def test_address_guard_and_host_interleaving(build, ray_cluster):
              "[::1]": 1, "localhost": 1, "224.0.0.1": 1}
     urls = [f"http://{h}/img/{i}.jpg" for h, n in hosts.items() for i in range(n)]
     uids = write_selected(build, urls)
-    res = fetch.run(fast(shards_in_flight=1, fetch_shard_size=5, allow_private_network=False), build)
+    res = fetch.run(fast(shards_in_flight=4, fetch_shard_size=5, allow_private_network=False), build)
     rows = check_one_row_per_uid_and_shards(build, uids)
     assert {r["status"] for r in rows} == {"blocked_address"}
     assert res.summary["failures_by_status"] == {"blocked_address": len(urls)}

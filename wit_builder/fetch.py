@@ -227,8 +227,10 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
         os.environ.setdefault("RAY_worker_niceness", "0")
         ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
     settings = _task_settings(cfg, oom)
-    task = ray.remote(num_cpus=1, max_retries=0)(_fetch_shard)
     limit = cfg.shards_in_flight or cpus()
+    # more shards than CPUs share them (downloads wait on the network), so every shard
+    # in flight is running and --shard-time-limit counts from its start
+    task = ray.remote(num_cpus=min(1.0, cpus() / limit), max_retries=0)(_fetch_shard)
     inflight: dict = {}
     stopped: set = set()
     failed: dict[int, str] = {}
