@@ -18,6 +18,8 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray runs workers at nice 15 by default; on a busy machine that slows every stage.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     # Workers start with the driver's cwd on sys.path; keep their logs quiet.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or None

@@ -222,9 +222,6 @@ def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dic
     run_stats = {"success": 0, "resumed": len(finished)}
     pending = deque((s, 0) for s in shards if s not in set(finished))
     if pending:
-        # Ray runs workers at nice 15; downloads are the job here, not background work
-        # (belongs in cluster.ensure_ray; only applies to a Ray started by this process)
-        os.environ.setdefault("RAY_worker_niceness", "0")
         ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
     settings = _task_settings(cfg, oom)
     limit = cfg.shards_in_flight or cpus()
