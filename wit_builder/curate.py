@@ -85,35 +85,34 @@ def _check(cfg: Config) -> None:
 # Ray plumbing
 
 
-def map_tasks(fn: Callable, calls: Iterable[tuple], in_flight: int | None = None,
-              on_result: Callable[[Any], None] | None = None) -> list[Any]:
+def map_tasks(fn: Callable, calls: Iterable[tuple], desc: str, total: int | None = None,
+              in_flight: int | None = None) -> list[Any]:
     """Run `fn(*args)` as Ray tasks (1 CPU each) for every args tuple in `calls`.
 
     At most `in_flight` tasks are pending at once (default: twice the CPUs), so a
     lazily produced `calls` never floods the object store. Results are returned in
-    completion order (and passed to `on_result` as they arrive).
+    completion order; a progress bar named `desc` shows on a terminal.
     """
     import ray
+    from tqdm import tqdm
     from .cluster import cpus, ensure_ray
     ensure_ray()
     remote = ray.remote(num_cpus=1)(fn)
     limit = in_flight or 2 * cpus()
     pending, results = [], []
+    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
+        def collect(num: int) -> None:
+            nonlocal pending
+            done, pending = ray.wait(pending, num_returns=num)
+            results.extend(ray.get(done))
+            bar.update(len(done))
 
-    def collect(num: int) -> None:
-        nonlocal pending
-        done, pending = ray.wait(pending, num_returns=num)
-        for value in ray.get(done):
-            results.append(value)
-            if on_result:
-                on_result(value)
-
-    for args in calls:
-        if len(pending) >= limit:
-            collect(1)
-        pending.append(remote.remote(*args))
-    if pending:
-        collect(len(pending))
+        for args in calls:
+            if len(pending) >= limit:
+                collect(1)
+            pending.append(remote.remote(*args))
+        if pending:
+            collect(len(pending))
     return results
 
 
@@ -216,7 +215,8 @@ def _compute_facts(build: Path, shards: list[str], work: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)))
             for rel in shards if not (out_dir / _facts_name(rel)).exists()]
-    errors = [r for r in map_tasks(shard_facts, todo) if "error" in r]
+    errors = [r for r in map_tasks(shard_facts, todo, "curate: image facts", len(todo))
+              if "error" in r]
     if errors:
         e = errors[0]
         raise WitError(f"{build / e['shard']}: cannot read this fetch shard ({e['error']}); "
@@ -237,11 +237,11 @@ def _eval_images(cfg: Config) -> list[Path]:
     return files
 
 
-def _compute_eval(cfg: Config, files: list[Path], work: Path, chunk: int = 256):
+def _compute_eval(cfg: Config, files: list[Path], chunk: int = 256):
     import pyarrow as pa
     root = str(Path(cfg.eval_images).expanduser())
     calls = [([str(p) for p in files[i:i + chunk]], root) for i in range(0, len(files), chunk)]
-    parts = [pa.table(r) for r in map_tasks(eval_facts, calls)]
+    parts = [pa.table(r) for r in map_tasks(eval_facts, calls, "curate: eval images", len(calls))]
     table = pa.concat_tables(parts)
     bad = [i for i, e in enumerate(table["decode_error"].to_pylist()) if e]
     if bad:
@@ -309,11 +309,16 @@ def _open_status(con, build: Path) -> list[str]:
 
 
 def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
-    """Table `s`: fetch rows with the measured image facts and filter reasons."""
+    """View `measured` (fetch's rows with the image facts) and table `s`: only what the
+    filters and dedup need, one row per uid, with its first failing filter in `reason`."""
     facts = _quote(str(facts_dir / "*.parquet"))
     con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts})")
-    con.execute(f"""
-        CREATE TABLE joined AS
+    dups = con.execute("SELECT count(*) - count(DISTINCT uid) FROM status").fetchall()[0][0]
+    if dups:
+        raise WitError(f"fetch/status: {dups} rows repeat a uid (one row per selected uid "
+                       "expected); rerun `wit-build fetch --force`")
+    con.execute("""
+        CREATE VIEW measured AS
         SELECT st.* REPLACE (
                  CASE WHEN st.status = 'success' AND f.key IS NULL
                       THEN 'no image for key ' || coalesce(st.key, 'NULL') || ' in '
@@ -322,21 +327,22 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
                  coalesce(f.width, st.width) AS width, coalesce(f.height, st.height) AS height,
                  coalesce(st.bytes, f.image_bytes) AS bytes,
                  coalesce(st.sha256, f.image_sha256) AS sha256),
-               f.phash, f.image_sha256, f.image_bytes, f.image_format, f.image_offset
+               f.phash, f.image_sha256, f.image_bytes, f.image_format, f.image_offset,
+               greatest(coalesce(st.original_width, f.width, st.width),
+                        coalesce(st.original_height, f.height, st.height))::DOUBLE
+                 / nullif(least(coalesce(st.original_width, f.width, st.width),
+                                coalesce(st.original_height, f.height, st.height)), 0) AS aspect
         FROM status st
         LEFT JOIN facts f ON st.status = 'success' AND f.fetch_tar = st.fetch_tar
                           AND f.key = st.key""")
     con.execute(f"""
         CREATE TABLE s AS
-        SELECT *, row_number() OVER () - 1 AS rid, {_filter_reasons_sql(cfg)} AS reason
-        FROM (SELECT *,
-                greatest(coalesce(original_width, width), coalesce(original_height, height))::DOUBLE
-                  / nullif(least(coalesce(original_width, width),
-                                 coalesce(original_height, height)), 0) AS aspect,
-                CASE WHEN trim(coalesce(text, '')) = '' THEN 0
-                     ELSE len(regexp_split_to_array(trim(text), '\\s+')) END AS caption_words
-              FROM joined)""")
-    con.execute("DROP TABLE joined")
+        SELECT row_number() OVER () - 1 AS rid, uid, width, height, original_width,
+               original_height, sha256, image_sha256, image_bytes, phash,
+               {_filter_reasons_sql(cfg)} AS reason
+        FROM (SELECT *, CASE WHEN trim(coalesce(text, '')) = '' THEN 0
+                             ELSE len(regexp_split_to_array(trim(text), '\\s+')) END AS caption_words
+              FROM measured)""")
 
 
 def _eval_hits(con, eval_table, k: int) -> dict[str, Any]:
@@ -427,18 +433,18 @@ def _write(con, tmp: Path) -> None:
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
     fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()]
-    cols = ", ".join(f"s.{c}" for c in fetch_cols)
+    cols = ", ".join(f"m.{c}" for c in fetch_cols)
     con.execute(f"""
         CREATE VIEW final AS
-        SELECT {cols}, s.aspect, s.phash,
+        SELECT {cols}, m.aspect, m.phash,
                coalesce(s.reason, eh.reason, du.reason) IS NULL AS keep,
                coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
                coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
-               s.image_sha256, s.fetch_tar, s.image_offset, s.image_bytes, s.image_format
-        FROM s
+               m.image_sha256, m.fetch_tar, m.image_offset, m.image_bytes, m.image_format
+        FROM measured m JOIN s USING (uid)
         LEFT JOIN (SELECT rid, 'eval_set' AS reason, min(eval_path) AS eval_path
-                   FROM eval_hits GROUP BY rid) eh USING (rid)
-        LEFT JOIN dups du USING (rid)""")
+                   FROM eval_hits GROUP BY rid) eh ON eh.rid = s.rid
+        LEFT JOIN dups du ON du.rid = s.rid""")
     con.execute(f"COPY (SELECT * FROM final) TO {_quote(str(out))} (FORMAT parquet, "
                 "FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE)")
     counts = out / "_kept_per_query"
@@ -480,7 +486,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
                 import pyarrow.parquet as pq
                 pq.write_table(_facts_schema().empty_table(), facts_dir / "empty.parquet")
             _load_samples(con, facts_dir, cfg)
-            evals = _compute_eval(cfg, eval_files, ctx.work) if eval_files else None
+            evals = _compute_eval(cfg, eval_files) if eval_files else None
             summary: dict[str, Any] = {}
             summary.update(_eval_hits(con, evals, cfg.near_dup_bits))
             search = _dedup(con, cfg.near_dup_bits)

@@ -103,17 +103,26 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
     return {"shard": name, "samples": rows.num_rows}
 
 
+def _samples(build: Path) -> str:
+    """SQL reading curate's samples."""
+    glob = str(build / "samples" / "*.parquet").replace("'", "''")
+    return f"read_parquet('{glob}', union_by_name = true)"
+
+
 def _ordered(con, build: Path, cfg: Config, batch: int = 65536):
     """Kept samples in the seeded order, as a stream of Arrow record batches."""
-    samples = str(build / "samples" / "*.parquet").replace("'", "''")
     return con.sql(f"""
         SELECT uid, url, text, selected_by::INTEGER AS selected_by,
                query_ids::INTEGER[] AS query_ids, width::INTEGER AS width,
                height::INTEGER AS height, sha256, image_sha256, fetch_tar, image_offset, image_bytes, image_format
-        FROM read_parquet('{samples}', union_by_name = true)
+        FROM {_samples(build)}
         WHERE keep
         ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || uid), uid
         """).to_arrow_reader(batch)
+
+
+def _kept(con, build: Path) -> int:
+    return con.execute(f"SELECT count(*) FROM {_samples(build)} WHERE keep").fetchall()[0][0]
 
 
 def _shards(reader, shard_size: int) -> Iterator[tuple[int, Any]]:
@@ -164,7 +173,8 @@ def _work(cfg: Config):
                         out = done_dir / shard_name(index)
                         if not out.exists():  # finished in an earlier, killed run
                             yield (str(build), table, str(out))
-                results = map_tasks(write_shard, calls())
+                results = map_tasks(write_shard, calls(), "publish: shards",
+                                    total=-(-_kept(con, build) // cfg.shard_size))
         finally:
             con.close()
         errors = [r for r in results if "error" in r]
