@@ -54,6 +54,8 @@ class TrainConfig:
                      nargs="?", const="auto")
     stop_after: int = _f(0, "stop with a checkpoint after N steps of this invocation (time-boxed jobs); "
                             "0 = run to --steps")
+    max_minutes: float = _f(0.0, "stop with a checkpoint after this many minutes of this invocation "
+                                  "(a time-boxed run; --resume continues); 0 = no limit")
     progress: bool = _f(True, "show a progress bar")
 
     def validate(self) -> "TrainConfig":
@@ -66,7 +68,8 @@ class TrainConfig:
         for name in ("steps", "vocab_size", "log_every", "shuffle_buffer", "tokenizer_captions"):
             if getattr(self, name) < 1:
                 raise WitError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("workers", "warmup", "checkpoint_every", "stop_after", "threads", "image_size"):
+        for name in ("workers", "warmup", "checkpoint_every", "stop_after", "threads", "image_size",
+                     "max_minutes"):
             if getattr(self, name) < 0:
                 raise WitError(f"--{name.replace('_', '-')} must not be negative")
         if self.vocab_size < 300:

@@ -246,11 +246,12 @@ def train(cfg: TrainConfig) -> dict:
                 timed_start = time.perf_counter()
             else:
                 wait_total += wait
-            stopping = step >= stop_at or (stop.requested and world == 1)
+            time_up = bool(cfg.max_minutes) and time.perf_counter() - run_start > 60 * cfg.max_minutes
+            stopping = step >= stop_at or ((stop.requested or time_up) and world == 1)
             if step % cfg.log_every == 0 or stopping:
                 stats = torch.stack([window["loss"], window["accuracy"],
                                      torch.tensor(float(skipped), device=device),
-                                     torch.tensor(float(stop.requested), device=device)])
+                                     torch.tensor(float(stop.requested or time_up), device=device)])
                 if world > 1:
                     dist.all_reduce(stats)
                     stats[:2] /= world

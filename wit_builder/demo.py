@@ -47,6 +47,7 @@ def world_overrides(world, minutes: float) -> list[str]:
         f"queries.min_views={world.pageview_min}",
         f"pool.pool=[{q(world.pool_parquet)}]",
         f"curate.eval_images={q(world.eval_dir)}",
+        f"train.max_minutes={minutes}",
         f"eval.images={q(world.eval_dir)}",
     ]
 

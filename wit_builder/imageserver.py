@@ -496,6 +496,12 @@ class _HTTPServer(ThreadingHTTPServer):
     block_on_close = True   # server_close() joins every handler thread
     request_queue_size = 128
 
+    def handle_error(self, request, client_address):
+        # A client that gave up (its timeout) is expected here, not an error to print.
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class Server:
     """A running image server. Use as a context manager or call `stop()`."""

@@ -14,17 +14,31 @@ from .errors import WitError
 
 
 def train(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str, Any]:
-    """Train on the build's shards; resumes from OUT/checkpoint.pt when present."""
+    """Train on the build's shards.
+
+    Like a stage, a finished run with the same settings is not repeated (its summary is
+    in OUT/summary.json); a run that was interrupted resumes from OUT/checkpoint.pt.
+    """
     from trainer.config import TrainConfig
     from trainer.train import train as run_training
     values = {"data": [str(build)], "out": str(build / "train"), **settings}
     cfg = cfgmod.from_mapping(TrainConfig, values, where="recipe [train]")
+    done = Path(cfg.out) / "summary.json"
+    wanted = cfg.to_dict()
+    if done.exists() and not force:
+        previous = json.loads(done.read_text())
+        if previous.get("config") == wanted and Path(previous.get("checkpoint", "")).exists():
+            print(f"    already trained with the same settings: {previous['steps']} steps "
+                  f"(use --force to train again)")
+            return previous
     ckpt = Path(cfg.out) / "checkpoint.pt"
     if ckpt.exists() and not force and not cfg.resume:
         cfg.resume = str(ckpt)
     summary = run_training(cfg.validate())
-    print(f"    steps: {summary.get('steps')}  final loss: {summary.get('loss', float('nan')):.3f}  "
-          f"checkpoint: {summary.get('checkpoint')}")
+    print(f"    steps: {summary.get('steps')}  final loss: {summary.get('final_loss') or float('nan'):.3f}  "
+          f"samples/s: {summary.get('samples_per_s') or 0:.0f}  checkpoint: {summary.get('checkpoint')}")
+    if not summary.get("interrupted"):
+        done.write_text(json.dumps({**summary, "config": wanted}, indent=2, default=str))
     return summary
 
 

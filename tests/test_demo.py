@@ -1,0 +1,87 @@
+"""The offline demo end to end (a smaller world), its resume, and the report it writes."""
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from wit_builder import catalog, cli
+
+pytestmark = pytest.mark.slow
+
+DEMO = ["demo", "--size", "small", "--minutes", "1.5",
+        "--set", "train.steps=250", "--set", "train.warmup=20", "--set", "train.batch_size=48"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, ray_cluster):
+    out = tmp_path_factory.mktemp("demo") / "wit-demo"
+    code = cli.main(DEMO + ["--out", str(out)])
+    return out, code, None
+
+
+def test_demo_runs_every_stage(demo_run, capsys):
+    out, code, _ = demo_run
+    assert code == 0
+    stages = {r["stage"]: r["rows"] for r in
+              catalog.query(out, "SELECT stage, rows FROM stages").to_pylist()}
+    assert set(stages) == {"queries", "pool", "match", "balance", "fetch", "curate", "publish"}
+    assert all(n > 0 for n in stages.values()), stages
+    sizes = json.loads((out / "shards" / "sizes.json").read_text())
+    assert sum(sizes.values()) == stages["publish"]
+    assert (out / "train" / "checkpoint.pt").exists()
+
+
+def test_demo_model_beats_chance(demo_run):
+    out, _, _ = demo_run
+    zs = json.loads((out / "reports" / "eval.json").read_text())["zero_shot"]
+    assert zs["n"] > 0
+    assert zs["accuracy"] > 2 * zs["chance"], zs
+
+
+def test_eval_images_never_reach_the_shards(demo_run):
+    out, _, _ = demo_run
+    leaked = catalog.query(out, "SELECT count(*) AS n FROM samples WHERE keep AND "
+                                "drop_reason IS NULL AND url LIKE '%/eval%'").to_pylist()
+    dropped = catalog.query(out, "SELECT count(*) AS n FROM samples "
+                                 "WHERE drop_reason = 'eval_set'").to_pylist()
+    assert leaked == [{"n": 0}] and dropped[0]["n"] > 0
+
+
+class _Refs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.refs = []
+
+    def handle_starttag(self, tag, attrs):
+        self.refs += [v for k, v in attrs if k in ("src", "href") and v]
+
+
+def test_report_is_offline_and_has_plots(demo_run):
+    out, _, _ = demo_run
+    page = out / "reports" / "index.html"
+    parser = _Refs()
+    parser.feed(page.read_text())
+    assert parser.refs, "the report shows no plots"
+    for ref in parser.refs:
+        assert not re.match(r"^[a-z]+:", ref), f"non-local reference {ref}"
+        img = Image.open(page.parent / ref)
+        assert img.width > 100 and img.height > 100
+        assert len(set(img.convert("L").getdata())) > 2, f"{ref} is blank"
+    for section in ["Per-query counts", "Drop reasons", "Image sizes", "Training", "Zero-shot"]:
+        assert section in page.read_text()
+
+
+def test_second_run_resumes_without_redoing_work(demo_run, capsys):
+    out, _, _ = demo_run
+    log = out / "train" / "log.jsonl"
+    steps_before = log.read_text()
+    capsys.readouterr()
+    assert cli.main(DEMO + ["--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("already done with the same parameters") == 7
+    assert log.read_text() == steps_before  # training resumed at its last step: nothing to do
