@@ -1,0 +1,1 @@
+"""wit's CLIP trainer: `trainer.train.train(TrainConfig)`, `trainer.evaluate.zero_shot/retrieval`, `wit-train`."""
