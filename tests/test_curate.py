@@ -65,8 +65,8 @@ def test_phash_equals_imagehash_on_the_same_pixels():
 def test_fast_decoding_stays_close_to_the_full_size_hash():
     rng = np.random.default_rng(1)
     blobs = []
-    for seed in range(24):
-        w = int(rng.integers(200, 700))
+    for seed in range(16):
+        w = int(rng.integers(200, 600))
         blobs.append(encode(picture(seed, w, int(w * rng.uniform(0.6, 1.4))),
                             quality=int(rng.integers(70, 96))))
     blobs.append(encode(picture(99, 300, 200), "PNG"))
@@ -123,7 +123,7 @@ def planted_hashes(n, rng, flips=(0, 1, 2, 3, 4, 5, 7, 9)):
     return np.concatenate(out)
 
 
-@pytest.mark.parametrize("k,bands", [(0, None), (3, None), (4, None), (4, 3), (6, 3), (5, 2)])
+@pytest.mark.parametrize("k,bands", [(0, None), (4, None), (4, 3), (6, 3)])
 def test_near_pairs_equal_brute_force(k, bands):
     rng = np.random.default_rng(k * 10 + (bands or 0))
     h = planted_hashes(150, rng)
@@ -261,10 +261,13 @@ def test_every_sample_gets_its_first_reason(world):
 
 @pytest.mark.slow  # Ray
 def test_facts_are_measured_from_the_shard(world):
-    _, cases, rows, _ = world
+    build, cases, rows, _ = world
     lake = rows["keep_lake"]
     assert (lake["width"], lake["height"], lake["aspect"]) == (480, 360, pytest.approx(4 / 3))
     assert lake["phash"] == int(phash_bytes([cases["keep_lake"].image])[0])
+    hex_ = catalog.query(build, "SELECT printf('%016x', phash) AS h FROM samples "
+                         "WHERE url = 'http://x/lake'").to_pylist()[0]["h"]
+    assert hex_ == format(lake["phash"] & (2 ** 64 - 1), "016x")  # as docs/curate.md says
     assert lake["image_bytes"] == len(cases["keep_lake"].image) and lake["image_format"] == "jpg"
     assert rows["bad_aspect"]["aspect"] == pytest.approx(3.5)
     assert rows["too_small_original"]["width"] == 320  # stored size; the filter used the original
@@ -359,16 +362,23 @@ def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
 # The SQL examples in docs/curate.md, run exactly as written
 
 
-def sql_examples() -> list[list[str]]:
-    text = (REPO / "docs" / "curate.md").read_text()
-    block = text.split("<!-- sql-examples -->", 1)[1].split("```", 2)[1]
+def sql_examples(doc: Path) -> list[list[str]]:
+    block = doc.read_text().split("<!-- sql-examples -->", 1)[1].split("```", 2)[1]
     return [shlex.split(line) for line in block.splitlines() if line.startswith("wit-build sql")]
 
 
+
+def docs_with_examples() -> list[Path]:
+    """docs/curate.md, and the README once it carries the examples under the same marker."""
+    docs = [REPO / "docs" / "curate.md", REPO / "README.md"]
+    return [d for d in docs if "<!-- sql-examples -->" in d.read_text()]
+
+
 @pytest.mark.slow  # Ray
-def test_sql_examples_work_as_written(world, capsys):
+@pytest.mark.parametrize("doc", docs_with_examples(), ids=lambda d: d.name)
+def test_sql_examples_work_as_written(world, doc, capsys):
     build, cases, rows, _ = world
-    examples = sql_examples()
+    examples = sql_examples(doc)
     assert len(examples) >= 5
     outputs = []
     for argv in examples:

@@ -202,9 +202,13 @@ def test_download_takes_the_curate_and_publish_flags(capsys):
     assert "--shard-size 0" in capsys.readouterr().err
 
 
-def test_publish_sql_examples_work_as_written(pub, capsys):
-    text = (REPO / "docs" / "curate.md").read_text()
-    block = text.split("<!-- sql-examples-publish -->", 1)[1].split("```", 2)[1]
+MARKER = "<!-- sql-examples-publish -->"
+
+
+@pytest.mark.parametrize("doc", [d for d in (REPO / "docs" / "curate.md", REPO / "README.md")
+                                 if MARKER in d.read_text()], ids=lambda d: d.name)
+def test_publish_sql_examples_work_as_written(pub, doc, capsys):
+    block = doc.read_text().split(MARKER, 1)[1].split("```", 2)[1]
     examples = [shlex.split(line) for line in block.splitlines() if line.startswith("wit-build sql")]
     assert len(examples) == 2
     outputs = []

@@ -1,23 +1,15 @@
 """Image facts, filters and dedup: a keep/drop_reason for every fetched sample.
 
-For each image in the fetch shards, Ray workers record its size, bytes, sha256 and a
-64-bit DCT pHash (`wit_builder.phash`). Then, in DuckDB, every selected sample gets
-`keep` and the first `drop_reason` that applies, in this order:
-
-  failed_download  the download did not succeed (its `status` says why)
-  undecodable      no image in the shard, or one that does not decode
-  too_small        shorter side of the original image < --min-side
-  bad_aspect       longer side / shorter side > --max-aspect
-  short_caption    fewer than --min-caption-words words or --min-caption-chars characters
-  eval_set         the image is (a near copy of) an image under --eval-images
-  exact_duplicate  the same image bytes (sha256) as a sample that is kept
-  near_duplicate   pHash within --near-dup-bits bits of a kept sample, across the build
-
-Dedup runs over the samples that pass the filters; of each group of duplicates the
-sample with the largest original image (then the most stored bytes, then the smallest
-uid) is kept, and the others name it
-in `duplicate_of`. Writes `samples/` (view `samples`) and per-query counts
-(view `kept_per_query`).
+Ray workers read the fetch shards and record each image's size, sha256 and 64-bit
+DCT pHash (wit_builder.phash). Then, in DuckDB, every selected sample gets `keep` and
+the first `drop_reason` that applies, in this order: failed_download, undecodable,
+too_small (--min-side), bad_aspect (--max-aspect), short_caption
+(--min-caption-words, --min-caption-chars), eval_set (--eval-images), exact_duplicate
+(same stored bytes), near_duplicate (pHash within --near-dup-bits, across the whole
+build). Dedup runs over the samples that pass the filters; of each group of
+duplicates the sample with the largest original image (then the most stored bytes,
+then the smallest uid) is kept, and the others name it in `duplicate_of`. Writes
+samples/ (views `samples` and `kept_per_query`). docs/curate.md explains each rule.
 """
 from __future__ import annotations
 
