@@ -56,6 +56,7 @@ def test_a_run_writes_checkpoint_tokenizer_log_and_plot(run):
     assert ckpt["model_config"]["vocab_size"] == len(json.loads(ckpt["tokenizer"])["model"]["vocab"])
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_parameters(build, tmp_path):
     kw = dict(steps=6, checkpoint_every=3, workers=1, seed=7)
     whole = train(tiny(tmp_path / "whole", build, **kw))
