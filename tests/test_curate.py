@@ -353,6 +353,12 @@ def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
     (tmp_path / "evals" / "broken.jpg").write_bytes(b"\xff\xd8\xff broken")
     with pytest.raises(WitError, match="broken.jpg cannot be decoded"):
         curate.run(curate.Config(eval_images=str(tmp_path / "evals")), build)
+    # the image facts of finished shards survive the failed run and are reused by the next
+    facts = {p: p.stat().st_mtime_ns for p in (build / "_work").glob("curate-*/facts/*.parquet")}
+    assert len(facts) == 1
+    with pytest.raises(WitError, match="broken.jpg cannot be decoded"):
+        curate.run(curate.Config(eval_images=str(tmp_path / "evals")), build)
+    assert {p: p.stat().st_mtime_ns for p in facts} == facts
     (build / "fetch" / "shards" / "00000.tar").unlink()
     with pytest.raises(WitError, match=r"no tar for fetch shard 0.*rerun `wit-build fetch --force"):
         curate.run(curate.Config(), build)

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -162,7 +163,8 @@ def _work(cfg: Config):
         schema = _manifest_schema()
         sizes: dict[str, int] = {}
         con = duckdb.connect()
-        con.execute(f"SET temp_directory = '{str(ctx.work / 'duckdb-tmp')}'")
+        tmp_dir = str(ctx.work / "duckdb-tmp").replace("'", "''")
+        con.execute(f"SET temp_directory = '{tmp_dir}'")
         try:
             with pq.ParquetWriter(manifest / "part-00000.parquet", schema) as writer:
                 def calls():
@@ -174,13 +176,14 @@ def _work(cfg: Config):
                         if not out.exists():  # finished in an earlier, killed run
                             yield (str(build), table, str(out))
                 results = map_tasks(write_shard, calls(), "publish: shards",
-                                    total=-(-_kept(con, build) // cfg.shard_size))
+                                    total=math.ceil(_kept(con, build) / cfg.shard_size))
         finally:
             con.close()
         errors = [r for r in results if "error" in r]
         if errors:
-            raise WitError(f"publish shard {errors[0]['shard']}: {errors[0]['error']}; rerun "
-                           f"`wit-build curate --force --out {ctx.build}` and then publish")
+            raise WitError(f"publish shard {errors[0]['shard']}: {errors[0]['error']}; if the "
+                           "fetch shards changed after curate ran, rerun `wit-build curate "
+                           f"--force --out {ctx.build}`, then publish (finished shards are kept)")
         out = ctx.output("shards")
         for name in sizes:
             shutil.move(str(done_dir / name), out / name)
