@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -68,3 +68,33 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     finally:
         if started:
             shutdown()
+
+
+def map_tasks(fn: Callable, calls: Iterable[tuple], desc: str, total: int | None = None,
+              in_flight: int | None = None) -> list[Any]:
+    """Run `fn(*args)` as Ray tasks (1 CPU each) for every args tuple in `calls`.
+
+    At most `in_flight` tasks are pending at once (default: twice the CPUs), so a
+    lazily produced `calls` never floods the object store. Results are returned in
+    completion order; a progress bar named `desc` shows on a terminal.
+    """
+    import ray
+    from tqdm import tqdm
+    ensure_ray()
+    remote = ray.remote(num_cpus=1)(fn)
+    limit = in_flight or 2 * cpus()
+    pending, results = [], []
+    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
+        def collect(num: int) -> None:
+            nonlocal pending
+            done, pending = ray.wait(pending, num_returns=num)
+            results.extend(ray.get(done))
+            bar.update(len(done))
+
+        for args in calls:
+            if len(pending) >= limit:
+                collect(1)
+            pending.append(remote.remote(*args))
+        if pending:
+            collect(len(pending))
+    return results

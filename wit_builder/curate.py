@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import stage
+from . import cluster, stage
 from .errors import WitError
 from .stage import StageContext, StageOutput, StageResult
 
@@ -75,37 +75,6 @@ def _check(cfg: Config) -> None:
 
 # ---------------------------------------------------------------------------------
 # Ray plumbing
-
-
-def map_tasks(fn: Callable, calls: Iterable[tuple], desc: str, total: int | None = None,
-              in_flight: int | None = None) -> list[Any]:
-    """Run `fn(*args)` as Ray tasks (1 CPU each) for every args tuple in `calls`.
-
-    At most `in_flight` tasks are pending at once (default: twice the CPUs), so a
-    lazily produced `calls` never floods the object store. Results are returned in
-    completion order; a progress bar named `desc` shows on a terminal.
-    """
-    import ray
-    from tqdm import tqdm
-    from .cluster import cpus, ensure_ray
-    ensure_ray()
-    remote = ray.remote(num_cpus=1)(fn)
-    limit = in_flight or 2 * cpus()
-    pending, results = [], []
-    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
-        def collect(num: int) -> None:
-            nonlocal pending
-            done, pending = ray.wait(pending, num_returns=num)
-            results.extend(ray.get(done))
-            bar.update(len(done))
-
-        for args in calls:
-            if len(pending) >= limit:
-                collect(1)
-            pending.append(remote.remote(*args))
-        if pending:
-            collect(len(pending))
-    return results
 
 
 # ---------------------------------------------------------------------------------
@@ -207,7 +176,7 @@ def _compute_facts(build: Path, shards: list[str], work: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)))
             for rel in shards if not (out_dir / _facts_name(rel)).exists()]
-    errors = [r for r in map_tasks(shard_facts, todo, "curate: image facts", len(todo))
+    errors = [r for r in cluster.map_tasks(shard_facts, todo, "curate: image facts", len(todo))
               if "error" in r]
     if errors:
         e = errors[0]
@@ -233,7 +202,7 @@ def _compute_eval(cfg: Config, files: list[Path], chunk: int = 256):
     import pyarrow as pa
     root = str(Path(cfg.eval_images).expanduser())
     calls = [([str(p) for p in files[i:i + chunk]], root) for i in range(0, len(files), chunk)]
-    parts = [pa.table(r) for r in map_tasks(eval_facts, calls, "curate: eval images", len(calls))]
+    parts = [pa.table(r) for r in cluster.map_tasks(eval_facts, calls, "curate: eval images", len(calls))]
     table = pa.concat_tables(parts)
     bad = [i for i, e in enumerate(table["decode_error"].to_pylist()) if e]
     if bad:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import stage
-from .curate import map_tasks
+from . import cluster, stage
 from .errors import WitError
 from .io import write_json
 from .stage import StageContext, StageOutput, StageResult
@@ -175,7 +174,7 @@ def _work(cfg: Config):
                         out = done_dir / shard_name(index)
                         if not out.exists():  # finished in an earlier, killed run
                             yield (str(build), table, str(out))
-                results = map_tasks(write_shard, calls(), "publish: shards",
+                results = cluster.map_tasks(write_shard, calls(), "publish: shards",
                                     total=math.ceil(_kept(con, build) / cfg.shard_size))
         finally:
             con.close()

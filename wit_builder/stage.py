@@ -85,7 +85,7 @@ def require(build: Path, stage: str, hint: str | None = None) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
 def run_stage(build: str | Path, stage: str, params: dict[str, Any],
@@ -154,6 +154,12 @@ def run_stage(build: str | Path, stage: str, params: dict[str, Any],
 
 
 def records(build: Path) -> list[dict[str, Any]]:
-    """All finished stage records, oldest first."""
+    """All finished stage records in pipeline order (then by finishing time).
+
+    Later stages' views override earlier ones (curate's `samples` over fetch's), so the
+    order must not depend on clocks.
+    """
+    from .pipeline import STAGES
+    order = {name: i for i, name in enumerate(STAGES)}
     out = [read_json(p) for p in sorted((Path(build) / STAGES_DIR).glob("*.json"))]
-    return sorted(out, key=lambda r: r.get("finished", ""))
+    return sorted(out, key=lambda r: (order.get(r.get("stage"), len(order)), r.get("finished", "")))
