@@ -71,7 +71,8 @@ def test_report_is_offline_and_has_plots(demo_run):
         assert not re.match(r"^[a-z]+:", ref), f"non-local reference {ref}"
         img = Image.open(page.parent / ref)
         assert img.width > 100 and img.height > 100
-        assert len(set(img.convert("L").getdata())) > 2, f"{ref} is blank"
+        low, high = img.convert("L").getextrema()
+        assert high - low > 50, f"{ref} is blank"
     for section in ["Per-query counts", "Drop reasons", "Image sizes", "Training", "Zero-shot"]:
         assert section in page.read_text()
 
