@@ -48,7 +48,7 @@ def _join(tokens, lengths) -> pa.Array:
 def captions(n: int, seed: int = 1, vocab=None, head_share: float = 0.2) -> pa.Array:
     """`n` captions of 4-20 words: some capitalised, punctuation, tabs, newlines.
 
-    A `head_share` of them use only the 300 most frequent words ("a photo of the
+    A `head_share` of them use only the 40 most frequent words ("a photo of the
     dog"): their rarest query is still a frequent one, so per-query caps bite."""
     vocab = vocab or vocabulary()
     rng = np.random.default_rng(seed)
@@ -58,7 +58,7 @@ def captions(n: int, seed: int = 1, vocab=None, head_share: float = 0.2) -> pa.A
     tokens = _draw(rng, vocab, total)
     head_row = rng.random(n) < head_share
     head = np.repeat(head_row, lengths)
-    tokens = pc.if_else(pa.array(head), vocab[0].take(pa.array(rng.integers(0, 300, total))), tokens)
+    tokens = pc.if_else(pa.array(head), vocab[0].take(pa.array(rng.integers(0, 40, total))), tokens)
     first = np.zeros(total, bool)
     first[ends - lengths] = True
     tokens = pc.if_else(pa.array(first & (rng.random(total) < 0.3)),

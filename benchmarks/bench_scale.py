@@ -97,7 +97,7 @@ def make_inputs(out: Path, n_captions: int, n_queries: int) -> tuple[list[Path],
     files = []
     for i in range(0, n_captions, FILE_ROWS):
         n = min(FILE_ROWS, n_captions - i)
-        path = inputs / f"pool-{i // FILE_ROWS:03d}-{n}-head20.parquet"   # (generator version)
+        path = inputs / f"pool-{i // FILE_ROWS:03d}-{n}-head20x40.parquet"   # (generator version)
         if not path.exists():
             ids = pa.array(np.arange(i, i + n)).cast(pa.string())
             urls = pc.binary_join_element_wise("http://img.example/", ids, ".jpg", "")
@@ -134,6 +134,9 @@ def main() -> None:
     ap.add_argument("--per-query", type=int, default=20_000)
     ap.add_argument("--memory-limit", default="4GB")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "scale"))
+    ap.add_argument("--reuse-build", action="store_true",
+                    help="keep the build directory: finished stages with the same settings "
+                         "are skipped (e.g. to rerun only balance with another --per-query)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # The machine is shared: other people's processes must not make Ray's memory
@@ -150,8 +153,9 @@ def main() -> None:
     print(f"inputs: {len(files)} Parquet files, {args.captions:,} captions, "
           f"{len(queries):,} queries ({time.time() - t0:.0f} s, cached for reruns)", flush=True)
     build = out / "build"
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
+    if not args.reuse_build:
+        shutil.rmtree(build, ignore_errors=True)
+    build.mkdir(parents=True, exist_ok=True)
     write_queries(build, queries)
     ensure_ray()
     report: dict = {"captions": args.captions, "queries": len(queries), "cpus": os.cpu_count(),
@@ -171,7 +175,8 @@ def main() -> None:
         report["stages"][name] = {"seconds": round(time.time() - t, 1), "rows": res.rows,
                                   "cpu_seconds": round(cpu, 1), "summary": res.summary}
         print(f"[{name}] {res.rows:,} rows in {time.time() - t:.0f} s wall, {cpu:.0f} CPU-s "
-              f"over the process tree", flush=True)
+              f"over the process tree{' (already done: skipped)' if res.skipped else ''}",
+              flush=True)
         for k, v in res.summary.items():
             if len(str(v)) < 200:
                 print(f"    {k}: {v}", flush=True)
@@ -193,7 +198,8 @@ def main() -> None:
               f"summed over the process tree; largest process {p['largest_process']:.2f} GB")
     print(f"peak memory overall: {overall['pss']:.2f} GB PSS / {overall['rss']:.2f} GB RSS "
           f"({'under' if overall['rss'] < 8 else 'OVER'} 8 GB)")
-    (out / "scale.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / f"scale-per-query-{args.per_query}.json").write_text(
+        json.dumps(report, indent=2, default=str))
 
 
 if __name__ == "__main__":
