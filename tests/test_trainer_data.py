@@ -1,6 +1,5 @@
 """The shard pipeline: finding shards, reading them, skipping what cannot be read."""
 
-import io
 import tarfile
 
 import pytest

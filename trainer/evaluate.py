@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import torch
+
 from wit_builder.errors import WitError
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
