@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WitError
+from . import catalog
 from .stage import StageContext, StageOutput, StageResult, run_stage
 
 MODES = ("cap", "metaclip")
@@ -180,10 +181,9 @@ def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
     import pyarrow.parquet as pq
     import ray
     from .cluster import ray_session
-    from .pool import duckdb_connect   # the same spilling DuckDB set-up (see docs/matching.md)
     matches, counts_glob = _glob(ctx, "match", "matches"), _glob(ctx, "match", "match_counts")
     pool = _glob(ctx, "pool", "pool")
-    con = duckdb_connect(ctx.work, cfg.memory_limit)
+    con = catalog.scratch(ctx.work, cfg.memory_limit, keep_order=False)
     try:
         qc = con.execute(f"SELECT query_id, matches FROM read_parquet('{counts_glob}')").fetchnumpy()
         if len(qc["query_id"]) == 0 or qc["query_id"].min() < 0:

@@ -127,3 +127,27 @@ def describe(build: str | Path) -> dict[str, Any]:
         return {v: con.execute(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in list_views(con)}
     finally:
         con.close()
+
+
+def scratch(work: str | Path, memory_limit: str | None = "4GB", db: str | Path | None = None,
+            keep_order: bool = True):
+    """A DuckDB connection for a stage's own set logic, spilling to `work`/duckdb-tmp.
+
+    `memory_limit` bounds DuckDB (its default is 80% of the machine); `db` makes it
+    file-backed; `keep_order=False` lets unordered queries skip insertion order.
+    """
+    import duckdb
+    tmp = Path(work) / "duckdb-tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db) if db else ":memory:")
+    if memory_limit:
+        try:
+            con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+        except duckdb.Error:
+            con.close()
+            raise WitError(f"--memory-limit {memory_limit!r}: not a size DuckDB understands "
+                           f"(e.g. 4GB, 500MB)") from None
+    con.execute(f"SET temp_directory = {_quote(str(tmp))}")
+    if not keep_order:
+        con.execute("SET preserve_insertion_order = false")
+    return con

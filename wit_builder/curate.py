@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import cluster, stage
+from . import catalog, cluster, stage
 from .errors import WitError
 from .stage import StageContext, StageOutput, StageResult
 
@@ -434,9 +434,8 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
         db = ctx.work / "curate.duckdb"
         for leftover in (db, db.with_name(db.name + ".wal")):
             leftover.unlink(missing_ok=True)  # a killed run's tables; the facts files resume
-        con = duckdb.connect(str(db))
+        con = catalog.scratch(ctx.work, db=db)
         try:
-            con.execute(f"SET temp_directory = {_quote(str(ctx.work / 'duckdb-tmp'))}")
             shards = _open_status(con, build)
             absent = [s for s in shards if not (build / s).is_file()]
             if absent:

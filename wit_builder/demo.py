@@ -9,22 +9,12 @@ Every stage is the real one; only the world is made up. Rerunning resumes.
 from __future__ import annotations
 
 import argparse
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from . import recipe as recipes
 from .errors import WitError
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
 
 
 def _world(root: Path, size: str, seed: int):
@@ -90,8 +80,11 @@ def main(args: argparse.Namespace) -> int:
     world = _world(out / "world", args.size, args.seed)
     # Reuse the last port so pool URLs (and thus uids) stay the same and a rerun resumes.
     old_port = int(world.base_url.rsplit(":", 1)[-1]) if world.base_url.count(":") == 2 else 0
-    port = old_port if old_port > 1024 and _port_free(old_port) else 0
-    with serve(port=port) as server:
+    try:
+        server = serve(port=old_port if old_port > 1024 else 0)
+    except OSError:  # taken by something else: new URLs, so the download is redone
+        server = serve(port=0)
+    with server:
         if server.base_url != world.base_url:
             write_pool(world, server.base_url)
         print(f"== image server: {server.base_url} (stopped when the demo ends)")

@@ -22,6 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import catalog
 from . import config as cfgmod
 from .errors import WitError
 from .netguard import DEFAULT_USER_AGENT, TRANSIENT
@@ -163,9 +164,7 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
     tmp = ctx.work / "plan.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    con = duckdb.connect()
-    con.execute("SET preserve_insertion_order = false")
-    con.execute(f"SET temp_directory = {_sql(ctx.work / 'duckdb.tmp')}")  # big selections spill
+    con = catalog.scratch(ctx.work, keep_order=False)  # big selections spill
     if prev is None:
         src, offset = ctx.build / "selected" / "*.parquet", 0
         rows = (f"SELECT DISTINCT ON (uid) uid, url, text, selected_by, query_ids "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import WitError
+from . import catalog
 from .stage import StageContext, StageOutput, StageResult, run_stage
 
 URL_NAMES = ("url", "image_url", "img_url", "imageurl", "image_link", "img_link",
@@ -509,22 +510,6 @@ def _pool(ctx: StageContext, cfg: Config, files: list[Path]) -> StageOutput:
     return StageOutput(rows=rows["rows"], summary=summary)
 
 
-def duckdb_connect(work: Path, memory_limit: str):
-    """A DuckDB connection that spills to `work`/duckdb beyond `memory_limit`."""
-    import duckdb
-    con = duckdb.connect()
-    tmp = work / "duckdb"
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        con.execute(f"SET memory_limit = '{memory_limit}'")
-    except duckdb.Error:
-        raise WitError(f"--memory-limit {memory_limit!r}: not a size DuckDB understands "
-                       f"(e.g. 4GB, 500MB)") from None
-    con.execute(f"SET temp_directory = '{tmp}'")
-    con.execute("SET preserve_insertion_order = false")
-    return con
-
-
 def _dedupe(ctx: StageContext, dirs: list[Path], buckets: int, out: Path,
             memory_limit: str) -> dict[str, int]:
     """Keep the first occurrence of each (url, text) per bucket; write pool/part-B.parquet."""
@@ -532,7 +517,7 @@ def _dedupe(ctx: StageContext, dirs: list[Path], buckets: int, out: Path,
     chunks = [str(c) for d in dirs for c in sorted(d.glob("chunk-*.parquet"))]
     done_dir = ctx.work / "parts"
     done_dir.mkdir(exist_ok=True)
-    con = duckdb_connect(ctx.work, memory_limit)
+    con = catalog.scratch(ctx.work, memory_limit, keep_order=False)
     try:
         files = "[" + ", ".join("'" + c.replace("'", "''") + "'" for c in chunks) + "]"
         for b in range(buckets):

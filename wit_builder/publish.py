@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import cluster, stage
+from . import catalog, cluster, stage
 from .errors import WitError
 from .io import write_json
 from .stage import StageContext, StageOutput, StageResult
@@ -161,9 +161,7 @@ def _work(cfg: Config):
         manifest = ctx.output("manifest")
         schema = _manifest_schema()
         sizes: dict[str, int] = {}
-        con = duckdb.connect()
-        tmp_dir = str(ctx.work / "duckdb-tmp").replace("'", "''")
-        con.execute(f"SET temp_directory = '{tmp_dir}'")
+        con = catalog.scratch(ctx.work)
         try:
             with pq.ParquetWriter(manifest / "part-00000.parquet", schema) as writer:
                 def calls():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import wikitext, wordnet
+from . import catalog, wikitext, wordnet
 from .config import to_dict
 from .errors import WitError
 from .io import expand_inputs, file_fingerprint
@@ -346,8 +346,7 @@ def _load_pageviews(con, files: list[Path], domain: str, work: Path) -> None:
 # ---------------------------------------------------------------- the list
 
 def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput:
-    import duckdb
-    con = duckdb.connect()
+    con = catalog.scratch(ctx.work, keep_order=False)
     try:
         summary = _build(ctx, cfg, inputs, con)
     finally:
@@ -360,10 +359,6 @@ def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput
 def _build(ctx: StageContext, cfg: Config, inputs: dict[str, Any], con) -> dict[str, Any]:
     """Read every input, count, select; returns the summary."""
     import pyarrow as pa
-    tmpdir = ctx.work / "duckdb"
-    tmpdir.mkdir(exist_ok=True)
-    con.execute(f"SET temp_directory = {_q(tmpdir)}")
-    con.execute("SET preserve_insertion_order = false")
     # Cheap inputs first: a bad count table, WordNet or pageviews file fails in seconds.
     tables = {"words": [], "bigrams": []}
     for flag, kind, fields in (("unigram_counts", "words", 1), ("bigram_counts", "bigrams", 2)):
