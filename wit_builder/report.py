@@ -51,14 +51,17 @@ def _plt():
     return plt
 
 
-def plot_per_query(rows, path: Path) -> None:
+def plot_per_query(rows, path: Path, cap: int | None = None) -> None:
+    """Rank-frequency curves before and after balancing (each sorted on its own)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    ranks = range(1, len(rows) + 1)
-    ax.plot(ranks, [max(r["before"], 0.8) for r in rows], label="matched (before)", lw=1.5)
-    ax.plot(ranks, [max(r["after"], 0.8) for r in rows], label="selected (after)", lw=1.5)
+    for key, label in (("before", "matched (before balancing)"), ("after", "selected (after)")):
+        counts = sorted((r[key] for r in rows if r[key] > 0), reverse=True)
+        ax.plot(range(1, len(counts) + 1), counts, label=label, lw=1.5)
+    if cap:
+        ax.axhline(cap, color="gray", ls="--", lw=1, label=f"--per-query {cap:,}")
     ax.set_xscale("log"), ax.set_yscale("log")
-    ax.set_xlabel("query rank (by matches)"), ax.set_ylabel("pairs")
+    ax.set_xlabel("query rank"), ax.set_ylabel("pairs")
     ax.set_title("Pairs per query: head and tail")
     ax.legend(), fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
@@ -128,7 +131,10 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
         parts.append("<h2>Stages</h2>" + _table(stages))
     per_query = _fetch(build, "per_query", views)
     if per_query:
-        plot_per_query(per_query, out / "per_query.png")
+        from .stage import read_record
+        balance = read_record(build, "balance") or {}
+        cap = balance.get("params", {}).get("per_query") if balance.get("params", {}).get("mode", "cap") == "cap" else None
+        plot_per_query(per_query, out / "per_query.png", cap)
         over = sum(1 for r in per_query if r["after"] < r["before"])
         facts.update(queries_matched=len(per_query), pairs_matched=sum(r["before"] for r in per_query),
                      pairs_selected=sum(r["after"] for r in per_query), queries_capped=over)
