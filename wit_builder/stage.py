@@ -100,8 +100,8 @@ def run_stage(build: str | Path, stage: str, params: dict[str, Any],
     part of what decides a skip).
     """
     build = Path(build)
+    upstream = {name: require(build, name) for name in inputs}  # before creating anything
     build.mkdir(parents=True, exist_ok=True)
-    upstream = {name: require(build, name) for name in inputs}
     key = {"params": params, "inputs": {n: r["run_id"] for n, r in upstream.items()}}
     phash = params_hash(key)
 
