@@ -8,8 +8,6 @@ or copied and still be queried (with the duckdb CLI: `cd wit-data && duckdb cata
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 

@@ -19,7 +19,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from . import catalog, cluster, stage
 from .errors import WitError
@@ -429,7 +429,6 @@ def _write(con, tmp: Path) -> None:
 
 def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], StageOutput]:
     def work(ctx: StageContext) -> StageOutput:
-        import duckdb
         build = ctx.build
         db = ctx.work / "curate.duckdb"
         for leftover in (db, db.with_name(db.name + ".wal")):

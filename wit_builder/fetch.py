@@ -465,9 +465,3 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path 
         summary["retried"] = plan["rows"]
     return StageOutput(rows=rows, summary=summary)
 
-
-def _key(index: int, shard: int, settings: dict) -> str:
-    """img2dataset's sample key (downloader.compute_key): shard and index, zero-padded."""
-    oom_sample = math.ceil(math.log10(settings["shard_size"]))
-    width = oom_sample + settings["oom_shard_count"]
-    return f"{shard * 10 ** oom_sample + index:0{width}d}"

@@ -370,7 +370,6 @@ def _clean(batch, url_col: str, text_col: str, path: Path, stats: dict, first_ro
     import pyarrow as pa
     import pyarrow.compute as pc
     from .io import uids
-    n = batch.num_rows
     url = pc.utf8_trim_whitespace(_as_text(batch.column(url_col), url_col, path))
     text = _as_text(batch.column(text_col), text_col, path)
     no_url = pc.fill_null(pc.equal(url, ""), True)

@@ -153,7 +153,6 @@ def _with_keys(index: int, table, shard_size: int):
 
 def _work(cfg: Config):
     def work(ctx: StageContext) -> StageOutput:
-        import duckdb
         import pyarrow.parquet as pq
         build = ctx.build.resolve()
         done_dir = ctx.work / "shards"
