@@ -14,6 +14,7 @@ import json
 import tarfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -141,3 +142,20 @@ def make_queries(build, queries: list[str]):
         return StageOutput(rows=len(queries))
     return run_stage(build, "queries", {"queries": queries}, work, outputs=["queries"],
                      views={"queries": "queries/*.parquet"})
+
+
+def write_selected(build: Path, urls: list[str], tag: str = "t") -> list[str]:
+    """Stand in for the balance stage: selected/part-0.parquet and _stages/balance.json."""
+    texts = [f"caption {i} for {u.rsplit('/', 1)[-1]}" for i, u in enumerate(urls)]
+    table = pa.table({
+        "uid": pa.array([uid_of(u, t) for u, t in zip(urls, texts)], pa.string()),
+        "url": pa.array(urls, pa.string()), "text": pa.array(texts, pa.string()),
+        "query_ids": pa.array([[i % 5, 7] for i in range(len(urls))], pa.list_(pa.int32())),
+        "selected_by": pa.array([i % 5 for i in range(len(urls))], pa.int32())})
+
+    def work(ctx):
+        pq.write_table(table, ctx.output("selected") / "part-0.parquet")
+        return StageOutput(rows=table.num_rows)
+    run_stage(build, "balance", {"test": tag}, work, outputs=["selected"],
+              views={"selected": "selected/*.parquet"})
+    return table["uid"].to_pylist()

@@ -6,6 +6,7 @@ import itertools
 import re
 import shlex
 import shutil
+import tarfile
 from pathlib import Path
 
 import duckdb
@@ -15,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from fetch_fixture import Sample, encode, make_fetch, make_queries, picture
-from wit_builder import catalog, cli, curate
+from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, write_selected
+from wit_builder import catalog, cli, curate, fetch, imageserver
 from wit_builder.errors import WitError
-from wit_builder.phash import (components, hamming, inspect_image, near_pairs, phash_bytes,
-                               phash_pixels, plan_bands)
+from wit_builder.phash import (components, hamming, inspect_image, near_pairs, phash_array,
+                               phash_bytes, phash_pixels, plan_bands)
 
 REPO = Path(__file__).resolve().parents[1]
 FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
@@ -57,8 +58,8 @@ def test_phash_bits_are_the_dct_definition():
 
 def test_phash_equals_imagehash_on_the_same_pixels():
     imagehash = pytest.importorskip("imagehash")  # installed with the [bench] extra
-    for seed in range(5):
-        data = encode(picture(seed))
+    flat = encode(Image.new("RGB", (50, 40), (90, 20, 200)), "PNG")
+    for data in [encode(picture(seed)) for seed in range(5)] + [flat]:
         assert full_size_phash(data) == int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)
 
 
@@ -74,6 +75,36 @@ def test_fast_decoding_stays_close_to_the_full_size_hash():
     full = np.array([full_size_phash(b) for b in blobs], dtype=np.uint64)
     d = hamming(fast, full)
     assert d.mean() <= 1.5 and d.max() <= 6, d
+
+
+def test_phash_of_decoded_pixels_is_the_resize_and_dct_folded_together():
+    """phash_array (what fetch computes on the pixels it encodes) equals Lanczos to
+    32x32 in floating point, then the DCT; PIL's 8-bit resize rounds between passes,
+    so imagehash's recipe may differ from it in a bit near the median."""
+    for seed, (w, h) in enumerate([(32, 32), (256, 256), (320, 240), (97, 403), (20, 12)]):
+        rgb = np.asarray(picture(seed, w, h))
+        gray = np.asarray(Image.fromarray(rgb).convert("L"))
+        exact = Image.fromarray(gray).convert("F").resize((32, 32), Image.Resampling.LANCZOS)
+        assert phash_array(gray) == int(phash_pixels(np.asarray(exact)).view(np.int64)[0]), (w, h)
+        # colour orders, alpha, a channel axis and 16 bits all give the same picture's hash
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        rgba = np.dstack([rgb, np.full((h, w), 7, np.uint8)])
+        variants = [phash_array(bgr), phash_array(rgb, channels="RGB"),
+                    phash_array(rgba, channels="RGB"), phash_array(gray[:, :, None]),
+                    phash_array(gray.astype(np.uint16) * 257)]
+        assert hamming(np.array(variants), np.full(5, phash_array(gray))).max() <= 1
+    d = hamming(np.array([phash_array(np.asarray(picture(s, 256, 256).convert("L")))
+                          for s in range(30)]),
+                np.array([full_size_phash(encode(picture(s, 256, 256), "PNG")) for s in range(30)]))
+    assert d.mean() <= 0.5 and d.max() <= 3, d
+    # a flat image has only a DC coefficient: one hash, whichever way it is computed
+    flat = np.full((120, 90, 3), (30, 140, 200), np.uint8)
+    top = np.array([1 << 63], dtype=np.uint64).view(np.int64)[0]
+    assert phash_array(flat) == phash_array(flat[:, :, 0]) == top
+    assert phash_bytes([encode(Image.fromarray(flat)), encode(Image.fromarray(flat), "PNG")]
+                       ).tolist() == [top, top]
+    with pytest.raises(ValueError, match="channels"):
+        phash_array(np.zeros((8, 8, 2), np.uint8))
 
 
 def test_copies_are_close_and_different_pictures_far():
@@ -400,3 +431,53 @@ def test_sql_examples_work_as_written(world, doc, capsys):
     assert cases["exact_duplicate"].uid in by_topic["copies_of"]
     assert "exact_duplicate" in by_topic["within_bits"] and FOX_UID in by_topic["within_bits"]
     assert "cls/exact.jpg" in by_topic["eval"] and "near.png" in by_topic["eval"]
+
+
+@pytest.mark.slow  # Ray, a real server, a real fetch
+def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ray_cluster):
+    """After a real fetch, curate decodes nothing: the pHash fetch computed is used
+    while the stored bytes keep their sha256. Bytes changed since are decoded again."""
+    files = tmp_path / "files"
+    files.mkdir()
+    lake = picture(4, 480, 360)
+    pics = {"lake.jpg": encode(lake), "lake-small.jpg": encode(lake.resize((320, 240))),
+            **{f"p{i}.jpg": encode(picture(300 + i, 360, 270)) for i in range(5)}}
+    for name, data in pics.items():
+        (files / name).write_bytes(data)
+    with imageserver.serve(root=files) as srv:
+        write_selected(build, [srv.url(f"/files/{n}") for n in pics])
+        fetch.run(fetch.Config(image_size=128, timeout=5.0, retries=0, fetch_shard_size=4,
+                               allow_private_network=True), build)
+    cfg = curate.Config(min_side=100)
+    res = curate.run(cfg, build)
+    rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
+    assert {r["phash_from"] for r in rows.values()} == {"fetch"}
+    assert res.summary["phash_from_fetch"] == 7 and res.summary["phash_decoded"] == 0
+    assert rows["lake-small.jpg"]["drop_reason"] == "near_duplicate"
+    assert rows["lake-small.jpg"]["duplicate_of"] == rows["lake.jpg"]["uid"]
+    assert sum(r["keep"] for r in rows.values()) == 6
+
+    # Change two stored images behind fetch's back: one to junk of the same length,
+    # one to a valid JPEG of another picture.
+    junk, other = rows["p0.jpg"], rows["p1.jpg"]
+    replacement = encode(picture(999, 128, 96))
+    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
+        with tarfile.open(tar, "w") as tf:
+            for m, data in members:
+                if m.name == f"{junk['key']}.jpg":
+                    data = b"\0" * len(data)
+                elif m.name == f"{other['key']}.jpg":
+                    data = replacement
+                m.size = len(data)
+                tf.addfile(m, io.BytesIO(data))
+    res = curate.run(cfg, build, force=True)
+    after = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
+    assert after["p0.jpg"]["drop_reason"] == "undecodable" and after["p0.jpg"]["phash"] is None
+    assert after["p1.jpg"]["phash_from"] == "decoded" and after["p1.jpg"]["keep"]
+    assert after["p1.jpg"]["phash"] == int(phash_bytes([replacement])[0])
+    assert after["p1.jpg"]["phash"] != other["phash"]
+    assert res.summary["phash_from_fetch"] == 5 and res.summary["phash_decoded"] == 1
+    assert {n: r["phash"] for n, r in after.items() if n not in ("p0.jpg", "p1.jpg")} == \
+        {n: r["phash"] for n, r in rows.items() if n not in ("p0.jpg", "p1.jpg")}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -14,35 +13,18 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
+import numpy as np
 import pytest
+from fetch_fixture import write_selected
 
 from wit_builder import catalog, fetch, imageserver
 from wit_builder.errors import WitError
-from wit_builder.io import uid_of
 from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
-from wit_builder.stage import StageOutput, run_stage
+from wit_builder.phash import hamming, phash_bytes
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]
-
-
-def write_selected(build: Path, urls: list[str], tag: str = "t") -> list[str]:
-    """Stand in for the balance stage: selected/part-0.parquet and _stages/balance.json."""
-    texts = [f"caption {i} for {u.rsplit('/', 1)[-1]}" for i, u in enumerate(urls)]
-    table = pa.table({
-        "uid": pa.array([uid_of(u, t) for u, t in zip(urls, texts)], pa.string()),
-        "url": pa.array(urls, pa.string()), "text": pa.array(texts, pa.string()),
-        "query_ids": pa.array([[i % 5, 7] for i in range(len(urls))], pa.list_(pa.int32())),
-        "selected_by": pa.array([i % 5 for i in range(len(urls))], pa.int32())})
-
-    def work(ctx):
-        pq.write_table(table, ctx.output("selected") / "part-0.parquet")
-        return StageOutput(rows=table.num_rows)
-    run_stage(build, "balance", {"test": tag}, work, outputs=["selected"],
-              views={"selected": "selected/*.parquet"})
-    return table["uid"].to_pylist()
 
 
 def status_rows(build: Path) -> list[dict]:
@@ -58,6 +40,18 @@ def tar_members(build: Path) -> Counter:
                 key, ext = m.name.split(".", 1)
                 seen[(key, ext)] += 1
     return seen
+
+
+def stored_images(build: Path) -> dict[str, bytes]:
+    """key -> the image bytes stored in the shard tars."""
+    out = {}
+    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            for m in tf.getmembers():
+                key, ext = m.name.split(".", 1)
+                if ext in ("jpg", "png", "webp"):
+                    out[key] = tf.extractfile(m).read()
+    return out
 
 
 def check_one_row_per_uid_and_shards(build: Path, uids: list[str]) -> list[dict]:
@@ -131,6 +125,16 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
     with tarfile.open(build / "fetch" / "shards" / f"{one['fetch_shard']:05d}.tar") as tf:
         meta = json.load(tf.extractfile(f"{one['key']}.json"))
     assert meta["uid"] == one["uid"]
+    # fetch hashed what it stored: the sha256 of the bytes in the tar, and the pHash of
+    # the pixels it encoded (close to a hash of those bytes decoded again)
+    stored = stored_images(build)
+    ok = [r for r in rows if r["status"] == "success"]
+    assert all(r["stored_sha256"] == hashlib.sha256(stored[r["key"]]).hexdigest() for r in ok)
+    d = hamming(np.array([r["stored_phash"] for r in ok]),
+                phash_bytes([stored[r["key"]] for r in ok]))
+    assert d.max() <= 4 and d.mean() <= 1.5, d
+    assert all(r["stored_phash"] is None and r["stored_sha256"] is None
+               for r in rows if r["status"] != "success")
     again = fetch.run(fast(), build)
     assert again.skipped
 

@@ -1,8 +1,10 @@
 """Image facts, filters and dedup: a keep/drop_reason for every fetched sample.
 
 Ray workers read the fetch shards and record each image's size, sha256 and 64-bit
-DCT pHash (wit_builder.phash). Then, in DuckDB, every selected sample gets `keep` and
-the first `drop_reason` that applies, in this order: failed_download, undecodable,
+DCT pHash (wit_builder.phash). Fetch already hashed the pixels it encoded; where the
+stored bytes still have the sha256 fetch recorded, that pHash is used and the image
+is not decoded again (`phash_from` = 'fetch'); any other image is decoded here.
+Then, in DuckDB, every selected sample gets `keep` and the first `drop_reason` that applies, in this order: failed_download, undecodable,
 too_small (--min-side), bad_aspect (--max-aspect), short_caption
 (--min-caption-words, --min-caption-chars), eval_set (--eval-images), exact_duplicate
 (same stored bytes), near_duplicate (pHash within --near-dup-bits, across the whole
@@ -87,28 +89,38 @@ def _facts_schema():
                       ("image_bytes", pa.int64()), ("image_sha256", pa.string()),
                       ("width", pa.int32()),
                       ("height", pa.int32()), ("phash", pa.int64()),
-                      ("decode_error", pa.string())])
+                      ("phash_from", pa.string()), ("decode_error", pa.string())])
 
 
-def image_facts(blobs: list[bytes]) -> dict[str, list]:
+def image_facts(blobs: list[bytes], known: list[tuple[str, int] | None] | None = None
+                ) -> dict[str, list]:
     """Facts for a batch of encoded images: image_bytes, image_sha256, width, height,
-    phash, decode_error.
+    phash, phash_from, decode_error.
 
-    The pHashes of the decodable images are computed in one vectorised batch.
+    `known[i]`, if given, is (sha256, pHash) fetch recorded for image i: when the bytes
+    still have that sha256 the pHash is taken as is and the image is not decoded
+    (width and height then come from fetch's row). The others are decoded and their
+    pHashes computed in one vectorised batch.
     """
     import numpy as np
     from .phash import inspect_image, phash_pixels
-    facts = [inspect_image(b) for b in blobs]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    known = known or [None] * len(blobs)
+    reuse = [k is not None and k[0] == sha for k, sha in zip(known, shas)]
+    none = {"width": None, "height": None, "pixels": None, "error": None}
+    facts = [none if r else inspect_image(b) for b, r in zip(blobs, reuse)]
     ok = [i for i, f in enumerate(facts) if f["pixels"] is not None]
-    hashes: list[int | None] = [None] * len(blobs)
+    hashes: list[int | None] = [k[1] if r else None for k, r in zip(known, reuse)]
     if ok:
         values = phash_pixels(np.stack([facts[i]["pixels"] for i in ok])).view(np.int64)
         for i, h in zip(ok, values.tolist()):
             hashes[i] = h
-    return {"image_bytes": [len(b) for b in blobs],
-            "image_sha256": [hashlib.sha256(b).hexdigest() for b in blobs],
+    return {"image_bytes": [len(b) for b in blobs], "image_sha256": shas,
             "width": [f["width"] for f in facts], "height": [f["height"] for f in facts],
-            "phash": hashes, "decode_error": [f["error"] for f in facts]}
+            "phash": hashes,
+            "phash_from": ["fetch" if r else "decoded" if h is not None else None
+                           for r, h in zip(reuse, hashes)],
+            "decode_error": [f["error"] for f in facts]}
 
 
 def _member_key(name: str) -> tuple[str, str]:
@@ -118,18 +130,22 @@ def _member_key(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def shard_facts(tar_path: str, rel: str, out: str, batch: int = 512) -> dict[str, Any]:
+def shard_facts(tar_path: str, rel: str, out: str, known: dict[str, tuple[str, int]] | None = None,
+                batch: int = 512) -> dict[str, Any]:
     """Facts of every image member of one tar, written to `out` (Parquet).
 
+    `known` maps a sample key to the (sha256, pHash) fetch recorded for it.
     Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     cols: dict[str, list] = {name: [] for name in _facts_schema().names}
     blobs: list[bytes] = []
+    known = known or {}
 
     def flush() -> None:
-        for name, values in image_facts(blobs).items():
+        keys = cols["key"][len(cols["key"]) - len(blobs):]
+        for name, values in image_facts(blobs, [known.get(k) for k in keys]).items():
             cols[name].extend(values)
         blobs.clear()
 
@@ -170,11 +186,24 @@ def _facts_name(rel: str) -> str:
     return hashlib.blake2b(rel.encode(), digest_size=8).hexdigest() + ".parquet"
 
 
-def _compute_facts(build: Path, shards: list[str], work: Path) -> Path:
+def _known_hashes(con) -> dict[str, dict[str, tuple[str, int]]]:
+    """Per fetch tar, key -> (stored_sha256, stored_phash) as fetch recorded them
+    (none for a fetch/status without those columns)."""
+    names = {r[0] for r in con.execute("DESCRIBE status").fetchall()}
+    if not {"stored_sha256", "stored_phash"} <= names:
+        return {}
+    rows = con.execute("""SELECT fetch_tar, list(key), list(stored_sha256), list(stored_phash)
+                          FROM status WHERE status = 'success' AND stored_phash IS NOT NULL
+                          AND stored_sha256 IS NOT NULL GROUP BY 1""").fetchall()
+    return {tar: dict(zip(keys, zip(shas, hashes))) for tar, keys, shas, hashes in rows}
+
+
+def _compute_facts(build: Path, shards: list[str], work: Path,
+                   known: dict[str, dict[str, tuple[str, int]]]) -> Path:
     """Run shard_facts for every shard not already done in `work` (resume)."""
     out_dir = work / "facts"
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)))
+    todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)), known.get(rel))
             for rel in shards if not (out_dir / _facts_name(rel)).exists()]
     errors = [r for r in cluster.map_tasks(shard_facts, todo, "curate: image facts", len(todo))
               if "error" in r]
@@ -273,7 +302,7 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
     """View `measured` (fetch's rows with the image facts) and table `s`: only what the
     filters and dedup need, one row per uid, with its first failing filter in `reason`."""
     facts = _quote(str(facts_dir / "*.parquet"))
-    con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts})")
+    con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts}, union_by_name = true)")
     dups = con.execute("SELECT count(*) - count(DISTINCT uid) FROM status").fetchall()[0][0]
     if dups:
         raise WitError(f"fetch/status: {dups} rows repeat a uid (one row per selected uid "
@@ -288,7 +317,7 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
                  coalesce(f.width, st.width) AS width, coalesce(f.height, st.height) AS height,
                  coalesce(st.bytes, f.image_bytes) AS bytes,
                  coalesce(st.sha256, f.image_sha256) AS sha256),
-               f.phash, f.image_sha256, f.image_bytes, f.image_format, f.image_offset,
+               f.phash, f.phash_from, f.image_sha256, f.image_bytes, f.image_format, f.image_offset,
                greatest(coalesce(st.original_width, f.width, st.width),
                         coalesce(st.original_height, f.height, st.height))::DOUBLE
                  / nullif(least(coalesce(st.original_width, f.width, st.width),
@@ -393,11 +422,12 @@ def _write(con, tmp: Path) -> None:
     """samples/part-*.parquet and samples/_kept_per_query/part-0.parquet."""
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
-    fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()]
+    fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()
+                  if r[0] not in ("stored_sha256", "stored_phash")]  # = image_sha256, phash
     cols = ", ".join(f"m.{c}" for c in fetch_cols)
     con.execute(f"""
         CREATE VIEW final AS
-        SELECT {cols}, m.aspect, m.phash,
+        SELECT {cols}, m.aspect, m.phash, m.phash_from,
                coalesce(s.reason, eh.reason, du.reason) IS NULL AS keep,
                coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
                coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
@@ -440,13 +470,16 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
             if absent:
                 raise WitError(f"{build / absent[0]}: fetch shard missing ({len(absent)} of "
                                f"{len(shards)}); rerun `wit-build fetch --force --out {build}`")
-            facts_dir = _compute_facts(build, shards, ctx.work)
+            facts_dir = _compute_facts(build, shards, ctx.work, _known_hashes(con))
             if not any(facts_dir.glob("*.parquet")):  # no shards at all: an empty facts file
                 import pyarrow.parquet as pq
                 pq.write_table(_facts_schema().empty_table(), facts_dir / "empty.parquet")
             _load_samples(con, facts_dir, cfg)
+            hashed = dict(con.execute("SELECT phash_from, count(*) FROM facts "
+                                      "WHERE phash_from IS NOT NULL GROUP BY 1").fetchall())
             evals = _compute_eval(cfg, eval_files) if eval_files else None
-            summary: dict[str, Any] = {}
+            summary: dict[str, Any] = {"phash_from_fetch": hashed.get("fetch", 0),
+                                       "phash_decoded": hashed.get("decoded", 0)}
             summary.update(_eval_hits(con, evals, cfg.near_dup_bits))
             search = _dedup(con, cfg.near_dup_bits)
             if search:

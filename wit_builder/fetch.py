@@ -34,7 +34,8 @@ ENCODE_FORMATS = ["jpg", "png", "webp"]
 SAME_ON_RETRY = ("image_size", "resize_mode", "encode_format", "encode_quality", "fetch_shard_size")
 IN_TRANSIENT = "(" + ", ".join(f"'{s}'" for s in sorted(TRANSIENT)) + ")"  # SQL: status IN ...
 STATUS_COLUMNS = ["uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
-                  "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key"]
+                  "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key",
+                  "stored_sha256", "stored_phash"]
 
 
 @dataclass
@@ -291,6 +292,7 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
     import pyarrow as pa
     import pyarrow.parquet as pq
     from img2dataset import downloader as i2d
+    from img2dataset import resizer as i2d_resizer
     from img2dataset.resizer import Resizer
     from img2dataset.writer import WebDatasetSampleWriter
     from PIL import Image
@@ -319,26 +321,31 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
         index, url = row
         data, status, error = fetcher.fetch(url)
         outcomes[index] = (status, error, None if data is None else len(data))
-        return index, (None if data is None else io.BytesIO(data)), error
+        return index, (None if data is None else _Download(index, data)), error
 
     r = settings["resize"]
+    stored: dict[int, tuple[str, int]] = {}
+    tap = _EncodeTap(i2d_resizer.cv2)
+    resizer = _hashing(Resizer(
+        r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
+        encode_format=r["encode_format"], max_image_area=r["max_image_area"]), tap, stored)
     downloader = i2d.Downloader(
-        sample_writer_class=WebDatasetSampleWriter, resizer=Resizer(
-            r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
-            encode_format=r["encode_format"], max_image_area=r["max_image_area"]),
+        sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
         thread_count=settings["threads"], save_caption=True, extract_exif=False,
         output_folder=str(out), column_list=["uid", "caption", "url"], timeout=p["timeout"],
         number_sample_per_shard=settings["shard_size"], oom_shard_count=oom,
         compute_hash="sha256", verify_hash_type=None, encode_format=r["encode_format"],
         retries=p["retries"], user_agent_token=None, disallowed_header_directives=None)
-    # img2dataset looks this name up at call time; the task owns its worker process.
+    # img2dataset looks these names up at call time; the task owns its worker process.
     original, i2d.download_image_with_retry = i2d.download_image_with_retry, fetch
+    i2d_resizer.cv2 = tap
     try:
         downloader.download_shard((shard, str(feather)))
     finally:
         i2d.download_image_with_retry = original
+        i2d_resizer.cv2 = tap.cv2
         fetcher.close()
-    table = _status_table(plan, out / f"{name}.parquet", outcomes, shard, settings)
+    table = _status_table(plan, out / f"{name}.parquet", outcomes, stored, shard, settings)
     pq.write_table(table, out / "status.parquet")
     (out / f"{name}.parquet").unlink()
     statuses = table["status"].to_pylist()
@@ -351,9 +358,56 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
     return summary
 
 
-def _status_table(plan, i2d_parquet: Path, outcomes: dict, shard: int, settings: dict):
-    """The shard's fetch/status rows, in plan order, from img2dataset's parquet and the
-    statuses netguard gave each download."""
+class _Download(io.BytesIO):
+    """A downloaded image as img2dataset's resizer gets it, knowing its row."""
+
+    def __init__(self, index: int, data: bytes):
+        super().__init__(data)
+        self.index = index
+
+
+class _EncodeTap:
+    """Stands in for the cv2 module inside img2dataset's resizer, keeping the pixels
+    of the image it encodes last (the resizer runs in the shard's one main thread)."""
+
+    def __init__(self, cv2):
+        self.cv2 = cv2
+        self.pixels = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.cv2, name)
+
+    def imencode(self, ext, img, *args, **kwargs):
+        self.pixels = img
+        return self.cv2.imencode(ext, img, *args, **kwargs)
+
+
+def _hashing(resizer, tap: _EncodeTap, stored: dict):
+    """`resizer`, also recording for each image it encodes the sha256 of the stored
+    bytes and the pHash of the pixels encoded (computed here, where they are already
+    decoded, so curate need not decode the image again)."""
+    import hashlib
+
+    from .phash import phash_array
+
+    def resize(img_stream, blurring_bbox_list=None):
+        tap.pixels = None
+        out = resizer(img_stream, blurring_bbox_list)
+        index = getattr(img_stream, "index", None)
+        if out[0] is not None and tap.pixels is not None and index is not None:
+            try:
+                stored[index] = (hashlib.sha256(out[0]).hexdigest(), phash_array(tap.pixels))
+            except Exception:  # an odd pixel layout: curate decodes and hashes it instead
+                pass
+        tap.pixels = None
+        return out
+    return resize
+
+
+def _status_table(plan, i2d_parquet: Path, outcomes: dict, stored: dict, shard: int,
+                  settings: dict):
+    """The shard's fetch/status rows, in plan order, from img2dataset's parquet, the
+    statuses netguard gave each download and the hashes of the stored images."""
     import pyarrow.parquet as pq
     by_uid = {m["uid"]: m for m in pq.read_table(i2d_parquet).to_pylist()}
     cols: dict[str, list] = {c: [] for c in STATUS_COLUMNS[5:]}
@@ -371,6 +425,9 @@ def _status_table(plan, i2d_parquet: Path, outcomes: dict, shard: int, settings:
         success = status == "success"
         for c in ("width", "height", "original_width", "original_height", "sha256"):
             cols[c].append(m[c] if success else None)
+        sha, phash = stored.get(index, (None, None)) if success else (None, None)
+        cols["stored_sha256"].append(sha)
+        cols["stored_phash"].append(phash)
         cols["status"].append(status)
         cols["error"].append(error)
         cols["bytes"].append(size if success else None)
@@ -391,7 +448,7 @@ def _with_status(plan, cols: dict | None = None):
     import pyarrow as pa
     i32, text = pa.int32(), pa.string()
     types = [text, text, text, i32, pa.list_(i32), text, text, i32, i32, i32, i32, pa.int64(),
-             text, i32, text]
+             text, i32, text, text, pa.int64()]
     schema = pa.schema(list(zip(STATUS_COLUMNS, types)))
     if plan is None:
         return schema.empty_table()

@@ -4,9 +4,16 @@ The hash is the standard DCT pHash, as `imagehash.phash` computes it: grayscale,
 resize to 32x32 (Lanczos), 2-D DCT-II, keep the top-left 8x8 coefficients, set a bit
 where a coefficient is above their median; the first coefficient is the most
 significant bit, so `int(str(imagehash.phash(im)), 16)` and `phash_pixels` agree.
-Two things make it fast: JPEG decoding straight to grayscale at 1/2..1/8 scale
-(PIL's draft mode, with `reduce` for other formats), and the DCT of a whole batch
-as two matrix products (`D @ X @ D.T` over a stack of 32x32 images).
+Two ways in:
+- `phash_array`, for pixels already decoded (fetch hashes each image it has just
+  resized, before encoding it, so nothing is decoded twice). The Lanczos resize and
+  the DCT are both linear, so they fold into two small matrices: the hash's 8x8
+  coefficients are `(D @ Ry) @ X @ (D @ Rx).T` for an HxW image X, with Ry, Rx the
+  exact weights PIL's Lanczos resize to 32 uses (PIL rounds to 8 bits between its
+  two passes; this does not, which moves a bit near the median now and then).
+- `phash_bytes` / `inspect_image`, for encoded images (curate, for samples fetch did
+  not hash): JPEG decoded straight to grayscale at 1/2..1/8 scale (PIL's draft mode),
+  and the DCT of a whole batch as two matrix products (`D @ X @ D.T`).
 
 Near duplicates are found by multi-index hashing: the 64 bits are split into `m`
 bands; two hashes within `k` bits of each other differ in at most `k // m` bits in
@@ -16,6 +23,7 @@ and keeps the pairs whose full Hamming distance `bit_count(xor(a, b))` is <= k.
 """
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import math
@@ -54,8 +62,63 @@ def phash_pixels(gray: np.ndarray) -> np.ndarray:
     y = gray.reshape(n * IMG_SIZE, IMG_SIZE) @ _D.T                        # rows: X @ D.T
     y = y.reshape(n, IMG_SIZE, HASH_SIZE).transpose(0, 2, 1).reshape(n * HASH_SIZE, IMG_SIZE) @ _D.T
     low = y.reshape(n, HASH_SIZE, HASH_SIZE).transpose(0, 2, 1).reshape(n, HASH_SIZE * HASH_SIZE)
-    bits = low > np.median(low, axis=1, keepdims=True)
-    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+    return np.packbits(_bits(low), axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def _bits(low: np.ndarray) -> np.ndarray:
+    """Hash bits of rows of 64 DCT coefficients: above the row's median. Coefficients
+    within rounding noise of zero (1e-5 of the largest) count as zero, so a flat
+    image hashes to 0x8000000000000000 however it was computed, as with imagehash."""
+    low = np.where(np.abs(low) <= 1e-5 * np.abs(low).max(axis=1, keepdims=True), 0.0, low)
+    mid = np.sort(low, axis=1)[:, 31:33]  # the median of 64: the mean of the middle two
+    return low > (mid[:, :1] + mid[:, 1:]) / 2
+
+
+def _lanczos(x: np.ndarray) -> np.ndarray:
+    return np.where(np.abs(x) < 3, np.sinc(x) * np.sinc(x / 3), 0.0)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resize_dct(n_in: int) -> np.ndarray:
+    """(D @ R) as float32, shape (8, n_in): R is the (32, n_in) matrix of PIL's Lanczos
+    resize from n_in to 32 pixels along one axis (same centres, support and
+    normalisation as PIL's precompute_coeffs), D the DCT rows."""
+    scale = n_in / IMG_SIZE
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    centre = (np.arange(IMG_SIZE) + 0.5)[:, None] * scale
+    x = np.arange(n_in)[None, :]
+    lo = np.maximum((centre - support + 0.5).astype(int), 0)
+    hi = np.minimum((centre + support + 0.5).astype(int), n_in)
+    r = np.where((x >= lo) & (x < hi), _lanczos((x - centre + 0.5) / filterscale), 0.0)
+    r /= r.sum(axis=1, keepdims=True)
+    return np.ascontiguousarray((_D @ r).astype(np.float32))
+
+
+def phash_array(pixels: np.ndarray, channels: str = "BGR") -> int:
+    """The pHash (as a signed 64-bit int, the Parquet type) of one decoded image.
+
+    `pixels`: (H, W) gray or (H, W, 3|4) colour in `channels` order ("BGR" as OpenCV
+    decodes, or "RGB"; a 4th, alpha, channel is ignored as PIL's convert("L") does),
+    uint8 or uint16. Gray is ITU-R 601 luma, as PIL and OpenCV compute it.
+    """
+    a = np.asarray(pixels)
+    if a.ndim == 3:
+        if a.shape[2] == 1:
+            a = a[:, :, 0]
+        elif a.shape[2] in (3, 4):
+            import cv2
+            code = cv2.COLOR_BGR2GRAY if channels == "BGR" else cv2.COLOR_RGB2GRAY
+            a = cv2.cvtColor(np.ascontiguousarray(a[:, :, :3]), code)
+        else:
+            raise ValueError(f"expected 1, 3 or 4 channels, got {a.shape[2]}")
+    if a.ndim != 2 or 0 in a.shape:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {a.shape}")
+    x = a.astype(np.float32)
+    if a.dtype == np.uint16:
+        x /= 257.0
+    low = (_resize_dct(a.shape[0]) @ x) @ _resize_dct(a.shape[1]).T
+    return int(np.packbits(_bits(low.reshape(1, -1))).view(">i8")[0])
 
 
 def gray32(image) -> np.ndarray:
