@@ -202,6 +202,18 @@ def test_user_mistake_exits_2_without_traceback(tmp_path):
     assert verbose.returncode == 2 and "Traceback" in verbose.stderr
 
 
+def test_output_piped_into_head_stops_quietly(build):
+    """`wit-build sql ... | head` is how people peek at a big result: no traceback."""
+    numbers_stage(build, n=3)
+    query = "SELECT range AS x FROM range(300000)"
+    for fmt, head in [("table", ["x", "------"]), ("csv", ['"x"', "0"]), ("json", ['{"x": 0}', '{"x": 1}'])]:
+        out = subprocess.run(f"'{BIN / 'wit-build'}' sql '{query}' --out '{build}' --max-rows "
+                             f"300000 --format {fmt} | head -2", shell=True, capture_output=True,
+                             text=True, timeout=120)
+        assert [line.strip() for line in out.stdout.splitlines()] == head, fmt
+        assert out.stderr == "", fmt
+
+
 def test_ray_session_starts_and_joins(ray_cluster):
     import ray
 

@@ -6,7 +6,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from wit_builder.errors import WitError
+from wit_builder.errors import WitError, output_closed
 
 COMMANDS = ("train", "eval", "sizes", "plot")
 
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return output_closed()
 
 
 if __name__ == "__main__":

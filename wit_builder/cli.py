@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import pipeline
-from .errors import WitError
+from .errors import WitError, output_closed
 
 STAGE_HELP = {
     "queries": "build the query list from Wikipedia (unigrams, bigrams, titles, WordNet)",
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished work is kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return output_closed()
     finally:
         if "ray" in sys.modules and not ray_was_running:
             from .cluster import shutdown
