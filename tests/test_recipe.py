@@ -74,3 +74,31 @@ def test_shipped_recipes_name_valid_settings(path):
 def test_full_scale_recipe_marks_what_to_fill_in():
     with pytest.raises(WitError, match="is not filled in"):
         recipe.load(REPO / "pipelines" / "wit400m.toml")
+
+
+@pytest.mark.parametrize("section, message", [
+    ("[publish]\nshard_size = 0\n", r"--shard-size 0"),
+    ("[curate]\neval_images = '/no/such/dir'\n", r"--eval-images /no/such/dir: not a directory"),
+    ("[balance]\nper_query = 0\n", r"--per-query 0"),
+    ("[train]\nbatch_size = 1\n", r"--batch-size 1"),
+    ("[train]\nbatch = 64\n", r"recipe \[train\]: unknown setting\(s\) batch"),
+    ("[eval]\nimages = '/no/such/eval'\n", r"\[eval\] images = '/no/such/eval': no such folder"),
+    ("[eval]\nimage = 'x'\n", r"recipe \[eval\]: unknown setting\(s\) image"),
+    ("[report]\ncolour = 'x'\n", r"recipe \[report\]: unknown setting\(s\) colour"),
+])
+def test_a_mistake_in_a_late_section_stops_the_recipe_before_it_starts(tmp_path, section, message):
+    """A typo in [publish] or [train] must not surface after hours of queries and fetch."""
+    pool = tmp_path / "pool.tsv"
+    pool.write_text("url\ttext\nhttp://x/a.jpg\ta red fox\n")
+    path = write(tmp_path, f"[pool]\npool = ['{pool}']\n[match]\n" + section)
+    build = tmp_path / "wit-data"
+    with pytest.raises(WitError, match=message):
+        recipe.run(recipe.load(path), build)
+    assert not build.exists()  # nothing ran, nothing was written
+
+
+def test_demo_checks_its_minutes_before_making_the_world(tmp_path, capsys):
+    from wit_builder import cli
+    assert cli.main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
+    assert "--minutes 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

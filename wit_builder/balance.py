@@ -154,12 +154,17 @@ def candidates(src: str, dest: str, counts, per_query: int, seed: int, mode: str
 # ----------------------------------------------------------------------------------
 # The stage.
 
-def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
-    """Select at most --per-query pairs per query (or MetaCLIP's rule) into selected/."""
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
     if cfg.mode not in MODES:
         raise WitError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.per_query < 1:
         raise WitError(f"--per-query {cfg.per_query}: must be at least 1")
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Select at most --per-query pairs per query (or MetaCLIP's rule) into selected/."""
+    check(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k != "memory_limit"}
     return run_stage(build, "balance", params, lambda ctx: _balance(ctx, cfg),
                      outputs=["selected"],

@@ -62,7 +62,8 @@ class Config:
         "metavar": "DIR"})
 
 
-def _check(cfg: Config) -> None:
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
     if cfg.min_side < 0:
         raise WitError(f"--min-side {cfg.min_side}: give 0 or more pixels")
     if cfg.max_aspect < 1:
@@ -73,6 +74,8 @@ def _check(cfg: Config) -> None:
     if not -1 <= cfg.near_dup_bits <= 16:
         raise WitError(f"--near-dup-bits {cfg.near_dup_bits}: give -1 (off) to 16; pHashes "
                        "of different pictures are typically 20-40 bits apart")
+    if cfg.eval_images:
+        _eval_images(cfg)
 
 
 # ---------------------------------------------------------------------------------
@@ -499,7 +502,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Curate the fetched samples of `build`: facts, filters, dedup -> samples/."""
     build = Path(build)
-    _check(cfg)
+    check(cfg)
     stage.require(build, "fetch")
     params = dataclasses.asdict(cfg)
     eval_files: list[Path] = []

@@ -73,6 +73,9 @@ def summary_rows(build: Path, results: dict[str, Any]) -> list[tuple[str, str]]:
 def main(args: argparse.Namespace) -> int:
     from .imageserver import serve
     from .world import write_pool
+    if not args.minutes > 0:
+        raise WitError(f"--minutes {args.minutes:g}: give the training time budget in minutes, "
+                       "above 0 (default 4)")
     out = Path(getattr(args, "out", None) or "wit-demo")
     force = getattr(args, "force", False)
     t0 = time.time()

@@ -76,7 +76,8 @@ class Config:
         "help": "refuse responses larger than this many bytes"})
 
 
-def _check(cfg: Config) -> None:
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
     for name in ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
                  "max_image_area", "max_image_bytes", "retries", "shards_in_flight", "shard_retries"):
         least = 0 if name in ("retries", "shards_in_flight", "shard_retries") else 1e-9
@@ -93,7 +94,7 @@ def _check(cfg: Config) -> None:
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Fetch the build's selected pairs (or, with retry_failed, its transient failures)."""
-    _check(cfg)
+    check(cfg)
     build = Path(build)
     base = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "retry_failed"}
     old = read_record(build, "fetch")

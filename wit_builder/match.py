@@ -312,10 +312,16 @@ def reference_match(automaton, text: str) -> list[int]:
 # ----------------------------------------------------------------------------------
 # The stage.
 
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
+    if cfg.workers < 0 or cfg.batch_size < 1:
+        raise WitError(f"--workers {cfg.workers} --batch-size {cfg.batch_size}: --workers must "
+                       "be >= 0 (0 = one per CPU) and --batch-size >= 1")
+
+
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Match every pool caption; write matches/ and the per-query counts."""
-    if cfg.workers < 0 or cfg.batch_size < 1:
-        raise WitError("--workers must be >= 0 and --batch-size >= 1")
+    check(cfg)
     params = {k: v for k, v in asdict(cfg).items() if k in OUTPUT_SETTINGS}
     return run_stage(build, "match", params, lambda ctx: _match(ctx, cfg),
                      outputs=["matches"],

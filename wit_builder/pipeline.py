@@ -29,14 +29,25 @@ def module(name: str):
     return importlib.import_module(STAGES[name])
 
 
+def check(settings: dict[str, dict[str, Any]], stages: list[str], where: str = "settings") -> None:
+    """Check every stage's settings before any stage runs, so that a mistake in the
+    last stage's settings is not found after hours of the first."""
+    for name in stages:
+        mod = module(name)
+        cfg = cfgmod.from_mapping(mod.Config, settings.get(name, {}), where=f"{where} [{name}]")
+        if hasattr(mod, "check"):
+            mod.check(cfg)
+
+
 def run_stages(build: Path, settings: dict[str, dict[str, Any]], stages: list[str],
                force: bool = False, report: Callable[[str, Any], None] | None = None,
                where: str = "settings") -> list[Any]:
     """Run `stages` in order with per-stage settings; finished stages are skipped.
 
     `settings[stage]` is a dict of that stage's Config fields; `force` reruns all.
-    `report(stage, result)` is called after each stage.
+    `report(stage, result)` is called after each stage. All settings are checked first.
     """
+    check(settings, stages, where)
     results = []
     for name in stages:
         mod = module(name)

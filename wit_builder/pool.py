@@ -54,14 +54,20 @@ class Config:
         "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)"})
 
 
-def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
-    """Read, clean and deduplicate the candidate files into pool/."""
-    from .io import file_fingerprint
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
     if not cfg.pool:
         raise WitError("--pool: give the candidate files (Parquet, CSV, TSV or JSONL, "
                        "optionally .gz; globs and directories work)")
     if cfg.pool_parts < 0:
         raise WitError(f"--pool-parts {cfg.pool_parts}: must be >= 0 (0 = automatic)")
+    find_files(cfg.pool)
+
+
+def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
+    """Read, clean and deduplicate the candidate files into pool/."""
+    from .io import file_fingerprint
+    check(cfg)
     files = find_files(cfg.pool)
     params = {"pool": file_fingerprint(files), "url_col": cfg.url_col,
               "text_col": cfg.text_col, "skip_broken_rows": cfg.skip_broken_rows,

@@ -191,11 +191,16 @@ def _work(cfg: Config):
     return work
 
 
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
+    if cfg.shard_size < 1:
+        raise WitError(f"--shard-size {cfg.shard_size}: give at least 1 sample per shard")
+
+
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Publish the kept samples of `build` as WebDataset shards and a manifest."""
     build = Path(build)
-    if cfg.shard_size < 1:
-        raise WitError(f"--shard-size {cfg.shard_size}: give at least 1 sample per shard")
+    check(cfg)
     stage.require(build, "curate")
     return stage.run_stage(build, "publish", dataclasses.asdict(cfg), _work(cfg),
                            outputs=["shards", "manifest"], inputs=("curate",), force=force,

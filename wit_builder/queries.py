@@ -103,7 +103,8 @@ def _blocklist(cfg: Config) -> Path | None:
     return path
 
 
-def _check(cfg: Config) -> None:
+def check(cfg: Config) -> None:
+    """The flag values' own mistakes, found before anything runs."""
     bad = [s for s in cfg.priority if s not in SOURCES]
     if bad or len(set(cfg.priority)) != len(cfg.priority):
         raise WitError(f"--priority {' '.join(cfg.priority)}: give each of {', '.join(SOURCES)} "
@@ -121,7 +122,7 @@ def _check(cfg: Config) -> None:
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Count, threshold, merge and cap; writes queries/queries.parquet."""
-    _check(cfg)
+    check(cfg)
     sources = _wiki_sources(cfg)
     wn = wordnet.find(cfg.wordnet)
     tables = {flag: expand_inputs(getattr(cfg, flag), "count table", "--" + flag.replace("_", "-"))

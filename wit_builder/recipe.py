@@ -88,8 +88,13 @@ def run(recipe: dict[str, Any], build: Path, force: bool = False,
         echo: Callable[[str], None] = print, where: str = "recipe") -> dict[str, Any]:
     """Run the recipe's stages in order; returns {stage: result}."""
     from .cli import print_result
+    from . import steps
     results: dict[str, Any] = {}
     stages = [s for s in pipeline.STAGES if s in recipe]
+    pipeline.check(recipe, stages, where)  # every section, before the first stage starts
+    for step in AFTER:
+        if step in recipe:
+            steps.check(step, recipe[step], build)
     for name in stages:
         echo(f"== {name}")
         t0 = time.time()

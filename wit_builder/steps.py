@@ -5,6 +5,7 @@ checkpoint, evaluation is cheap, and the report is rewritten each time.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,43 @@ from . import config as cfgmod
 from .errors import WitError
 
 
+EVAL_KEYS = ("checkpoint", "images", "classnames", "templates", "shards")
+
+
+def _train_config(settings: dict[str, Any], build: Path):
+    from trainer.config import TrainConfig
+    values = {"data": [str(build)], "out": str(build / "train"), **settings}
+    return cfgmod.from_mapping(TrainConfig, values, where="recipe [train]")
+
+
+def check(step: str, settings: dict[str, Any], build: Path) -> None:
+    """A step's settings checked before the recipe's first stage runs."""
+    if step == "train":
+        _train_config(settings, build).validate()
+        return
+    if step == "eval":
+        known: tuple[str, ...] = EVAL_KEYS
+    else:
+        from .report import write_report
+        known = tuple(inspect.signature(write_report).parameters)[1:]
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        raise WitError(f"recipe [{step}]: unknown setting(s) {', '.join(unknown)}; "
+                       f"known: {', '.join(known) or 'none'}")
+    for key in ("images", "classnames", "templates"):
+        if step == "eval" and settings.get(key) and not Path(settings[key]).exists():
+            raise WitError(f"recipe [eval] {key} = {settings[key]!r}: no such "
+                           f"{'folder' if key == 'images' else 'file'}")
+
+
 def train(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str, Any]:
     """Train on the build's shards.
 
     Like a stage, a finished run with the same settings is not repeated (its summary is
     in OUT/summary.json); a run that was interrupted resumes from OUT/checkpoint.pt.
     """
-    from trainer.config import TrainConfig
     from trainer.train import train as run_training
-    values = {"data": [str(build)], "out": str(build / "train"), **settings}
-    cfg = cfgmod.from_mapping(TrainConfig, values, where="recipe [train]")
+    cfg = _train_config(settings, build)
     done = Path(cfg.out) / "summary.json"
     wanted = cfg.to_dict()
     if done.exists() and not force:
