@@ -133,18 +133,19 @@ def _member_key(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def shard_facts(tar_path: str, rel: str, out: str, known: dict[str, tuple[str, int]] | None = None,
+def shard_facts(tar_path: str, rel: str, out: str, known_in: tuple[list[str], Any] | None = None,
                 batch: int = 512) -> dict[str, Any]:
     """Facts of every image member of one tar, written to `out` (Parquet).
 
-    `known` maps a sample key to the (sha256, pHash) fetch recorded for it.
+    `known_in` is (status files, fetch_shard) holding the sha256 and pHash fetch
+    recorded for this tar's images (see _known_hashes).
     Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
     cols: dict[str, list] = {name: [] for name in _facts_schema().names}
     blobs: list[bytes] = []
-    known = known or {}
+    known = _read_known(*known_in) if known_in else {}
 
     def flush() -> None:
         keys = cols["key"][len(cols["key"]) - len(blobs):]
@@ -189,20 +190,36 @@ def _facts_name(rel: str) -> str:
     return hashlib.blake2b(rel.encode(), digest_size=8).hexdigest() + ".parquet"
 
 
-def _known_hashes(con) -> dict[str, dict[str, tuple[str, int]]]:
-    """Per fetch tar, key -> (stored_sha256, stored_phash) as fetch recorded them
-    (none for a fetch/status without those columns)."""
+def _known_hashes(con) -> dict[str, tuple[list[str], Any]]:
+    """Per fetch tar: the status files holding the hashes fetch recorded for its images,
+    and its `fetch_shard` value (none for a fetch/status without those columns).
+    Each task reads its own rows, so no process holds the whole build's hashes."""
     names = {r[0] for r in con.execute("DESCRIBE status").fetchall()}
     if not {"stored_sha256", "stored_phash"} <= names:
         return {}
-    rows = con.execute("""SELECT fetch_tar, list(key), list(stored_sha256), list(stored_phash)
+    rows = con.execute("""SELECT fetch_tar, list(DISTINCT _status_file), any_value(fetch_shard)
                           FROM status WHERE status = 'success' AND stored_phash IS NOT NULL
-                          AND stored_sha256 IS NOT NULL GROUP BY 1""").fetchall()
-    return {tar: dict(zip(keys, zip(shas, hashes))) for tar, keys, shas, hashes in rows}
+                          GROUP BY 1""").fetchall()
+    return {tar: (files, shard) for tar, files, shard in rows}
+
+
+def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]]:
+    """key -> (stored_sha256, stored_phash) of one fetch tar's successful rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    cols = ["key", "status", "fetch_shard", "stored_sha256", "stored_phash"]
+    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    mine = pc.and_(pc.and_(pc.equal(t["status"], "success"),
+                           pc.equal(t["fetch_shard"], pa.scalar(fetch_shard, t["fetch_shard"].type))),
+                   pc.is_valid(t["stored_phash"]))
+    t = t.filter(mine)
+    return dict(zip(t["key"].to_pylist(),
+                    zip(t["stored_sha256"].to_pylist(), t["stored_phash"].to_pylist())))
 
 
 def _compute_facts(build: Path, shards: list[str], work: Path,
-                   known: dict[str, dict[str, tuple[str, int]]]) -> Path:
+                   known: dict[str, tuple[list[str], Any]]) -> Path:
     """Run shard_facts for every shard not already done in `work` (resume)."""
     out_dir = work / "facts"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +291,8 @@ def _open_status(con, build: Path) -> list[str]:
     returns the tars holding successful downloads.
     """
     status = _quote(str(build / "fetch" / "status" / "*.parquet"))
-    con.execute(f"CREATE VIEW fetch_rows AS SELECT * FROM read_parquet({status}, union_by_name = true)")
+    con.execute(f"CREATE VIEW fetch_rows AS SELECT * FROM read_parquet({status}, "
+                "union_by_name = true, filename = '_status_file')")
     types = dict((r[0], r[1]) for r in con.execute("DESCRIBE fetch_rows").fetchall())
     missing = [c for c in FETCH_COLUMNS if c not in types]
     if missing:
@@ -426,7 +444,7 @@ def _write(con, tmp: Path) -> None:
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
     fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()
-                  if r[0] not in ("stored_sha256", "stored_phash")]  # = image_sha256, phash
+                  if r[0] not in ("stored_sha256", "stored_phash", "_status_file")]
     cols = ", ".join(f"m.{c}" for c in fetch_cols)
     con.execute(f"""
         CREATE VIEW final AS
