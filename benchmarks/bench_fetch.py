@@ -9,6 +9,11 @@ this process becomes their subreaper, so Ray's and img2dataset's helpers that ou
 their parents are reaped here and counted.
 
     .venv/bin/python benchmarks/bench_fetch.py [--images 4000] [--rounds 2]
+    .venv/bin/python benchmarks/bench_fetch.py --images 2000 --sizes 512,640,768,896,1024 --image-size 256
+
+The first serves small images (96-224 px, stored at 64): the per-request overhead
+dominates. The second serves web-size originals stored at fetch's default 256 px:
+decoding and resizing dominate, which wit halves by decoding JPEGs at reduced scale.
 """
 from __future__ import annotations
 
@@ -36,12 +41,12 @@ PR_SET_CHILD_SUBREAPER = 36
 BIN = Path(sys.executable).parent
 
 
-def url_list(base: str, n: int) -> list[str]:
+def url_list(base: str, n: int, sizes: list[int]) -> list[str]:
     scenes = [f"{k}-{c}-{t}-{tex}-{bg}-{seed}"
               for seed in range(10_000) for k, c, t, tex, bg in [(
                   1 + seed % 3, list(imageserver.COLORS)[seed % 10], "circle star square heart".split()[seed % 4],
                   imageserver.TEXTURES[seed % 4], list(imageserver.BACKGROUNDS)[seed % 7])]]
-    return [f"{base}/img/{scenes[i]}@{96 + 32 * (i % 5)}.jpg" for i in range(n)]
+    return [f"{base}/img/{scenes[i]}@{sizes[i % len(sizes)]}.jpg" for i in range(n)]
 
 
 def warm(urls: list[str]) -> None:
@@ -150,7 +155,7 @@ def run_wit(build: Path, table: pa.Table, a, env, server_pid) -> dict:
            "--shards-in-flight", str(a.parallel), "--threads", str(a.threads),
            "--fetch-shard-size", str(a.shard_size), "--image-size", str(a.image_size),
            "--resize-mode", "border", "--encode-format", "jpg", "--encode-quality", "95",
-           "--timeout", "10", "--retries", "0"]
+           "--timeout", "10", "--retries", "0", *a.wit_flags.split()]
     wall, cpu = measured(cmd, {**env, "RAY_ADDRESS": ""}, server_pid)
     ok, span = shard_span(build / "fetch" / "shards")
     statuses = pq.read_table(build / "fetch" / "status", columns=["status"])["status"].to_pylist()
@@ -166,6 +171,10 @@ def main() -> int:
     p.add_argument("--shard-size", type=int, default=500)
     p.add_argument("--parallel", type=int, default=2, help="img2dataset processes = wit shards in flight")
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--sizes", default="96,128,160,192,224",
+                   help="pixel sizes of the served JPEGs, in turn (web-size: 512,640,768,896,1024)")
+    p.add_argument("--wit-flags", default="",
+                   help="more flags for wit-build fetch, e.g. '--no-reduced-decode'")
     a = p.parse_args()
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled",
@@ -173,7 +182,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-fetch-"))
     try:
         with imageserver.ServerProcess() as srv:
-            urls = url_list(srv.base_url, a.images)
+            urls = url_list(srv.base_url, a.images, [int(x) for x in a.sizes.split(",")])
             texts = [f"a picture {i}" for i in range(len(urls))]
             table = pa.table({"uid": [uid_of(u, t) for u, t in zip(urls, texts)], "url": urls,
                               "text": texts, "query_ids": pa.array([[0]] * len(urls), pa.list_(pa.int32())),
@@ -199,7 +208,7 @@ def main() -> int:
                   "cpi": statistics.median(x["cpu"] / max(1, x["success"]) for x in rs)}
            for side, rs in runs.items()}
     print(f"\n{a.images:,} URLs, {a.threads} threads, {a.shard_size} per shard, {a.parallel} in parallel, "
-          f"{a.image_size}px border jpg q95")
+          f"served {a.sizes} px, stored {a.image_size}px border jpg q95")
     print(f"{'':12s} {'images/s':>9s} {'(shards running)':>17s} {'CPU ms/image':>13s}")
     for side, m in med.items():
         print(f"{side:12s} {m['ips']:9.1f} {m['span_ips']:17.1f} {1000 * m['cpi']:13.2f}")

@@ -68,15 +68,15 @@ def fetch_overhead(blobs: list[bytes], repeat: int) -> tuple[float, float]:
     import cv2
     from img2dataset import resizer as i2d_resizer
 
-    from wit_builder.fetch import _Download, _EncodeTap, _hashing
+    from wit_builder.resizing import CvTap, Download, hashing_resizer
     plain = i2d_resizer.Resizer(256, "border", False, encode_quality=95, encode_format="jpg")
     stored: dict = {}
-    tap = _EncodeTap(cv2)
-    hashing = _hashing(plain, tap, stored)
+    tap = CvTap(cv2, None, "border")  # full-size decoding, as img2dataset's: only the hash differs
+    hashing = hashing_resizer(plain, tap, stored)
 
     def run(fn) -> None:
         for i, b in enumerate(blobs):
-            fn(_Download(i, b))
+            fn(Download(i, b))
     i2d_resizer.cv2 = tap
     try:
         (t_plain, _), (t_hash, _) = interleaved(max(repeat, 6), [lambda: run(plain), lambda: run(hashing)])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -13,15 +14,17 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
-from fetch_fixture import write_selected
+from fetch_fixture import encode, picture, write_selected
+from PIL import Image
 
 from wit_builder import catalog, fetch, imageserver
 from wit_builder.errors import WitError
 from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
 from wit_builder.phash import hamming, phash_bytes
+from wit_builder.resizing import CvTap, reduction
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]
@@ -137,6 +140,78 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
                for r in rows if r["status"] != "success")
     again = fetch.run(fast(), build)
     assert again.skipped
+
+
+def test_reduction_keeps_the_measured_side_at_least_the_target():
+    assert reduction(1200, 900, 256, "border") == 4          # longest side 1200 -> 300
+    assert reduction(1200, 900, 256, "keep_ratio") == 2      # shortest side 900 -> 450
+    assert reduction(2048, 2048, 256, "center_crop") == 8    # exactly 256
+    assert reduction(2041, 2041, 256, "center_crop") == 8    # libjpeg rounds 255.1 up to 256
+    assert reduction(2040, 2040, 256, "center_crop") == 4    # 255 would be too small
+    assert reduction(4000, 60, 256, "keep_ratio") == 1
+    assert reduction(500, 400, 256, "border") == 1
+    assert reduction(5000, 5000, 256, "no") == 1             # stored at the original size
+
+
+def test_tap_decodes_large_jpegs_reduced_and_the_rest_as_img2dataset(tmp_path):
+    import cv2
+    tap = CvTap(cv2, 256, "border")
+    cases = {"colour": encode(picture(1, 1200, 900)), "gray": encode(picture(2, 1000, 800).convert("L")),
+             "png": encode(picture(3, 900, 700), "PNG"), "small": encode(picture(4, 300, 200)),
+             "cmyk": encode(picture(5, 1200, 900).convert("CMYK")), "junk": b"\xff\xd8\xff junk"}
+    shapes = {}
+    for name, data in cases.items():
+        buf = np.frombuffer(data, np.uint8)
+        img = tap.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        full = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        shapes[name] = (None if img is None else img.shape, tap.original)
+        if tap.original is None:  # not reduced: exactly img2dataset's decode
+            assert (img is None and full is None) or np.array_equal(img, full), name
+    assert shapes["colour"] == ((225, 300, 3), (1200, 900))
+    assert shapes["gray"] == ((400, 500), (1000, 800))  # 1000/4 = 250 would be too small
+    assert shapes["png"][1] is None and shapes["small"][1] is None and shapes["cmyk"][1] is None
+    assert shapes["junk"] == (None, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resize_mode", ["border", "keep_ratio"])
+def test_reduced_decoding_stores_what_full_decoding_stores(tmp_path, ray_cluster, resize_mode):
+    """Same statuses, original sizes and stored sizes (to a pixel), nearly the same
+    pixels and pHashes; images that are not reduced are stored byte for byte alike."""
+    files = tmp_path / "files"
+    files.mkdir()
+    pics = {"colour.jpg": encode(picture(1, 1200, 900)),
+            "gray.jpg": encode(picture(2, 1000, 800).convert("L")),
+            "tall.jpg": encode(picture(6, 700, 1500)), "png.png": encode(picture(3, 900, 700), "PNG"),
+            "small.jpg": encode(picture(4, 200, 150))}  # under 2 x 128 on both sides
+    for name, data in pics.items():
+        (files / name).write_bytes(data)
+    builds = {}
+    with imageserver.serve(root=files) as srv:
+        for reduced in (True, False):
+            build = tmp_path / f"{resize_mode}-{reduced}"
+            write_selected(build, [srv.url(f"/files/{n}") for n in pics])
+            fetch.run(fetch.Config(image_size=128, resize_mode=resize_mode, reduced_decode=reduced,
+                                   timeout=5.0, retries=0, allow_private_network=True), build)
+            builds[reduced] = build
+    rows = {k: {r["url"].rsplit("/", 1)[-1]: r for r in status_rows(b)} for k, b in builds.items()}
+    images = {k: stored_images(b) for k, b in builds.items()}
+    for name, data in pics.items():
+        fast, full = rows[True][name], rows[False][name]
+        assert fast["status"] == full["status"] == "success", name
+        true_size = Image.open(io.BytesIO(data)).size
+        assert (fast["original_width"], fast["original_height"]) == true_size
+        assert (full["original_width"], full["original_height"]) == true_size
+        assert abs(fast["width"] - full["width"]) <= 1 and abs(fast["height"] - full["height"]) <= 1
+        a = Image.open(io.BytesIO(images[True][fast["key"]]))
+        b = Image.open(io.BytesIO(images[False][full["key"]]))
+        assert a.mode == b.mode == ("L" if name == "gray.jpg" else "RGB"), name
+        if name in ("png.png", "small.jpg"):
+            assert fast["stored_sha256"] == full["stored_sha256"], name
+        x = np.asarray(a.resize(b.size), dtype=float)
+        mse = ((x - np.asarray(b, dtype=float)) ** 2).mean()
+        assert 10 * np.log10(255 ** 2 / max(mse, 1e-9)) > 28, (name, mse)
+        assert hamming(np.array([fast["stored_phash"]]), np.array([full["stored_phash"]]))[0] <= 4
 
 
 def test_address_guard_and_host_interleaving(build, ray_cluster):

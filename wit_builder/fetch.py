@@ -11,7 +11,6 @@ fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar.
 """
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -47,6 +46,10 @@ class Config:
         "help": "format of the stored images", "choices": ENCODE_FORMATS})
     encode_quality: int = field(default=95, metadata={
         "help": "JPEG/WebP quality (0-100) or PNG compression (0-9) of stored images"})
+    reduced_decode: bool = field(default=True, metadata={
+        "help": "decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when that is "
+                "still at least --image-size, before img2dataset's resize: about half the CPU "
+                "per image; --no-reduced-decode decodes every image at full size"})
     timeout: float = field(default=10.0, metadata={
         "help": "seconds to wait for a connection or data before an image is a timeout"})
     retries: int = field(default=1, metadata={
@@ -275,7 +278,7 @@ def _task_settings(cfg: Config, oom: int) -> dict:
                    "max_image_bytes": cfg.max_image_bytes, "max_image_area": cfg.max_image_area},
         "resize": {"image_size": cfg.image_size, "resize_mode": cfg.resize_mode,
                    "encode_format": cfg.encode_format, "encode_quality": cfg.encode_quality,
-                   "max_image_area": cfg.max_image_area},
+                   "max_image_area": cfg.max_image_area, "reduced_decode": cfg.reduced_decode},
         "threads": cfg.threads, "shard_size": cfg.fetch_shard_size, "oom_shard_count": oom,
     }
 
@@ -299,6 +302,7 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
     from PIL import Image
 
     from .netguard import Fetcher, Policy
+    from .resizing import CvTap, Download, hashing_resizer
 
     oom = settings["oom_shard_count"]
     name = _shard_name(shard, oom)
@@ -322,12 +326,13 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
         index, url = row
         data, status, error = fetcher.fetch(url)
         outcomes[index] = (status, error, None if data is None else len(data))
-        return index, (None if data is None else _Download(index, data)), error
+        return index, (None if data is None else Download(index, data)), error
 
     r = settings["resize"]
     stored: dict[int, tuple[str, int]] = {}
-    tap = _EncodeTap(i2d_resizer.cv2)
-    resizer = _hashing(Resizer(
+    tap = CvTap(i2d_resizer.cv2, r["image_size"] if r["reduced_decode"] else None,
+                r["resize_mode"])
+    resizer = hashing_resizer(Resizer(
         r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
         encode_format=r["encode_format"], max_image_area=r["max_image_area"]), tap, stored)
     downloader = i2d.Downloader(
@@ -357,52 +362,6 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
     except OSError:  # another attempt finished first
         shutil.rmtree(out, ignore_errors=True)
     return summary
-
-
-class _Download(io.BytesIO):
-    """A downloaded image as img2dataset's resizer gets it, knowing its row."""
-
-    def __init__(self, index: int, data: bytes):
-        super().__init__(data)
-        self.index = index
-
-
-class _EncodeTap:
-    """Stands in for the cv2 module inside img2dataset's resizer, keeping the pixels
-    of the image it encodes last (the resizer runs in the shard's one main thread)."""
-
-    def __init__(self, cv2):
-        self.cv2 = cv2
-        self.pixels = None
-
-    def __getattr__(self, name: str):
-        return getattr(self.cv2, name)
-
-    def imencode(self, ext, img, *args, **kwargs):
-        self.pixels = img
-        return self.cv2.imencode(ext, img, *args, **kwargs)
-
-
-def _hashing(resizer, tap: _EncodeTap, stored: dict):
-    """`resizer`, also recording for each image it encodes the sha256 of the stored
-    bytes and the pHash of the pixels encoded (computed here, where they are already
-    decoded, so curate need not decode the image again)."""
-    import hashlib
-
-    from .phash import phash_array
-
-    def resize(img_stream, blurring_bbox_list=None):
-        tap.pixels = None
-        out = resizer(img_stream, blurring_bbox_list)
-        index = getattr(img_stream, "index", None)
-        if out[0] is not None and tap.pixels is not None and index is not None:
-            try:
-                stored[index] = (hashlib.sha256(out[0]).hexdigest(), phash_array(tap.pixels))
-            except Exception:  # an odd pixel layout: curate decodes and hashes it instead
-                pass
-        tap.pixels = None
-        return out
-    return resize
 
 
 def _status_table(plan, i2d_parquet: Path, outcomes: dict, stored: dict, shard: int,

@@ -1,0 +1,120 @@
+"""What fetch adds around img2dataset's resizer: JPEGs decoded at reduced scale, and
+a hash of every image stored.
+
+img2dataset's `Resizer` decodes each download at full size with
+`cv2.imdecode(..., IMREAD_UNCHANGED)`, resizes it and encodes it with `cv2.imencode`.
+Inside a fetch task, `CvTap` stands in for the `cv2` module the resizer sees:
+- `imdecode` decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when the
+  reduced image is still at least the target size on the side the resize mode
+  measures. The entropy decoding is the same, but the inverse DCT, colour conversion
+  and the resize that follows work on 1/4 to 1/64 of the pixels: about half the CPU
+  per web-size image. Gray JPEGs stay gray; EXIF orientation is ignored, as
+  IMREAD_UNCHANGED does. Anything else is decoded exactly as img2dataset would.
+- `imencode` keeps the pixels it is given, so `hashing_resizer` can hash them.
+`hashing_resizer` wraps the resizer: it reports the true original size of a reduced
+image, and records the sha256 of the stored bytes and the pHash of the stored pixels.
+The resizer runs in the fetch task's one main thread, so a tap serves one image at a
+time.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any, Callable
+
+SMALLEST_SIDE = ("keep_ratio", "center_crop")        # img2dataset's SmallestMaxSize
+LARGEST_SIDE = ("border", "keep_ratio_largest")      # its LongestMaxSize
+
+
+class Download(io.BytesIO):
+    """A downloaded image as img2dataset's resizer gets it, knowing its row."""
+
+    def __init__(self, index: int, data: bytes):
+        super().__init__(data)
+        self.index = index
+
+
+def reduction(width: int, height: int, target: int, resize_mode: str) -> int:
+    """The largest of 8, 4, 2 (else 1) by which a width x height JPEG can be decoded
+    while the side `resize_mode` scales to `target` stays at least `target`."""
+    if resize_mode in SMALLEST_SIDE:
+        side = min(width, height)
+    elif resize_mode in LARGEST_SIDE:
+        side = max(width, height)
+    else:  # "no": the stored image keeps the original size
+        return 1
+    for r in (8, 4, 2):
+        if -(-side // r) >= target:  # libjpeg rounds the scaled size up
+            return r
+    return 1
+
+
+class CvTap:
+    """Stands in for the cv2 module inside img2dataset's resizer (see the module doc)."""
+
+    def __init__(self, cv2, target: int | None, resize_mode: str):
+        self.cv2 = cv2
+        self.target, self.resize_mode = target, resize_mode
+        self.pixels = None       # what imencode was given last
+        self.original = None     # (width, height) of the last image decoded reduced
+
+    def __getattr__(self, name: str):
+        return getattr(self.cv2, name)
+
+    def imdecode(self, buf, flags):
+        self.original = None
+        if self.target and flags == self.cv2.IMREAD_UNCHANGED:
+            img = self._reduced(buf)
+            if img is not None:
+                return img
+        return self.cv2.imdecode(buf, flags)
+
+    def _reduced(self, buf):
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(buf)) as im:  # reads the header only
+                if im.format != "JPEG" or im.mode not in ("L", "RGB"):
+                    return None
+                width, height, gray = im.width, im.height, im.mode == "L"
+        except Exception:
+            return None
+        r = reduction(width, height, self.target, self.resize_mode)
+        if r == 1:
+            return None
+        cv2 = self.cv2
+        flag = {(2, False): cv2.IMREAD_REDUCED_COLOR_2, (4, False): cv2.IMREAD_REDUCED_COLOR_4,
+                (8, False): cv2.IMREAD_REDUCED_COLOR_8, (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+                (4, True): cv2.IMREAD_REDUCED_GRAYSCALE_4,
+                (8, True): cv2.IMREAD_REDUCED_GRAYSCALE_8}[r, gray]
+        img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        if img is not None:
+            self.original = (width, height)
+        return img
+
+    def imencode(self, ext, img, *args, **kwargs):
+        self.pixels = img
+        return self.cv2.imencode(ext, img, *args, **kwargs)
+
+
+def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple[str, int]]) -> Callable:
+    """`resizer` (img2dataset's, with `tap` as its cv2), reporting the true original
+    size of images decoded reduced and recording, per row index, the sha256 of the
+    stored bytes and the pHash of the stored pixels (computed here, where they are
+    already decoded, so curate need not decode the image again)."""
+    import hashlib
+
+    from .phash import phash_array
+
+    def resize(img_stream, blurring_bbox_list=None) -> tuple[Any, ...]:
+        tap.pixels, tap.original = None, None
+        out = resizer(img_stream, blurring_bbox_list)
+        if out[0] is not None and tap.original is not None:
+            out = (*out[:3], *tap.original, *out[5:])  # (img, w, h, original w, original h, err)
+        index = getattr(img_stream, "index", None)
+        if out[0] is not None and tap.pixels is not None and index is not None:
+            try:
+                stored[index] = (hashlib.sha256(out[0]).hexdigest(), phash_array(tap.pixels))
+            except Exception:  # an odd pixel layout: curate decodes and hashes it instead
+                pass
+        tap.pixels = None
+        return out
+    return resize
