@@ -434,7 +434,8 @@ def test_sql_examples_work_as_written(world, doc, capsys):
 
 
 @pytest.mark.slow  # Ray, a real server, a real fetch
-def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ray_cluster):
+def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ray_cluster,
+                                                             monkeypatch):
     """After a real fetch, curate decodes nothing: the pHash fetch computed is used
     while the stored bytes keep their sha256. Bytes changed since are decoded again."""
     files = tmp_path / "files"
@@ -472,7 +473,8 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
                     data = replacement
                 m.size = len(data)
                 tf.addfile(m, io.BytesIO(data))
-    res = curate.run(cfg, build, force=True)
+    monkeypatch.chdir(build.parent)  # a relative --out: Ray workers have another cwd
+    res = curate.run(cfg, Path(build.name), force=True)
     after = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
     assert after["p0.jpg"]["drop_reason"] == "undecodable" and after["p0.jpg"]["phash"] is None
     assert after["p1.jpg"]["phash_from"] == "decoded" and after["p1.jpg"]["keep"]

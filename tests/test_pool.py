@@ -4,6 +4,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,6 +87,12 @@ def test_every_format_in_one_pool(build, sources):
     # The first occurrence wins: files in name order, rows in file order.
     assert by_url["http://cc3m.test/1.jpg"]["source_uid"] is None   # cc3m.tsv sorts first
     assert pool.run(pool.Config(pool=[str(sources)]), build).skipped
+
+
+def test_relative_paths_work_with_ray_workers_elsewhere(ray_cluster, sources, monkeypatch):
+    monkeypatch.chdir(sources.parent)
+    res = pool.run(pool.Config(pool=[f"{sources.name}/*.tsv*"]), Path("wit-data"))
+    assert res.rows == 3 and rows(sources.parent / "wit-data")
 
 
 def test_parts_and_globs_give_the_same_pool(build, tmp_path, sources):

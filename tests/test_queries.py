@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 from collections import Counter
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -234,6 +235,15 @@ def test_exact_counts_of_every_word_and_bigram(ray_cluster, world, dump, build):
     s = res.summary["input"]
     assert s["articles"] == 4 + 80 and s["redirects_skipped"] == 2 and s["other_namespaces_skipped"] == 2
     assert s["words"] == world.total and s["chunks_counted"] > 3
+
+
+def test_relative_paths_work_with_ray_workers_elsewhere(ray_cluster, dump, tmp_path, monkeypatch):
+    """`--wiki dump.xml.bz2 --out wit-data` from the shell's directory, while Ray's
+    workers run in another one."""
+    shutil.copy(dump, tmp_path / "dump.xml.bz2")
+    monkeypatch.chdir(tmp_path)
+    res = run(Path("wit-data"), wiki=["dump.xml.bz2"], min_freq=100)
+    assert res.rows > 0 and "alpha" in table(tmp_path / "wit-data")
 
 
 def test_min_freq_boundary_99_100(ray_cluster, dump, build):

@@ -4,8 +4,9 @@ Ray workers read the fetch shards and record each image's size, sha256 and 64-bi
 DCT pHash (wit_builder.phash). Fetch already hashed the pixels it encoded; where the
 stored bytes still have the sha256 fetch recorded, that pHash is used and the image
 is not decoded again (`phash_from` = 'fetch'); any other image is decoded here.
-Then, in DuckDB, every selected sample gets `keep` and the first `drop_reason` that applies, in this order: failed_download, undecodable,
-too_small (--min-side), bad_aspect (--max-aspect), short_caption
+Then, in DuckDB, every selected sample gets `keep` and the first `drop_reason` that
+applies, in this order: failed_download, undecodable, too_small (--min-side),
+bad_aspect (--max-aspect), short_caption
 (--min-caption-words, --min-caption-chars), eval_set (--eval-images), exact_duplicate
 (same stored bytes), near_duplicate (pHash within --near-dup-bits, across the whole
 build). Dedup runs over the samples that pass the filters; of each group of
@@ -200,7 +201,8 @@ def _known_hashes(con) -> dict[str, tuple[list[str], Any]]:
     rows = con.execute("""SELECT fetch_tar, list(DISTINCT _status_file), any_value(fetch_shard)
                           FROM status WHERE status = 'success' AND stored_phash IS NOT NULL
                           GROUP BY 1""").fetchall()
-    return {tar: (files, shard) for tar, files, shard in rows}
+    # absolute: a Ray worker need not share the driver's working directory
+    return {tar: ([str(Path(f).resolve()) for f in files], shard) for tar, files, shard in rows}
 
 
 def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]]:
@@ -235,7 +237,7 @@ def _compute_facts(build: Path, shards: list[str], work: Path,
 
 
 def _eval_images(cfg: Config) -> list[Path]:
-    root = Path(cfg.eval_images).expanduser()
+    root = Path(cfg.eval_images).expanduser().absolute()  # Ray workers need not share our cwd
     if not root.is_dir():
         raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
                        "holding the evaluation images")
@@ -249,7 +251,7 @@ def _eval_images(cfg: Config) -> list[Path]:
 
 def _compute_eval(cfg: Config, files: list[Path], chunk: int = 256):
     import pyarrow as pa
-    root = str(Path(cfg.eval_images).expanduser())
+    root = str(Path(cfg.eval_images).expanduser().absolute())
     calls = [([str(p) for p in files[i:i + chunk]], root) for i in range(0, len(files), chunk)]
     parts = [pa.table(r) for r in cluster.map_tasks(eval_facts, calls, "curate: eval images", len(calls))]
     table = pa.concat_tables(parts)

@@ -53,7 +53,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def expand_inputs(patterns: list[str], what: str, flag: str,
                   suffixes: tuple[str, ...] | None = None) -> list[Path]:
-    """Expand files, directories and globs into a sorted list of files.
+    """Expand files, directories and globs into a sorted list of absolute file paths.
 
     Raises WitError naming the flag when a pattern matches nothing.
     """
@@ -73,7 +73,7 @@ def expand_inputs(patterns: list[str], what: str, flag: str,
         if not hits:
             raise WitError(f"{flag} {pat}: matches no {what} files"
                            + (f" (looked for {', '.join(suffixes)})" if suffixes else ""))
-        out.extend(hits)
+        out.extend(h.absolute() for h in hits)  # Ray workers need not share our cwd
     return out
 
 

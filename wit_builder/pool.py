@@ -82,7 +82,7 @@ def find_files(patterns: list[str]) -> list[Path]:
     out: list[Path] = []
     for pat in patterns:
         hits = expand_inputs([pat], "pool", "--pool")
-        explicit = len(hits) == 1 and Path(pat).expanduser() == hits[0]
+        explicit = len(hits) == 1 and Path(pat).expanduser().absolute() == hits[0]
         known = [h for h in hits if fmt_of(h, strict=explicit)]
         if not known:
             raise WitError(f"--pool {pat}: no Parquet, CSV, TSV or JSONL files (.gz too) there")

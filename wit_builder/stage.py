@@ -99,7 +99,7 @@ def run_stage(build: str | Path, stage: str, params: dict[str, Any],
     `inputs` are upstream stages whose records must exist (their run ids become
     part of what decides a skip).
     """
-    build = Path(build)
+    build = Path(build).absolute()  # Ray workers need not share our working directory
     upstream = {name: require(build, name) for name in inputs}  # before creating anything
     build.mkdir(parents=True, exist_ok=True)
     key = {"params": params, "inputs": {n: r["run_id"] for n, r in upstream.items()}}
