@@ -48,8 +48,9 @@ class Config:
         "help": "JPEG/WebP quality (0-100) or PNG compression (0-9) of stored images"})
     reduced_decode: bool = field(default=True, metadata={
         "help": "decode a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when that is "
-                "still at least --image-size, before img2dataset's resize: about half the CPU "
-                "per image; --no-reduced-decode decodes every image at full size"})
+                "still at least --image-size, before img2dataset's resize: about half the "
+                "decoding and resizing work on large images (default: on); "
+                "--no-reduced-decode decodes every image at full size"})
     timeout: float = field(default=10.0, metadata={
         "help": "seconds to wait for a connection or data before an image is a timeout"})
     retries: int = field(default=1, metadata={
