@@ -5,7 +5,8 @@
 The hashes are random 64-bit strings with exactly 32 bits set (a DCT pHash sets the
 bits above the median of 64 coefficients, so it always has 32), plus planted near
 copies at 0..bits+2 bits from a random original. The search is curate's: multi-index
-hashing in DuckDB (`wit_builder.phash.near_pairs`) and connected components in numpy.
+hashing in DuckDB (`wit_builder.phash.near_pairs`) and the greedy keep in numpy
+(`wit_builder.phash.keepers`).
 It checks that every planted pair within the threshold is found and that no pair
 beyond it is reported. `--compare` also runs the plain k+1-exact-bands plan on the
 same hashes, to show what the band planning buys.
@@ -20,7 +21,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from wit_builder.phash import components, hamming, near_pairs
+from wit_builder.phash import hamming, keepers, near_pairs
 
 
 def peak_mb() -> float:
@@ -71,7 +72,7 @@ def search(hashes: np.ndarray, bits: int, bands: int | None = None):
     a = found["a"].to_numpy()
     b = found["b"].to_numpy()
     t0 = time.perf_counter()
-    labels = components(len(hashes), a, b)
+    labels = keepers(len(hashes), a, b)
     t_cc = time.perf_counter() - t0
     con.close()
     return a, b, labels, stats, t_pairs, t_cc
@@ -101,7 +102,7 @@ def main() -> None:
         groups = len(np.unique(labels))
         print(f"{name:12s} bands {stats['bands']} (flip radius {stats['radius']}, "
               f"{stats['flips_per_band']} probes per band): pairs {len(a):,} in {t_pairs:.1f} s, "
-              f"components {t_cc:.2f} s -> {groups:,} groups; "
+              f"greedy keep {t_cc:.2f} s -> {groups:,} kept; "
               f"planted pairs missed {missed}, pairs beyond threshold {too_far}; "
               f"peak RSS {peak_mb():,.0f} MB (before the search {base_mb:,.0f} MB)")
         assert missed == 0 and too_far == 0

@@ -19,7 +19,7 @@ from PIL import Image
 from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, write_selected
 from wit_builder import catalog, cli, curate, fetch, imageserver
 from wit_builder.errors import WitError
-from wit_builder.phash import (components, hamming, inspect_image, near_pairs, phash_array,
+from wit_builder.phash import (hamming, inspect_image, keepers, near_pairs, phash_array,
                                phash_bytes, phash_pixels, plan_bands)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,7 +132,7 @@ def test_undecodable_bytes_are_reported_not_raised():
 
 
 # ---------------------------------------------------------------------------------
-# Near-duplicate search and components
+# Near-duplicate search and the greedy keep
 
 
 def brute_pairs(a, b, k, self_join):
@@ -181,24 +181,27 @@ def test_band_plan_scales_with_the_number_of_hashes():
     assert plan_bands(1_000_000, 1_000_000, 4, True) == (3, 1)  # large: wider bands, 1 flip
 
 
-def test_components_are_labelled_by_their_smallest_node():
+def test_keepers_follow_the_sequential_greedy_rule():
+    """Take nodes in id order; keep one unless a kept node is its neighbour, else name
+    the smallest kept neighbour. The numpy rounds must give exactly that."""
     rng = np.random.default_rng(5)
-    n = 300
-    a, b = rng.integers(0, n, 200), rng.integers(0, n, 200)
-    labels = components(n, a, b)
-    adj = {i: set() for i in range(n)}
-    for x, y in zip(a, b):
-        adj[x].add(y)
-        adj[y].add(x)
-    for start in range(n):
-        seen, todo = {start}, [start]
-        while todo:
-            for nxt in adj[todo.pop()] - seen:
-                seen.add(nxt)
-                todo.append(nxt)
-        assert labels[start] == min(seen)
-    assert components(3, [], []).tolist() == [0, 1, 2]
-    assert components(4, [3, 2, 1], [2, 1, 0]).tolist() == [0, 0, 0, 0]  # a chain
+    for n, m in [(300, 200), (300, 900), (50, 600), (1000, 3000)]:
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        adj = {i: set() for i in range(n)}
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x != y:
+                adj[x].add(y)
+                adj[y].add(x)
+        want, kept = [], set()
+        for v in range(n):
+            near = sorted(u for u in adj[v] if u in kept)
+            want.append(near[0] if near else v)
+            if not near:
+                kept.add(v)
+        assert keepers(n, a, b).tolist() == want
+    assert keepers(3, [], []).tolist() == [0, 1, 2]
+    # a chain 0-1-2-3: 1 is a copy of 0, so 2 has no kept neighbour and stays
+    assert keepers(4, [3, 2, 1], [2, 1, 0]).tolist() == [0, 0, 2, 2]
 
 
 # ---------------------------------------------------------------------------------

@@ -51,6 +51,18 @@ def test_eval_images_never_reach_the_shards(demo_run):
     assert leaked == [{"n": 0}] and dropped[0]["n"] > 0
 
 
+def test_every_near_duplicate_is_near_the_sample_it_names(demo_run):
+    """The demo's simple pictures form long runs of near pairs; none may chain."""
+    out, _, _ = demo_run
+    bits = json.loads((out / "_stages" / "curate.json").read_text())["params"]["near_dup_bits"]
+    rows = catalog.query(out, """
+        SELECT count(*) AS n, max(bit_count(xor(s.phash, k.phash))) AS far,
+               count(*) FILTER (WHERE NOT k.keep) AS keeper_dropped
+        FROM samples s JOIN samples k ON k.uid = s.duplicate_of
+        WHERE s.drop_reason = 'near_duplicate'""").to_pylist()[0]
+    assert rows["n"] > 0 and rows["far"] <= bits and rows["keeper_dropped"] == 0, rows
+
+
 class _Refs(HTMLParser):
     def __init__(self):
         super().__init__()

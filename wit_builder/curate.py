@@ -390,14 +390,15 @@ def _dedup(con, k: int) -> dict[str, Any]:
     """Table `dups` (rid, reason, duplicate_of) over the samples passing every filter.
 
     Samples are ranked by original image area (largest first), then stored bytes
-    (of two encodings of one picture, the larger is usually the better), then uid; each exact group
-    (same image_sha256: identical bytes in the shards) keeps its best-ranked member. Those representatives are then
-    grouped by pHash distance <= k (connected components over multi-index-hashing
-    pairs) and each component keeps its best-ranked member.
+    (of two encodings of one picture, the larger is usually the better), then uid;
+    each exact group (same image_sha256: identical bytes in the shards) keeps its
+    best-ranked member. Those representatives are then taken in rank order, and one
+    is dropped when its pHash is within k bits of one already kept (pairs from
+    multi-index hashing, `phash.keepers`), naming the best-ranked such sample.
     """
     import numpy as np
     import pyarrow as pa
-    from .phash import components, near_pairs
+    from .phash import keepers, near_pairs
     con.execute("""
         CREATE TABLE d AS
         SELECT rid, uid, image_sha256 AS sha256, phash,
@@ -424,7 +425,7 @@ def _dedup(con, k: int) -> dict[str, Any]:
         a = b = np.zeros(0, dtype=np.int64)
     best = con.sql("SELECT best FROM nodes ORDER BY id").to_arrow_table()["best"].to_numpy()
     final = pa.table({"id": np.arange(n, dtype=np.int64),
-                      "final_rank": best[components(n, a, b)] if n else best})
+                      "final_rank": best[keepers(n, a, b)] if n else best})
     con.register("final_arrow", final)
     con.execute(f"""
         CREATE TABLE dups AS

@@ -268,29 +268,40 @@ def near_pairs(con, left: str, k: int, right: str | None = None,
                    "pairs": table.num_rows}
 
 
-def components(n: int, a, b) -> np.ndarray:
-    """Connected components of a graph on nodes 0..n-1 with edges (a[i], b[i]).
+def keepers(n: int, a, b) -> np.ndarray:
+    """Greedy dedup on nodes 0..n-1 (a smaller id is preferred) with edges (a[i], b[i]).
 
-    Returns for every node the smallest node id in its component (so numbering
-    nodes by preference makes the label the preferred member). Hook-and-compress
-    with numpy: labels only decrease, and pointer jumping keeps rounds few.
+    Nodes are taken in id order: a node is kept unless an already kept node is its
+    neighbour, in which case it is a duplicate of the smallest such node. Returns for
+    every node the node it is kept as (itself when kept). Unlike connected
+    components, this never chains: a dropped node is always within one edge (k bits)
+    of the node it names, however long a path of near duplicates runs through it.
+
+    The sequential rule is computed in parallel rounds over the edge list (numpy): a
+    node is decided once every smaller neighbour is; it is dropped as soon as one
+    smaller neighbour is kept. Each round decides at least the smallest undecided node.
     """
-    lab = np.arange(n, dtype=np.int64)
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
-    if len(a) == 0:
-        return lab
+    lo_all, hi_all = np.minimum(a, b), np.maximum(a, b)
+    lo, hi = lo_all[lo_all != hi_all], hi_all[lo_all != hi_all]
+    state = np.zeros(n, dtype=np.int8)  # 0 undecided, 1 kept, 2 dropped
     while True:
-        la, lb = lab[a], lab[b]
-        low = np.minimum(la, lb)
-        new = lab.copy()
-        for idx in (la, lb, a, b):
-            np.minimum.at(new, idx, low)
-        while True:  # pointer jumping until every node points at a root
-            nxt = new[new]
-            if np.array_equal(nxt, new):
-                break
-            new = nxt
-        if np.array_equal(new, lab):
-            return lab
-        lab = new
+        undecided = state == 0
+        if not undecided.any():
+            break
+        kept_below = np.zeros(n, dtype=bool)
+        kept_below[hi[state[lo] == 1]] = True
+        open_below = np.zeros(n, dtype=bool)
+        open_below[hi[state[lo] == 0]] = True
+        state[undecided & kept_below] = 2
+        state[undecided & ~kept_below & ~open_below] = 1
+        still = state[hi] == 0  # only edges into undecided nodes can decide anything
+        lo, hi = lo[still], hi[still]
+    out = np.arange(n, dtype=np.int64)
+    to_kept = (state[lo_all] == 1) & (state[hi_all] == 2)
+    best = np.full(n, n, dtype=np.int64)
+    np.minimum.at(best, hi_all[to_kept], lo_all[to_kept])
+    dropped = state == 2
+    out[dropped] = best[dropped]
+    return out
