@@ -31,10 +31,10 @@ EXTRA = {
 }
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, out: str = "./wit-data") -> None:
     g = p.add_argument_group("common")
     g.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR",
-                   help="build directory (default: ./wit-data)")
+                   help=f"build directory (default: {out})")
     g.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="rerun even if the output is complete with the same parameters")
     g.add_argument("--ray-address", default=argparse.SUPPRESS, metavar="ADDR",
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=help_, description=(mod.__doc__ or "").strip())
         mod.add_arguments(p)
-        _common(p)
+        _common(p, {"demo": "./wit-demo", "run": "the recipe's [build] out, else ./wit-data"}
+                .get(name, "./wit-data"))
     return parser
 
 
