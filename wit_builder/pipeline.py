@@ -29,30 +29,33 @@ def module(name: str):
     return importlib.import_module(STAGES[name])
 
 
-def check(settings: dict[str, dict[str, Any]], stages: list[str], where: str = "settings") -> None:
-    """Check every stage's settings before any stage runs, so that a mistake in the
-    last stage's settings is not found after hours of the first."""
+def configs(settings: dict[str, dict[str, Any]], stages: list[str],
+            where: str = "settings") -> dict[str, Any]:
+    """Every stage's Config, built and checked before any stage runs, so that a
+    mistake in the last stage's settings is not found after hours of the first."""
+    out = {}
     for name in stages:
         mod = module(name)
-        cfg = cfgmod.from_mapping(mod.Config, settings.get(name, {}), where=f"{where} [{name}]")
+        out[name] = cfgmod.from_mapping(mod.Config, settings.get(name, {}), where=f"{where} [{name}]")
         if hasattr(mod, "check"):
-            mod.check(cfg)
+            mod.check(out[name])
+    return out
 
 
 def run_stages(build: Path, settings: dict[str, dict[str, Any]], stages: list[str],
                force: bool = False, report: Callable[[str, Any], None] | None = None,
-               where: str = "settings") -> list[Any]:
+               where: str = "settings", before: Callable[[str], None] | None = None) -> list[Any]:
     """Run `stages` in order with per-stage settings; finished stages are skipped.
 
     `settings[stage]` is a dict of that stage's Config fields; `force` reruns all.
-    `report(stage, result)` is called after each stage. All settings are checked first.
+    All settings are checked first; `before(stage)` and `report(stage, result)` are
+    called around each stage.
     """
-    check(settings, stages, where)
     results = []
-    for name in stages:
-        mod = module(name)
-        cfg = cfgmod.from_mapping(mod.Config, settings.get(name, {}), where=f"{where} [{name}]")
-        res = mod.run(cfg, build, force=force)
+    for name, cfg in configs(settings, stages, where).items():
+        if before:
+            before(name)
+        res = module(name).run(cfg, build, force=force)
         if report:
             report(name, res)
         results.append(res)

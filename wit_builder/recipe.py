@@ -91,17 +91,21 @@ def run(recipe: dict[str, Any], build: Path, force: bool = False,
     from . import steps
     results: dict[str, Any] = {}
     stages = [s for s in pipeline.STAGES if s in recipe]
-    pipeline.check(recipe, stages, where)  # every section, before the first stage starts
-    for step in AFTER:
+    for step in AFTER:  # checked with the stages' settings, before the first stage starts
         if step in recipe:
             steps.check(step, recipe[step], build)
-    for name in stages:
+    started: dict[str, float] = {}
+
+    def before(name: str) -> None:
         echo(f"== {name}")
-        t0 = time.time()
-        res = pipeline.run_stages(build, recipe, [name], force=force, where=where)[0]
+        started[name] = time.time()
+
+    def report(name: str, res: Any) -> None:
         print_result(res)
         results[name] = res
-        results.setdefault("_seconds", {})[name] = time.time() - t0
+        results.setdefault("_seconds", {})[name] = time.time() - started[name]
+    pipeline.run_stages(build, recipe, stages, force=force, report=report, where=where,
+                        before=before)
     for step in AFTER:
         if step in recipe:
             echo(f"== {step}")

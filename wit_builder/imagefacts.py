@@ -1,0 +1,132 @@
+"""Image facts for curate, computed in Ray workers: per image its size, byte count,
+sha256, 64-bit pHash (wit_builder.phash) and whether it decodes.
+
+Fetch already hashed the pixels it stored; where the stored bytes still have the
+sha256 fetch recorded, that pHash is used and the image is not decoded again
+(`phash_from` = 'fetch'); any other image is decoded here (`phash_from` = 'decoded').
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+
+
+def facts_schema():
+    import pyarrow as pa
+    return pa.schema([("fetch_tar", pa.string()), ("key", pa.string()),
+                      ("image_format", pa.string()), ("image_offset", pa.int64()),
+                      ("image_bytes", pa.int64()), ("image_sha256", pa.string()),
+                      ("width", pa.int32()),
+                      ("height", pa.int32()), ("phash", pa.int64()),
+                      ("phash_from", pa.string()), ("decode_error", pa.string())])
+
+
+def image_facts(blobs: list[bytes], known: list[tuple[str, int] | None] | None = None
+                ) -> dict[str, list]:
+    """Facts for a batch of encoded images: image_bytes, image_sha256, width, height,
+    phash, phash_from, decode_error.
+
+    `known[i]`, if given, is (sha256, pHash) fetch recorded for image i: when the bytes
+    still have that sha256 the pHash is taken as is and the image is not decoded
+    (width and height then come from fetch's row). The others are decoded and their
+    pHashes computed in one vectorised batch.
+    """
+    import numpy as np
+    from .phash import inspect_image, phash_pixels
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    known = known or [None] * len(blobs)
+    reuse = [k is not None and k[0] == sha for k, sha in zip(known, shas)]
+    none = {"width": None, "height": None, "pixels": None, "error": None}
+    facts = [none if r else inspect_image(b) for b, r in zip(blobs, reuse)]
+    ok = [i for i, f in enumerate(facts) if f["pixels"] is not None]
+    hashes: list[int | None] = [k[1] if r else None for k, r in zip(known, reuse)]
+    if ok:
+        values = phash_pixels(np.stack([facts[i]["pixels"] for i in ok])).view(np.int64)
+        for i, h in zip(ok, values.tolist()):
+            hashes[i] = h
+    return {"image_bytes": [len(b) for b in blobs], "image_sha256": shas,
+            "width": [f["width"] for f in facts], "height": [f["height"] for f in facts],
+            "phash": hashes,
+            "phash_from": ["fetch" if r else "decoded" if h is not None else None
+                           for r, h in zip(reuse, hashes)],
+            "decode_error": [f["error"] for f in facts]}
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """WebDataset naming: 'dir/000001.jpg' -> ('dir/000001', 'jpg')."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext.lower()
+
+
+def shard_facts(tar_path: str, rel: str, out: str, known_in: tuple[list[str], Any] | None = None,
+                batch: int = 512) -> dict[str, Any]:
+    """Facts of every image member of one tar, written to `out` (Parquet).
+
+    `known_in` is (status files, fetch_shard) holding the sha256 and pHash fetch
+    recorded for this tar's images (see _known_hashes).
+    Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols: dict[str, list] = {name: [] for name in facts_schema().names}
+    blobs: list[bytes] = []
+    known = _read_known(*known_in) if known_in else {}
+
+    def flush() -> None:
+        keys = cols["key"][len(cols["key"]) - len(blobs):]
+        for name, values in image_facts(blobs, [known.get(k) for k in keys]).items():
+            cols[name].extend(values)
+        blobs.clear()
+
+    seen = set()
+    try:
+        with tarfile.open(tar_path, "r:") as tf:
+            for member in tf:
+                key, ext = _member_key(member.name)
+                if not member.isfile() or ext not in IMAGE_EXTS or key in seen:
+                    continue
+                seen.add(key)
+                cols["fetch_tar"].append(rel)
+                cols["key"].append(key)
+                cols["image_format"].append(ext)
+                cols["image_offset"].append(member.offset_data)
+                blobs.append(tf.extractfile(member).read())
+                if len(blobs) >= batch:
+                    flush()
+        flush()
+    except (tarfile.TarError, OSError) as e:
+        return {"shard": rel, "error": f"{type(e).__name__}: {e}"}
+    table = pa.table(cols, schema=facts_schema())
+    tmp = f"{out}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp)
+    os.replace(tmp, out)  # a finished shard survives a killed run
+    return {"shard": rel, "images": table.num_rows}
+
+
+def eval_facts(paths: list[str], root: str) -> dict[str, list]:
+    """sha256 and pHash of evaluation image files (path relative to `root`)."""
+    blobs = [Path(p).read_bytes() for p in paths]
+    facts = image_facts(blobs)
+    return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["image_sha256"],
+            "phash": facts["phash"], "decode_error": facts["decode_error"]}
+
+
+def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]]:
+    """key -> (stored_sha256, stored_phash) of one fetch tar's successful rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    cols = ["key", "status", "fetch_shard", "stored_sha256", "stored_phash"]
+    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    mine = pc.and_(pc.and_(pc.equal(t["status"], "success"),
+                           pc.equal(t["fetch_shard"], pa.scalar(fetch_shard, t["fetch_shard"].type))),
+                   pc.is_valid(t["stored_phash"]))
+    t = t.filter(mine)
+    return dict(zip(t["key"].to_pylist(),
+                    zip(t["stored_sha256"].to_pylist(), t["stored_phash"].to_pylist())))
