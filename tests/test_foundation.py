@@ -16,7 +16,7 @@ import pytest
 
 from wit_builder import catalog, cli
 from wit_builder.errors import WitError
-from wit_builder.stage import StageOutput, read_record, run_stage
+from wit_builder.stage import StageOutput, committed, read_record, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -150,7 +150,7 @@ def test_killed_stage_is_redone_not_skipped(build):
 
 def test_malformed_parquet_is_a_clear_error(build, capsys):
     numbers_stage(build)
-    (build / "numbers" / "part-00000.parquet").write_bytes(b"PAR1 this is not parquet")
+    (committed(build, "numbers") / "part-00000.parquet").write_bytes(b"PAR1 this is not parquet")
     code, _, err = sql(build, "SELECT * FROM numbers", capsys=capsys)
     assert code == 2 and "Traceback" not in err
     assert "part-00000.parquet" in err

@@ -8,12 +8,15 @@ or copied and still be queried (with the duckdb CLI: `cd wit-data && duckdb cata
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .errors import WitError
 
 DB_NAME = "catalog.duckdb"
+_catalog_path: Path | None = None  # --catalog: where a remote build's catalog lives
 # Statement types `wit-build sql` accepts; everything else is refused.
 READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
@@ -22,11 +25,35 @@ def _quote(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def connect(build: str | Path, read_only: bool = False):
+def set_path(path: str | None) -> None:
+    """`--catalog PATH`: the local catalog file for this command's (remote) build."""
+    global _catalog_path
+    _catalog_path = Path(path).expanduser().absolute() if path else None
+
+
+def db_path(build) -> Path:
+    """catalog.duckdb: inside a local build; for a remote build (a DuckDB file cannot
+    live in a bucket) a local, rebuildable cache under ~/.cache/wit/catalogs/, or
+    --catalog."""
+    if _catalog_path is not None:
+        return _catalog_path
+    if not storage.is_remote(build):
+        return Path(build) / DB_NAME
+    key = hashlib.sha256(str(build).encode()).hexdigest()[:16]
+    return storage.cache_dir("catalogs", key) / DB_NAME
+
+
+def connect(build, read_only: bool = False):
     """A DuckDB connection to the build's catalog with paths resolved against it."""
     import duckdb
-    build = Path(build)
-    db = build / DB_NAME
+    build = storage.location(build)
+    db = db_path(build)
+    if read_only and storage.is_remote(build):
+        storage.check_reachable(build)
+        if not (build / "_stages").exists():
+            raise WitError(f"{build}: no wit build here (no _stages/ records); check --out, "
+                           "or run a stage first")
+        refresh(build)  # a local cache of the bucket's records: bring it up to date
     if read_only and not db.exists():
         raise WitError(f"{build}: no catalog here ({DB_NAME} missing); check --out, "
                        f"or run a stage first, or `wit-build catalog rebuild --out {build}`")
@@ -35,11 +62,14 @@ def connect(build: str | Path, read_only: bool = False):
     except duckdb.Error as e:
         raise WitError(f"{db}: cannot open the catalog ({e}); "
                        f"`wit-build catalog rebuild --out {build}` recreates it") from None
-    con.execute(f"SET file_search_path = {_quote(str(build.resolve()))}")
+    if storage.is_remote(build):
+        storage.register(con, build)
+    else:
+        con.execute(f"SET file_search_path = {_quote(str(Path(build).resolve()))}")
     return con
 
 
-def _views(build: Path) -> dict[str, str]:
+def _views(build) -> dict[str, str]:
     """View name -> relative glob, later stages overriding earlier ones."""
     from .stage import records
     views: dict[str, str] = {}
@@ -50,7 +80,10 @@ def _views(build: Path) -> dict[str, str]:
 
 def refresh(build: str | Path) -> list[str]:
     """(Re)create every view and the `stages` view from the stage records."""
-    build = Path(build)
+    build = storage.location(build)
+    remote = storage.is_remote(build)
+    # Local views are relative (a moved build still answers); remote ones are URLs.
+    where = (lambda rel: str(build / rel)) if remote else (lambda rel: rel)
     con = connect(build)
     try:
         made = []
@@ -58,13 +91,13 @@ def refresh(build: str | Path) -> list[str]:
             if not list(build.glob(rel)):
                 continue  # an output removed by hand: leave no view that errors on use
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-                        f"{_quote(rel)}, union_by_name = true)")
+                        f"{_quote(where(rel))}, union_by_name = true)")
             made.append(name)
-        if list((build / "_stages").glob("*.json")):
+        if (build / "_stages").exists() and list((build / "_stages").glob("*.json")):
             con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, status, "
                         "params::JSON::VARCHAR AS parameters, started::TIMESTAMPTZ AS started, "
                         "finished::TIMESTAMPTZ AS finished, seconds, rows "
-                        "FROM read_json('_stages/*.json', union_by_name = true, "
+                        f"FROM read_json({_quote(where('_stages/*.json'))}, union_by_name = true, "
                         "maximum_object_size = 67108864) ORDER BY finished")
             made.append("stages")
         return made
@@ -74,13 +107,15 @@ def refresh(build: str | Path) -> list[str]:
 
 def rebuild(build: str | Path) -> list[str]:
     """Delete catalog.duckdb and recreate it from the Parquet files and stage records."""
-    build = Path(build)
-    if not build.is_dir():
+    build = storage.location(build)
+    storage.check_reachable(build)
+    if not build.exists():
         raise WitError(f"--out {build}: no such build directory")
-    if not (build / "_stages").is_dir():
+    if not (build / "_stages").exists():
         raise WitError(f"--out {build}: not a wit build directory (no _stages/ folder)")
+    db = db_path(build)
     for suffix in ("", ".wal"):
-        (build / (DB_NAME + suffix)).unlink(missing_ok=True)
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
     return refresh(build)
 
 
@@ -128,11 +163,13 @@ def describe(build: str | Path) -> dict[str, Any]:
 
 
 def scratch(work: str | Path, memory_limit: str | None = "4GB", db: str | Path | None = None,
-            keep_order: bool = True):
+            keep_order: bool = True, remote=None):
     """A DuckDB connection for a stage's own set logic, spilling to `work`/duckdb-tmp.
 
-    `memory_limit` bounds DuckDB (its default is 80% of the machine); `db` makes it
-    file-backed; `keep_order=False` lets unordered queries skip insertion order.
+    `work` is a local folder (a stage's `ctx.scratch`); `memory_limit` bounds DuckDB
+    (its default is 80% of the machine); `db` makes it file-backed; `keep_order=False`
+    lets unordered queries skip insertion order; `remote` (a build location) lets it
+    read and write that location's URLs.
     """
     import duckdb
     tmp = Path(work) / "duckdb-tmp"
@@ -148,4 +185,6 @@ def scratch(work: str | Path, memory_limit: str | None = "4GB", db: str | Path |
     con.execute(f"SET temp_directory = {_quote(str(tmp))}")
     if not keep_order:
         con.execute("SET preserve_insertion_order = false")
+    if remote is not None:
+        storage.register(con, remote)
     return con

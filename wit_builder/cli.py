@@ -33,8 +33,15 @@ EXTRA = {
 
 def _common(p: argparse.ArgumentParser, out: str = "./wit-data") -> None:
     g = p.add_argument_group("common")
-    g.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR",
-                   help=f"build directory (default: {out})")
+    g.add_argument("--out", default=argparse.SUPPRESS, metavar="URL",
+                   help=f"build directory: a path, file://, s3:// or gs:// URL (default: {out})")
+    g.add_argument("--storage-options", default=argparse.SUPPRESS, metavar="JSON",
+                   help="filesystem options for s3:// / gs:// URLs as a JSON object, e.g. "
+                   '\'{"endpoint_url": "http://127.0.0.1:9000"}\' (credentials otherwise come '
+                   "from AWS_* variables, ~/.aws or GOOGLE_APPLICATION_CREDENTIALS)")
+    g.add_argument("--catalog", default=argparse.SUPPRESS, metavar="PATH",
+                   help="local catalog file for a remote build (default: a cache under "
+                   "~/.cache/wit/catalogs/)")
     g.add_argument("--force", action="store_true", default=argparse.SUPPRESS,
                    help="rerun even if the output is complete with the same parameters")
     g.add_argument("--ray-address", default=argparse.SUPPRESS, metavar="ADDR",
@@ -105,7 +112,11 @@ def print_result(res) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    build = Path(getattr(args, "out", "wit-data"))
+    from . import catalog, storage
+    if getattr(args, "storage_options", None):
+        storage.set_options(args.storage_options)
+    catalog.set_path(getattr(args, "catalog", None))
+    build = storage.location(getattr(args, "out", "wit-data"))
     if getattr(args, "ray_address", None):
         os.environ["RAY_ADDRESS"] = args.ray_address
     force = getattr(args, "force", False)

@@ -1,17 +1,32 @@
-"""Ray in one place: local Ray sized to the machine, or a cluster by address."""
+"""Ray in one place: started or joined once per command, and one executor for every
+stage's parallel work.
+
+Without --ray-address / RAY_ADDRESS a command starts a private local Ray sized to the
+machine (never a `ray start` cluster that happens to run here, nor the stale address
+file a dead one leaves behind); with one, it joins that cluster. `run_units` runs a
+stage's units as Ray tasks: bounded in flight, retried, each under a time limit,
+with a progress bar, a WitError raised in a task surfacing as itself.
+"""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
+
+# Variables a task on another node needs to reach the same stores (no secrets).
+FORWARD_ENV = ("WIT_STORAGE_OPTIONS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION",
+               "AWS_DEFAULT_REGION", "NO_ALBUMENTATIONS_UPDATE", "WANDB_MODE")
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start (or join) Ray once per process.
 
-    `address` (or RAY_ADDRESS) joins an existing cluster; otherwise a local Ray is
-    started with one CPU per core, no dashboard, and auth disabled (no token file
+    `address` (or RAY_ADDRESS) joins an existing cluster; otherwise a private local Ray
+    is started with one CPU per core, no dashboard, and auth disabled (no token file
     in $HOME).
     """
     import ray
@@ -23,12 +38,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Workers start with the driver's cwd on sys.path; keep their logs quiet.
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     address = address or os.environ.get("RAY_ADDRESS") or None
+    env = {k: os.environ[k] for k in FORWARD_ENV if os.environ.get(k)}
     common = dict(logging_level=logging.WARNING, log_to_driver=True,
-                  ignore_reinit_error=True)
+                  ignore_reinit_error=True, runtime_env={"env_vars": env} if env else None)
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **common)
+        # address="local": a new instance even when another runs on this machine.
+        saved = os.environ.pop("RAY_ADDRESS", None)
+        try:
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
+                     include_dashboard=False, **common)
+        finally:
+            if saved is not None:
+                os.environ["RAY_ADDRESS"] = saved
     _quiet_ray_data()
 
 
@@ -70,31 +93,113 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             shutdown()
 
 
-def map_tasks(fn: Callable, calls: Iterable[tuple], desc: str, total: int | None = None,
-              in_flight: int | None = None) -> list[Any]:
-    """Run `fn(*args)` as Ray tasks (1 CPU each) for every args tuple in `calls`.
+@dataclass
+class Outcome:
+    """What `run_units` did: results by unit index, and the units that failed every try."""
+    results: dict[int, Any] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
 
-    At most `in_flight` tasks are pending at once (default: twice the CPUs), so a
-    lazily produced `calls` never floods the object store. Results are returned in
-    completion order; a progress bar named `desc` shows on a terminal.
+    def ordered(self) -> list[Any]:
+        return [self.results[i] for i in sorted(self.results)]
+
+
+def _user_error(e: BaseException):
+    """The WitError inside a Ray task error, if that is what the task raised."""
+    from .errors import WitError
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, WitError):
+        return WitError(str(cause))
+    if isinstance(e, WitError):
+        return WitError(str(e).strip().splitlines()[-1])
+    return None
+
+
+def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | None = None,
+              in_flight: int | None = None, retries: int = 2, time_limit: float | None = None,
+              num_cpus: float = 1.0, done: int = 0, raise_failed: bool = True,
+              on_result: Callable[[Any], str | None] | None = None,
+              unit: str = "task") -> Outcome:
+    """Run `fn(*args)` as a Ray task for every args tuple in `units`.
+
+    The stage passes only the units that are not done yet (`done` counts the others,
+    for the progress bar). At most `in_flight` tasks run at once (default: twice the
+    CPUs), so a lazily produced `units` never floods the object store. A task that
+    crashes, is killed, or outlives `time_limit` seconds (it is cancelled) is tried
+    again up to `retries` times; a WitError it raises is the user's mistake and is
+    raised here at once. With `raise_failed`, a unit that failed every try raises
+    RuntimeError; otherwise it is reported in `Outcome.failed`. `on_result` may
+    return a progress-bar postfix.
     """
     import ray
     from tqdm import tqdm
     ensure_ray()
-    remote = ray.remote(num_cpus=1)(fn)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(fn)
     limit = in_flight or 2 * cpus()
-    pending, results = [], []
-    with tqdm(total=total, desc=desc, unit="task", disable=None) as bar:
-        def collect(num: int) -> None:
-            nonlocal pending
-            done, pending = ray.wait(pending, num_returns=num)
-            results.extend(ray.get(done))
-            bar.update(len(done))
+    source = iter(enumerate(units))
+    again: deque = deque()
+    inflight: dict = {}
+    stopped: set = set()
+    out = Outcome()
+    total = None if total is None else total + done
+    with tqdm(total=total, initial=done, desc=desc, unit=unit, disable=None,
+              mininterval=0.5) as bar:
+        def submit() -> bool:
+            if again:
+                index, args, tries = again.popleft()
+            else:
+                nxt = next(source, None)
+                if nxt is None:
+                    return False
+                (index, args), tries = nxt, 0
+            inflight[remote.remote(*args)] = (index, args, tries, time.monotonic())
+            return True
 
-        for args in calls:
-            if len(pending) >= limit:
-                collect(1)
-            pending.append(remote.remote(*args))
-        if pending:
-            collect(len(pending))
-    return results
+        while True:
+            while len(inflight) < limit and submit():
+                pass
+            if not inflight:
+                break
+            ready, _ = ray.wait(list(inflight), num_returns=1,
+                                timeout=1.0 if time_limit else None)
+            for ref in ready:
+                index, args, tries, _t = inflight.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as e:  # crashed, killed or stopped: try the unit again
+                    user = _user_error(e)
+                    if user is not None:
+                        for other in inflight:
+                            ray.cancel(other, force=True)
+                        raise user from None
+                    reason = (f"stopped after its time limit of {time_limit:g} s"
+                              if ref in stopped else str(e).strip().splitlines()[-1][:300])
+                    stopped.discard(ref)
+                    if tries < retries:
+                        again.append((index, args, tries + 1))
+                    else:
+                        out.failed[index] = f"failed {tries + 1} time(s): {reason}"
+                        bar.update(1)
+                    continue
+                out.results[index] = res
+                bar.update(1)
+                if on_result is not None:
+                    postfix = on_result(res)
+                    if postfix:
+                        bar.set_postfix_str(postfix)
+            if time_limit:
+                now = time.monotonic()
+                for ref, (_i, _a, _tries, started) in inflight.items():
+                    if ref not in stopped and now - started > time_limit:
+                        ray.cancel(ref, force=True)
+                        stopped.add(ref)
+    if out.failed and raise_failed:
+        first = min(out.failed)
+        raise RuntimeError(f"{desc}: {len(out.failed)} unit(s) failed; the first: "
+                           f"{out.failed[first]}")
+    return out
+
+
+def map_tasks(fn: Callable, calls: Iterable[tuple], desc: str, total: int | None = None,
+              in_flight: int | None = None) -> list[Any]:
+    """`run_units` for work whose results come back in the order of `calls`."""
+    return run_units(fn, calls, desc, total=total, in_flight=in_flight).ordered()

@@ -1,10 +1,15 @@
-"""Stage plumbing: temporary outputs, atomic commit, skip-if-done, stage records.
+"""Stage plumbing: run-scoped outputs, a record as the commit, skip-if-done.
 
-A stage writes its output directories under a temporary folder and, only when it
-has finished, swaps them into the build directory and writes its record
-`_stages/<stage>.json`. The record is the proof of completion: a stage is skipped
-when its record exists, its parameters and its inputs' run ids are unchanged and
-its outputs are present. A killed stage leaves no record, so it is redone.
+A stage run writes each output under a prefix of its own, `<output>/<run_id>/`, and
+commits by writing its record `_stages/<stage>.json` last, in one PUT. The record
+names those prefixes and is the only proof that the stage finished: readers and
+catalog views follow it, never a listing of folders. Object stores have no atomic
+folder rename, and nothing here needs one; local builds take the same path. Prefixes
+of superseded or killed runs are removed after the commit. A stage is skipped when
+its record exists, its parameters and its inputs' run ids are unchanged and its
+outputs are present. A killed stage leaves no new record, so it is redone; its
+resume state (`_work/<stage>-<key>/`) lives in the build directory, so a rerun from
+another machine resumes too.
 """
 from __future__ import annotations
 
@@ -18,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog
+from . import catalog, storage
 from .errors import WitError
-from .io import read_json, write_json
 
 STAGES_DIR = "_stages"
 TMP_DIR = "_tmp"
@@ -41,18 +45,40 @@ class StageResult:
 
 @dataclass
 class StageContext:
-    """Handed to a stage's work function."""
-    build: Path
+    """Handed to a stage's work function.
+
+    `build` and `work` are locations in the build (UPaths: local or remote); `tmp`
+    and `scratch` are folders on this machine. Outputs are staged under
+    tmp/<output name>/ and moved to `<output>/<run_id>/` at the commit.
+    """
+    build: Any
     stage: str
     params: dict[str, Any]
-    tmp: Path        # outputs go under tmp/<output name>/
-    work: Path       # survives a killed run (resume state); removed after success
+    tmp: Path        # local staging: outputs go under tmp/<output name>/
+    work: Any        # in the build: survives a killed run (resume state); removed after success
+    scratch: Path = None  # local: DuckDB spill files and other throwaway files
+    run_id: str = ""
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream records
+    adopted: list[tuple[Any, str]] = field(default_factory=list)
 
     def output(self, name: str) -> Path:
         path = self.tmp / name
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def final(self, name: str):
+        """Where output `name` will be once committed (for paths recorded inside it)."""
+        return self.build / name / self.run_id
+
+    def adopt(self, src, dest: str) -> None:
+        """At the commit, move the file `src` (already in the build, e.g. written by a task
+        under work/) to `dest`, a path relative to the build under one of the outputs
+        (`fetch/shards/00000.tar`); moved within the store, no bytes through this machine."""
+        self.adopted.append((src, dest))
+
+    def upstream(self, stage: str, name: str | None = None):
+        """The committed location of an upstream stage's output (default: its first)."""
+        return output_dir(self.build, self.inputs[stage], name)
 
 
 @dataclass
@@ -66,16 +92,29 @@ def params_hash(params: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def record_path(build: Path, stage: str) -> Path:
-    return Path(build) / STAGES_DIR / f"{stage}.json"
+def record_path(build, stage: str):
+    return storage.child(build, STAGES_DIR, f"{stage}.json")
 
 
-def read_record(build: Path, stage: str) -> dict[str, Any] | None:
+def read_record(build, stage: str) -> dict[str, Any] | None:
     path = record_path(build, stage)
-    return read_json(path) if path.exists() else None
+    return storage.read_json(path) if path.exists() else None
 
 
-def require(build: Path, stage: str, hint: str | None = None) -> dict[str, Any]:
+def output_dir(build, rec: dict[str, Any], name: str | None = None):
+    """The location of output `name` of a stage record (its first output by default)."""
+    outs = rec.get("outputs") or {}
+    if isinstance(outs, list):  # a build written before run-scoped outputs
+        outs = {o: o for o in outs}
+    if name is None:
+        name = next(iter(outs))
+    if name not in outs:
+        raise WitError(f"{build}: the {rec.get('stage')} stage has no output {name}; "
+                       f"rerun it with --force")
+    return storage.child(build, outs[name])
+
+
+def require(build, stage: str, hint: str | None = None) -> dict[str, Any]:
     """The record of an upstream stage, or a WitError telling the user what to run."""
     rec = read_record(build, stage)
     if rec is None or rec.get("status") != "done":
@@ -88,72 +127,117 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
 
 
-def run_stage(build: str | Path, stage: str, params: dict[str, Any],
+def _staging(build, stage: str, run_id: str) -> Path:
+    """Local staging for a run's outputs: inside a local build (so the commit is a
+    rename), else under the user's cache directory."""
+    if not storage.is_remote(build):
+        return Path(build) / TMP_DIR / f"{stage}-{run_id}"
+    key = hashlib.sha256(str(build).encode()).hexdigest()[:16]
+    return storage.cache_dir("staging", key) / f"{stage}-{run_id}"
+
+
+def _scratch(build, stage: str, phash: str, work) -> Path:
+    if not storage.is_remote(build):
+        return Path(work)
+    key = hashlib.sha256(str(build).encode()).hexdigest()[:16]
+    return storage.cache_dir("work", key) / f"{stage}-{phash}"
+
+
+def _scoped_views(views: dict[str, str], outputs: dict[str, str]) -> dict[str, str]:
+    """Rewrite `output/rest` globs to `output/<run_id>/rest`."""
+    out = {}
+    for view, glob in views.items():
+        head, _, rest = glob.partition("/")
+        out[view] = f"{outputs[head]}/{rest}" if head in outputs else glob
+    return out
+
+
+def run_stage(build, stage: str, params: dict[str, Any],
               work: Callable[[StageContext], StageOutput], *,
               outputs: list[str], views: dict[str, str], inputs: tuple[str, ...] = (),
               force: bool = False) -> StageResult:
     """Run `work` as stage `stage` unless its finished output already matches.
 
-    `outputs` are the directory names the stage owns under the build directory;
-    `views` maps catalog view names to globs relative to the build directory;
-    `inputs` are upstream stages whose records must exist (their run ids become
-    part of what decides a skip).
+    `outputs` are the output names the stage owns (each committed to
+    `<name>/<run_id>/` in the build); `views` maps catalog view names to globs
+    relative to the build, starting with an output name; `inputs` are upstream
+    stages whose records must exist (their run ids become part of what decides a skip).
     """
-    build = Path(build).absolute()  # Ray workers need not share our working directory
+    build = storage.location(build)
+    storage.check_reachable(build)
     upstream = {name: require(build, name) for name in inputs}  # before creating anything
-    build.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(build):
+        Path(build).mkdir(parents=True, exist_ok=True)
     key = {"params": params, "inputs": {n: r["run_id"] for n, r in upstream.items()}}
     phash = params_hash(key)
 
     old = read_record(build, stage)
     if (not force and old and old.get("status") == "done" and old.get("params_hash") == phash
-            and all((build / o).exists() for o in outputs)):
+            and all(output_dir(build, old, o).exists() for o in outputs)):
         return StageResult(stage, old["run_id"], old["rows"], old.get("summary", {}),
                            outputs, 0.0, skipped=True)
 
     run_id = uuid.uuid4().hex[:12]
-    tmp = build / TMP_DIR / f"{stage}-{run_id}"
-    workdir = build / WORK_DIR / f"{stage}-{phash}"
-    # A killed earlier attempt leaves temporaries: they are never trusted.
-    for stale in (build / TMP_DIR).glob(f"{stage}-*"):
+    tmp = _staging(build, stage, run_id)
+    workdir = storage.child(build, WORK_DIR, f"{stage}-{phash}")
+    scratch = _scratch(build, stage, phash, workdir)
+    # A killed earlier attempt leaves staged outputs: they are never trusted.
+    for stale in tmp.parent.glob(f"{stage}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir(parents=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    if not storage.is_remote(workdir):
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     started, t0 = _now(), time.time()
-    ctx = StageContext(build, stage, params, tmp, workdir, upstream)
+    ctx = StageContext(build, stage, params, tmp, workdir, scratch, run_id, upstream)
     try:
         result = work(ctx)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    # Commit: drop the old record first, so a kill from here on means "not done".
-    rec_path = record_path(build, stage)
-    rec_path.unlink(missing_ok=True)
-    trash = build / TMP_DIR / f"trash-{run_id}"
+    # Commit: outputs under their run-scoped prefixes, then the record in one PUT.
+    scoped = {name: f"{name}/{run_id}" for name in outputs}
     for name in outputs:
-        src, dest = tmp / name, build / name
+        src = tmp / name
         if not src.exists():
             raise RuntimeError(f"stage {stage} did not write its output {name}/")
-        if dest.exists():
-            trash.mkdir(parents=True, exist_ok=True)
-            dest.rename(trash / name)
-        src.rename(dest)
+        storage.upload_dir(src, storage.child(build, scoped[name]))
+    for src, dest in ctx.adopted:
+        head, _, rest = dest.partition("/")
+        storage.move(src, storage.child(build, scoped[head], rest))
     seconds = time.time() - t0
-    write_json(rec_path, {
+    storage.write_json(record_path(build, stage), {
         "stage": stage, "run_id": run_id, "status": "done", "params": params,
         "params_hash": phash, "inputs": key["inputs"], "started": started,
         "finished": _now(), "seconds": round(seconds, 3), "rows": int(result.rows),
-        "outputs": outputs, "views": views, "summary": result.summary,
+        "outputs": scoped, "views": _scoped_views(views, scoped), "summary": result.summary,
     })
-    shutil.rmtree(trash, ignore_errors=True)
+    collect_garbage(build, stage, scoped)
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(workdir, ignore_errors=True)
+    storage.remove(workdir)
+    if storage.is_remote(workdir):
+        shutil.rmtree(scratch, ignore_errors=True)
     catalog.refresh(build)
     return StageResult(stage, run_id, int(result.rows), result.summary, outputs, seconds)
 
 
-def records(build: Path) -> list[dict[str, Any]]:
+def collect_garbage(build, stage: str, scoped: dict[str, str]) -> list[str]:
+    """Remove what the stage's committed record no longer names: prefixes of
+    superseded or killed runs under its outputs, and a pre-run-scoped layout."""
+    removed = []
+    for name, keep in scoped.items():
+        folder = storage.child(build, name)
+        if not folder.exists():
+            continue
+        for entry in folder.iterdir():
+            if storage.rel(build, entry) != keep:
+                storage.remove(entry)
+                removed.append(storage.rel(build, entry))
+    return removed
+
+
+def records(build) -> list[dict[str, Any]]:
     """All finished stage records in pipeline order (then by finishing time).
 
     Later stages' views override earlier ones (curate's `samples` over fetch's), so the
@@ -161,5 +245,12 @@ def records(build: Path) -> list[dict[str, Any]]:
     """
     from .pipeline import STAGES
     order = {name: i for i, name in enumerate(STAGES)}
-    out = [read_json(p) for p in sorted((Path(build) / STAGES_DIR).glob("*.json"))]
+    folder = storage.child(storage.location(build), STAGES_DIR)
+    paths = sorted(folder.glob("*.json"), key=str) if folder.exists() else []
+    out = [storage.read_json(p) for p in paths]
     return sorted(out, key=lambda r: (order.get(r.get("stage"), len(order)), r.get("finished", "")))
+
+
+def committed(build, stage: str, name: str | None = None):
+    """Where the finished `stage` keeps output `name` (its first by default)."""
+    return output_dir(storage.location(build), require(build, stage), name)

@@ -1,0 +1,62 @@
+"""A real S3 API on 127.0.0.1: moto's standalone server, as s3fs tests itself."""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "wit-test", "AWS_SECRET_ACCESS_KEY": "wit-test-secret",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    """moto_server on a free loopback port; `env` points boto/s3fs at it."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        exe = Path(sys.executable).parent / "moto_server"
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).read()
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("moto_server did not start")
+                time.sleep(0.2)
+        self.env = {**CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def bucket(self, name: str) -> str:
+        """Create bucket `name` (once) and return its s3:// URL."""
+        import boto3
+        client = boto3.client("s3", endpoint_url=self.endpoint, **{
+            "aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            "region_name": CREDENTIALS["AWS_DEFAULT_REGION"]})
+        try:
+            client.create_bucket(Bucket=name)
+        except client.exceptions.BucketAlreadyOwnedByYou:
+            pass
+        return f"s3://{name}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
