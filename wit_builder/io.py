@@ -52,29 +52,76 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def expand_inputs(patterns: list[str], what: str, flag: str,
-                  suffixes: tuple[str, ...] | None = None) -> list[Path]:
-    """Expand files, directories and globs into a sorted list of absolute file paths.
+                  suffixes: tuple[str, ...] | None = None) -> list:
+    """Expand files, directories and globs (paths or URLs) into a sorted list of
+    locations: absolute local Paths, or UPaths for s3://, gs:// and other URLs.
 
     Raises WitError naming the flag when a pattern matches nothing.
     """
-    out: list[Path] = []
+    from . import storage
+    out: list = []
     for pat in patterns:
-        p = Path(pat).expanduser()
-        if any(ch in pat for ch in "*?["):
-            hits = [Path(h) for h in sorted(_glob.glob(str(p), recursive=True))]
-        elif p.is_dir():
-            hits = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith((".", "_")))
-        elif p.exists():
-            hits = [p]
+        if storage.scheme(pat):
+            hits = _expand_remote(pat, what, flag)
         else:
-            raise WitError(f"{flag} {pat}: no such file or directory; give the path of the {what}")
+            p = Path(pat[len("file://"):] if pat.startswith("file://") else pat).expanduser()
+            if any(ch in pat for ch in "*?["):
+                hits = [Path(h) for h in sorted(_glob.glob(str(p), recursive=True))]
+            elif p.is_dir():
+                hits = sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith((".", "_")))
+            elif p.exists():
+                hits = [p]
+            else:
+                raise WitError(f"{flag} {pat}: no such file or directory; give the path of the {what}")
+            hits = [h.absolute() for h in hits]  # Ray workers need not share our cwd
         if suffixes is not None:
             hits = [h for h in hits if h.is_file() and h.name.lower().endswith(suffixes)]
         if not hits:
             raise WitError(f"{flag} {pat}: matches no {what} files"
                            + (f" (looked for {', '.join(suffixes)})" if suffixes else ""))
-        out.extend(h.absolute() for h in hits)  # Ray workers need not share our cwd
+        out.extend(hits)
     return out
+
+
+def _expand_remote(pat: str, what: str, flag: str) -> list:
+    from . import storage
+    base = storage.location(pat, flag)
+    storage.check_reachable(base, flag)
+    fs, proto = base.fs, pat.split("://", 1)[0]
+    if any(ch in pat for ch in "*?["):
+        names = sorted(fs.glob(base.path))
+    elif fs.isdir(base.path):
+        names = sorted(n for n in fs.find(base.path)
+                       if not n.rsplit("/", 1)[-1].startswith((".", "_")))
+    elif fs.exists(base.path):
+        names = [base.path]
+    else:
+        raise WitError(f"{flag} {pat}: no such object or prefix; give the URL of the {what}")
+    return [storage.location(f"{proto}://{n}", flag) for n in names]
+
+
+def file_fingerprint(paths: list) -> list[list[Any]]:
+    """(path, size, mtime or ETag) per input file: a stage reruns when its inputs change."""
+    from . import storage
+    out = []
+    for p in paths:
+        if storage.is_remote(p):
+            info = p.fs.info(p.path)
+            version = info.get("ETag") or info.get("etag") or info.get("md5Hash") or str(
+                info.get("LastModified") or info.get("mtime") or info.get("updated") or "")
+            out.append([str(p), int(info.get("size") or 0), str(version).strip('"')])
+        else:
+            st = Path(p).stat()
+            out.append([str(Path(p).resolve()), st.st_size, int(st.st_mtime)])
+    return out
+
+
+def open_input(path, mode: str = "rb"):
+    """Open an input file (local Path or remote UPath) for reading."""
+    from . import storage
+    if storage.is_remote(path):
+        return path.fs.open(path.path, mode)
+    return open(path, mode)
 
 
 def read_parquet_checked(path: str | os.PathLike, columns: list[str] | None = None):
@@ -90,11 +137,6 @@ def read_parquet_checked(path: str | os.PathLike, columns: list[str] | None = No
         raise WitError(f"{path}: not a readable Parquet file ({e}); rewrite it or remove it") from None
     except KeyError as e:
         raise WitError(f"{path}: missing column {e}") from None
-
-
-def file_fingerprint(paths: list[Path]) -> list[list[Any]]:
-    """(path, size, mtime) per input file: a stage reruns when its inputs change."""
-    return [[str(p.resolve()), p.stat().st_size, int(p.stat().st_mtime)] for p in paths]
 
 
 def uid_of(url: str, text: str) -> str:
