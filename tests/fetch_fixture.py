@@ -103,7 +103,7 @@ def make_fetch(build, samples: list[Sample], shards: int = 2, tag: str = "v1",
                 key = f"{shard:05d}{len(members[shard]):04d}"
                 size = _size(s.image) if s.image is not None else None
                 orig = s.original_size or size
-                row.update(fetch_shard=shard if numbered else f"fetch/shards/{shard:05d}.tar",
+                row.update(fetch_shard=shard if numbered else f"fetch/{ctx.run_id}/shards/{shard:05d}.tar",
                            key=key, sha256=None if s.image is None else hashlib.sha256(s.image).hexdigest(),
                            width=size and size[0], height=size and size[1],
                            original_width=orig and orig[0], original_height=orig and orig[1],

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, write_selected
+from wit_builder.stage import committed, read_record
 from wit_builder import catalog, cli, curate, fetch, imageserver
 from wit_builder.errors import WitError
 from wit_builder.phash import (hamming, inspect_image, keepers, near_pairs, phash_array,
@@ -280,14 +281,14 @@ def world(tmp_path_factory, ray_cluster):
                      "--min-caption-words", "3", "--min-caption-chars", "6",
                      "--near-dup-bits", "4", "--eval-images", str(root / "eval")])
     assert code == 0
-    rows = {r["uid"]: r for r in pq.read_table(build / "samples").to_pylist()}
+    rows = {r["uid"]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
     return build, cases, {name: rows[s.uid] for name, s in cases.items()}, root
 
 
 @pytest.mark.slow  # Ray
 def test_every_sample_gets_its_first_reason(world):
     build, cases, rows, _ = world
-    assert len(pq.read_table(build / "samples")) == len(cases)  # one row per selected uid
+    assert len(pq.read_table(committed(build, "curate"))) == len(cases)  # one row per selected uid
     assert {name: r["drop_reason"] for name, r in rows.items()} == EXPECTED
     assert all(r["keep"] == (r["drop_reason"] is None) for r in rows.values())
     assert set(EXPECTED.values()) - {None} == set(curate.DROP_REASONS)  # every reason is exercised
@@ -368,8 +369,9 @@ def test_fetch_shard_may_be_a_path(build, ray_cluster):
     make_fetch(build, samples, shards=2, numbered=False)
     res = curate.run(curate.Config(), build)
     assert res.summary["kept"] == 2 and res.summary["dropped"] == {"exact_duplicate": 1}
-    tars = {r["fetch_tar"] for r in pq.read_table(build / "samples").to_pylist()}
-    assert tars == {"fetch/shards/00000.tar", "fetch/shards/00001.tar"}
+    tars = {r["fetch_tar"] for r in pq.read_table(committed(build, "curate")).to_pylist()}
+    run = read_record(build, "fetch")["run_id"]
+    assert tars == {f"fetch/{run}/shards/00000.tar", f"fetch/{run}/shards/00001.tar"}
 
 
 @pytest.mark.slow  # Ray
@@ -393,7 +395,7 @@ def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
     with pytest.raises(WitError, match="broken.jpg cannot be decoded"):
         curate.run(curate.Config(eval_images=str(tmp_path / "evals")), build)
     assert {p: p.stat().st_mtime_ns for p in facts} == facts
-    (build / "fetch" / "shards" / "00000.tar").unlink()
+    (committed(build, "fetch") / "shards" / "00000.tar").unlink()
     with pytest.raises(WitError, match=r"no tar for fetch shard 0.*rerun `wit-build fetch --force"):
         curate.run(curate.Config(), build)
 
@@ -454,7 +456,7 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
                                allow_private_network=True), build)
     cfg = curate.Config(min_side=100)
     res = curate.run(cfg, build)
-    rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
+    rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
     assert {r["phash_from"] for r in rows.values()} == {"fetch"}
     assert res.summary["phash_from_fetch"] == 7 and res.summary["phash_decoded"] == 0
     assert rows["lake-small.jpg"]["drop_reason"] == "near_duplicate"
@@ -465,7 +467,7 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     # one to a valid JPEG of another picture.
     junk, other = rows["p0.jpg"], rows["p1.jpg"]
     replacement = encode(picture(999, 128, 96))
-    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+    for tar in sorted((committed(build, "fetch") / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:
             members = [(m, tf.extractfile(m).read()) for m in tf.getmembers()]
         with tarfile.open(tar, "w") as tf:
@@ -478,7 +480,7 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
                 tf.addfile(m, io.BytesIO(data))
     monkeypatch.chdir(build.parent)  # a relative --out: Ray workers have another cwd
     res = curate.run(cfg, Path(build.name), force=True)
-    after = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
+    after = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
     assert after["p0.jpg"]["drop_reason"] == "undecodable" and after["p0.jpg"]["phash"] is None
     assert after["p1.jpg"]["phash_from"] == "decoded" and after["p1.jpg"]["keep"]
     assert after["p1.jpg"]["phash"] == int(phash_bytes([replacement])[0])

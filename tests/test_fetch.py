@@ -25,19 +25,20 @@ from wit_builder.errors import WitError
 from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
 from wit_builder.phash import hamming, phash_bytes
 from wit_builder.resizing import CvTap, reduction
+from wit_builder.stage import committed
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]
 
 
 def status_rows(build: Path) -> list[dict]:
-    return pq.read_table(build / "fetch" / "status").to_pylist()
+    return pq.read_table(committed(build, "fetch") / "status").to_pylist()
 
 
 def tar_members(build: Path) -> Counter:
     """(key, extension) -> count over every shard tar; and the json of each sample."""
     seen: Counter = Counter()
-    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+    for tar in sorted((committed(build, "fetch") / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:
             for m in tf.getmembers():
                 key, ext = m.name.split(".", 1)
@@ -48,7 +49,7 @@ def tar_members(build: Path) -> Counter:
 def stored_images(build: Path) -> dict[str, bytes]:
     """key -> the image bytes stored in the shard tars."""
     out = {}
-    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+    for tar in sorted((committed(build, "fetch") / "shards").glob("*.tar")):
         with tarfile.open(tar) as tf:
             for m in tf.getmembers():
                 key, ext = m.name.split(".", 1)
@@ -125,7 +126,7 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
     got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'success'")
     assert got["n"].to_pylist() == [len(good) + 3]
     # the stored json names the uid, so keys map back to samples
-    with tarfile.open(build / "fetch" / "shards" / f"{one['fetch_shard']:05d}.tar") as tf:
+    with tarfile.open(committed(build, "fetch") / "shards" / f"{one['fetch_shard']:05d}.tar") as tf:
         meta = json.load(tf.extractfile(f"{one['key']}.json"))
     assert meta["uid"] == one["uid"]
     # fetch hashed what it stored: the sha256 of the bytes in the tar, and the pHash of
@@ -319,7 +320,7 @@ def test_nothing_selected_gives_an_empty_samples_view(build):
     res = fetch.run(fast(), build)
     assert res.rows == 0 and res.summary["shards"] == 0
     assert catalog.query(build, "SELECT count(*) AS n FROM samples")["n"].to_pylist() == [0]
-    assert pq.read_schema(next((build / "fetch" / "status").glob("*.parquet"))).names == fetch.STATUS_COLUMNS
+    assert pq.read_schema(next((committed(build, "fetch") / "status").glob("*.parquet"))).names == fetch.STATUS_COLUMNS
     retry = fetch.run(fast(retry_failed=True), build)  # nothing transient: nothing to do
     assert retry.skipped and retry.summary["retried"] == 0
 
@@ -334,7 +335,7 @@ def test_retry_failed_retries_only_transient_failures(build, ray_cluster):
         first = fetch.run(fast(), build)
         assert first.summary["failures_by_status"] == {"rate_limited": 1, "server_error": 1,
                                                        "not_found": 1}
-        old_shards = {p.name for p in (build / "fetch" / "shards").glob("*.tar")}
+        old_shards = {p.name for p in (committed(build, "fetch") / "shards").glob("*.tar")}
         with pytest.raises(WitError, match="--image-size"):
             fetch.run(fast(retry_failed=True, image_size=48), build)
         retry = fetch.run(fast(retry_failed=True), build)
@@ -347,7 +348,7 @@ def test_retry_failed_retries_only_transient_failures(build, ray_cluster):
     row = next(r for r in rows if r["url"] == flaky)
     assert row["fetch_shard"] > max(r["fetch_shard"] for r in rows if r["url"] != flaky
                                     and r["status"] != "server_error")
-    assert old_shards < {p.name for p in (build / "fetch" / "shards").glob("*.tar")}
+    assert old_shards < {p.name for p in (committed(build, "fetch") / "shards").glob("*.tar")}
     assert fetch.run(fast(), build).skipped  # the plain command accepts the retried output
 
 
@@ -379,7 +380,7 @@ def test_sigkill_mid_run_then_rerun_completes(build, ray_cluster):
         work = next_work_dir(build, proc)
         done_dir = work / "done"
         deadline = time.monotonic() + 90
-        while len(list(done_dir.glob("*"))) < 2:
+        while len(list(done_dir.glob("*/summary.json"))) < 2:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "no shard finished in time"
             time.sleep(0.1)
@@ -387,8 +388,8 @@ def test_sigkill_mid_run_then_rerun_completes(build, ray_cluster):
         proc.wait()
         proc.stderr.close()
         assert not (build / "_stages" / "fetch.json").exists()
-        finished = {p.name: pq.read_table(p / "status.parquet")["url"].to_pylist()
-                    for p in done_dir.iterdir()}
+        finished = {p.parent.name: pq.read_table(p.parent / "status.parquet")["url"].to_pylist()
+                    for p in done_dir.glob("*/summary.json")}
         assert 2 <= len(finished) < 8
         rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
         assert rerun.returncode == 0, rerun.stderr[-3000:]

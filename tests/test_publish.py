@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from fetch_fixture import Sample, encode, make_fetch, make_queries, picture
+from wit_builder import storage
+from wit_builder.stage import committed
 from wit_builder import catalog, cli, curate, pipeline, publish
 from wit_builder.errors import WitError
 
@@ -45,7 +47,7 @@ def world_samples() -> list[Sample]:
 
 
 def kept_rows(build: Path) -> dict[str, dict]:
-    return {r["uid"]: r for r in pq.read_table(build / "samples").to_pylist() if r["keep"]}
+    return {r["uid"]: r for r in pq.read_table(committed(build, "curate")).to_pylist() if r["keep"]}
 
 
 def tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
@@ -76,11 +78,11 @@ def pub(tmp_path_factory, ray_cluster):
 def test_sizes_manifest_and_tars_agree(pub):
     kept = kept_rows(pub)
     assert len(kept) == 15  # 18 selected: one exact copy, one undecodable, one failed
-    sizes = json.loads((pub / "shards" / "sizes.json").read_text())
-    tars = sorted((pub / "shards").glob("*.tar"))
+    sizes = json.loads((committed(pub, "publish", "shards") / "sizes.json").read_text())
+    tars = sorted((committed(pub, "publish", "shards")).glob("*.tar"))
     assert list(sizes) == [t.name for t in tars] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
     assert list(sizes.values()) == [4, 4, 4, 3]
-    manifest = pq.read_table(pub / "manifest").to_pylist()
+    manifest = pq.read_table(committed(pub, "publish", "manifest")).to_pylist()
     assert sum(sizes.values()) == len(manifest) == len(kept)
     seen: Counter = Counter()
     for tar in tars:
@@ -90,7 +92,7 @@ def test_sizes_manifest_and_tars_agree(pub):
             meta = json.loads(files["json"])
             seen[meta["uid"]] += 1
             row = next(m for m in manifest if m["uid"] == meta["uid"])
-            assert (row["shard"], row["key"]) == (f"shards/{tar.name}", key)
+            assert (row["shard"], row["key"]) == (storage.rel(storage.location(pub), tar), key)
             src = kept[meta["uid"]]
             image = files[src["image_format"]]
             assert hashlib.sha256(image).hexdigest() == src["image_sha256"]
@@ -105,7 +107,7 @@ def test_sizes_manifest_and_tars_agree(pub):
 
 
 def test_order_is_the_seeded_shuffle_across_the_build(pub):
-    manifest = pq.read_table(pub / "manifest").to_pylist()
+    manifest = pq.read_table(committed(pub, "publish", "manifest")).to_pylist()
     order = [m["uid"] for m in manifest]
 
     def rank(uid: str, seed: int) -> tuple[int, str]:
@@ -118,7 +120,7 @@ def test_order_is_the_seeded_shuffle_across_the_build(pub):
 
 def test_shards_read_back_with_webdataset(pub):
     import webdataset as wds
-    tars = [str(t) for t in sorted((pub / "shards").glob("*.tar"))]
+    tars = [str(t) for t in sorted((committed(pub, "publish", "shards")).glob("*.tar"))]
     got = list(wds.WebDataset(tars, shardshuffle=False).decode("pil").to_tuple("__key__", "jpg", "txt", "json"))
     kept = kept_rows(pub)
     assert len(got) == len(kept)
@@ -129,7 +131,7 @@ def test_shards_read_back_with_webdataset(pub):
 
 def test_shards_read_back_with_datasets(pub, tmp_path):
     import datasets
-    ds = datasets.load_dataset("webdataset", data_files={"train": str(pub / "shards" / "*.tar")},
+    ds = datasets.load_dataset("webdataset", data_files={"train": str(committed(pub, "publish", "shards") / "*.tar")},
                                split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == len(kept_rows(pub))
     assert {"__key__", "jpg", "txt", "json"} <= set(ds.column_names)
@@ -141,7 +143,7 @@ def test_shards_read_back_with_datasets(pub, tmp_path):
 
 def test_shards_read_back_with_ray_data(pub):
     import ray
-    ds = ray.data.read_webdataset(str(pub / "shards"), file_extensions=["tar"])  # as the docs show
+    ds = ray.data.read_webdataset(str(committed(pub, "publish", "shards")), file_extensions=["tar"])  # as the docs show
     rows = ds.take_all()
     assert len(rows) == len(kept_rows(pub))
     uids = {json.loads(r["json"])["uid"] if isinstance(r["json"], (bytes, str)) else r["json"]["uid"]
@@ -150,19 +152,19 @@ def test_shards_read_back_with_ray_data(pub):
 
 
 def test_rerun_is_byte_identical_and_seed_changes_only_the_order(pub, tmp_path):
-    before = file_digests(pub / "shards")
+    before = file_digests(committed(pub, "publish", "shards"))
     again = publish.run(publish.Config(shard_size=SHARD_SIZE, seed=7), pub, force=True)
-    assert not again.skipped and file_digests(pub / "shards") == before
+    assert not again.skipped and file_digests(committed(pub, "publish", "shards")) == before
     copy = Path(shutil.copytree(pub, tmp_path / "copy"))
     publish.run(publish.Config(shard_size=SHARD_SIZE, seed=8), copy)
-    a = [m["uid"] for m in pq.read_table(pub / "manifest").to_pylist()]
-    b = [m["uid"] for m in pq.read_table(copy / "manifest").to_pylist()]
+    a = [m["uid"] for m in pq.read_table(committed(pub, "publish", "manifest")).to_pylist()]
+    b = [m["uid"] for m in pq.read_table(committed(copy, "publish", "manifest")).to_pylist()]
     assert sorted(a) == sorted(b) and a != b
 
 
 def test_a_changed_fetch_shard_is_refused_and_publish_resumes(pub, tmp_path):
     build = Path(shutil.copytree(pub, tmp_path / "copy"))
-    row = pq.read_table(build / "manifest").to_pylist()[-1]  # in the last final shard
+    row = pq.read_table(committed(build, "publish", "manifest")).to_pylist()[-1]  # in the last final shard
     src = kept_rows(build)[row["uid"]]
     tar = build / src["fetch_tar"]
     original = tar.read_bytes()
@@ -175,16 +177,16 @@ def test_a_changed_fetch_shard_is_refused_and_publish_resumes(pub, tmp_path):
     assert finished == {k: v for k, v in finished.items() if k != "00003.tar"} and len(finished) == 3
     tar.write_bytes(original)
     publish.run(publish.Config(shard_size=SHARD_SIZE, seed=7), build, force=True)
-    assert {n: (build / "shards" / n).stat().st_ino for n in finished} == finished  # reused
-    assert file_digests(build / "shards") == file_digests(pub / "shards")
+    assert {n: (committed(build, "publish", "shards") / n).stat().st_ino for n in finished} == finished  # reused
+    assert file_digests(committed(build, "publish", "shards")) == file_digests(committed(pub, "publish", "shards"))
     assert not list((build / "_work").glob("publish-*"))
 
 
 def test_nothing_kept_gives_empty_shards_and_manifest(build, ray_cluster):
     make_fetch(build, [Sample("http://x/a", "a", encode(picture(1)))], shards=1)
     pipeline.run_stages(build, {"curate": {}, "publish": {"shard_size": 2}}, ["curate", "publish"])
-    assert json.loads((build / "shards" / "sizes.json").read_text()) == {}
-    assert not list((build / "shards").glob("*.tar"))
+    assert json.loads((committed(build, "publish", "shards") / "sizes.json").read_text()) == {}
+    assert not list((committed(build, "publish", "shards")).glob("*.tar"))
     assert catalog.query(build, "SELECT count(*) AS n FROM shards").to_pylist() == [{"n": 0}]
     again = pipeline.run_stages(build, {"curate": {}, "publish": {"shard_size": 2}},
                                 ["curate", "publish"])
@@ -215,6 +217,7 @@ def test_publish_sql_examples_work_as_written(pub, doc, capsys):
     for argv in examples:
         assert cli.main(argv[1:] + ["--out", str(pub)]) == 0, argv
         outputs.append(capsys.readouterr().out)
-    fox = next(m for m in pq.read_table(pub / "manifest").to_pylist() if m["url"] == FOX_URL)
+    fox = next(m for m in pq.read_table(committed(pub, "publish", "manifest")).to_pylist() if m["url"] == FOX_URL)
     assert fox["shard"] in outputs[0] and fox["key"] in outputs[0]
-    assert "shards/00003.tar" in outputs[1] and "(4 rows)" in outputs[1]
+    assert f"{storage.rel(storage.location(pub), committed(pub, 'publish', 'shards'))}/00003.tar" in outputs[1]
+    assert "(4 rows)" in outputs[1]

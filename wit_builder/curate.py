@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog, cluster, stage
+from . import catalog, cluster, stage, storage
 from .errors import WitError
 from .imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
 from .stage import StageContext, StageOutput, StageResult
@@ -93,17 +93,18 @@ def _known_hashes(con) -> dict[str, tuple[list[str], Any]]:
     rows = con.execute("""SELECT fetch_tar, list(DISTINCT _status_file), any_value(fetch_shard)
                           FROM status WHERE status = 'success' AND stored_phash IS NOT NULL
                           GROUP BY 1""").fetchall()
-    # absolute: a Ray worker need not share the driver's working directory
-    return {tar: ([str(Path(f).resolve()) for f in files], shard) for tar, files, shard in rows}
+    # absolute or URLs: a Ray worker need not share the driver's working directory
+    return {tar: ([f if storage.scheme(f) else str(Path(f).resolve()) for f in files], shard)
+            for tar, files, shard in rows}
 
 
-def _compute_facts(build: Path, shards: list[str], work: Path,
-                   known: dict[str, tuple[list[str], Any]]) -> Path:
+def _compute_facts(build, shards: list[str], work,
+                   known: dict[str, tuple[list[str], Any]]):
     """Run shard_facts for every shard not already done in `work` (resume)."""
     out_dir = work / "facts"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [(str((build / rel).resolve()), rel, str(out_dir / _facts_name(rel)), known.get(rel))
-            for rel in shards if not (out_dir / _facts_name(rel)).exists()]
+    done = {p.name for p in out_dir.glob("*.parquet")} if out_dir.exists() else set()
+    todo = [(build / rel, rel, out_dir / _facts_name(rel), known.get(rel))
+            for rel in shards if _facts_name(rel) not in done]
     errors = [r for r in cluster.map_tasks(shard_facts, todo, "curate: image facts", len(todo))
               if "error" in r]
     if errors:
@@ -160,26 +161,28 @@ def _filter_reasons_sql(cfg: Config) -> str:
         END"""
 
 
-def _open_status(con, build: Path) -> list[str]:
+def _open_status(con, ctx: StageContext) -> list[str]:
     """View `status` (fetch's rows, with `fetch_tar`: the tar path relative to the build).
 
     `fetch_shard` may name the tar ("fetch/shards/00000.tar") or number it (0);
     returns the tars holding successful downloads.
     """
-    status = _quote(str(build / "fetch" / "status" / "*.parquet"))
+    build = ctx.build
+    status = _quote(str(build / ctx.inputs["fetch"]["views"]["samples"]))
+    fetch_dir = ctx.upstream("fetch")
     con.execute(f"CREATE VIEW fetch_rows AS SELECT * FROM read_parquet({status}, "
                 "union_by_name = true, filename = '_status_file')")
     types = dict((r[0], r[1]) for r in con.execute("DESCRIBE fetch_rows").fetchall())
     missing = [c for c in FETCH_COLUMNS if c not in types]
     if missing:
-        raise WitError(f"{build / 'fetch' / 'status'}: missing column(s) {', '.join(missing)}; "
+        raise WitError(f"{fetch_dir / 'status'}: missing column(s) {', '.join(missing)}; "
                        f"rerun `wit-build fetch --force --out {build}`")
     if types["fetch_shard"] == "VARCHAR":
         con.execute("CREATE VIEW status AS SELECT *, fetch_shard AS fetch_tar FROM fetch_rows")
     else:  # a shard number: the tar whose name is that number
         import pyarrow as pa
-        tars = sorted((build / "fetch" / "shards").glob("*.tar"))
-        numbered = [(int(p.stem), f"fetch/shards/{p.name}") for p in tars if p.stem.isdigit()]
+        tars = sorted((fetch_dir / "shards").glob("*.tar"), key=str)
+        numbered = [(int(p.stem), storage.rel(build, p)) for p in tars if p.stem.isdigit()]
         con.register("tar_names", pa.table({"n": pa.array([n for n, _ in numbered], pa.int64()),
                                             "fetch_tar": [t for _, t in numbered]}))
         con.execute("CREATE TABLE tars AS SELECT * FROM tar_names")
@@ -189,7 +192,7 @@ def _open_status(con, build: Path) -> list[str]:
     missing = con.execute("SELECT fetch_shard FROM status WHERE status = 'success' "
                           "AND fetch_tar IS NULL LIMIT 1").fetchall()
     if missing:
-        raise WitError(f"{build / 'fetch' / 'shards'}: no tar for fetch shard {missing[0][0]} "
+        raise WitError(f"{fetch_dir / 'shards'}: no tar for fetch shard {missing[0][0]} "
                        f"(a file named like 00000.tar); rerun `wit-build fetch --force --out {build}`")
     return [r[0] for r in con.execute("SELECT DISTINCT fetch_tar FROM status WHERE status = "
                                       "'success' ORDER BY 1").fetchall()]
@@ -358,20 +361,23 @@ def _write(con, tmp: Path) -> None:
 def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], StageOutput]:
     def work(ctx: StageContext) -> StageOutput:
         build = ctx.build
-        db = ctx.work / "curate.duckdb"
+        db = ctx.scratch / "curate.duckdb"
         for leftover in (db, db.with_name(db.name + ".wal")):
             leftover.unlink(missing_ok=True)  # a killed run's tables; the facts files resume
-        con = catalog.scratch(ctx.work, db=db)
+        con = catalog.scratch(ctx.scratch, db=db, remote=build)
         try:
-            shards = _open_status(con, build)
-            absent = [s for s in shards if not (build / s).is_file()]
+            shards = _open_status(con, ctx)
+            absent = [s for s in shards if not (build / s).exists()]
             if absent:
                 raise WitError(f"{build / absent[0]}: fetch shard missing ({len(absent)} of "
                                f"{len(shards)}); rerun `wit-build fetch --force --out {build}`")
             facts_dir = _compute_facts(build, shards, ctx.work, _known_hashes(con))
-            if not any(facts_dir.glob("*.parquet")):  # no shards at all: an empty facts file
+            if not (facts_dir.exists() and any(facts_dir.glob("*.parquet"))):
+                import pyarrow as pa  # no shards at all: an empty facts file
                 import pyarrow.parquet as pq
-                pq.write_table(facts_schema().empty_table(), facts_dir / "empty.parquet")
+                sink = pa.BufferOutputStream()
+                pq.write_table(facts_schema().empty_table(), sink)
+                storage.write_bytes(facts_dir / "empty.parquet", sink.getvalue().to_pybytes())
             _load_samples(con, facts_dir, cfg)
             hashed = dict(con.execute("SELECT phash_from, count(*) FROM facts "
                                       "WHERE phash_from IS NOT NULL GROUP BY 1").fetchall())
@@ -396,7 +402,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Curate the fetched samples of `build`: facts, filters, dedup -> samples/."""
-    build = Path(build)
+    build = storage.location(build)
     check(cfg)
     stage.require(build, "fetch")
     params = dataclasses.asdict(cfg)

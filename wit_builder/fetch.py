@@ -5,8 +5,9 @@ the shards (no shard hammers one host). Each shard is one Ray task that runs
 img2dataset's `Downloader` (its thread pool, resizer and WebDataset writer) with
 `netguard.Fetcher` in place of its bare urllib call. At most --shards-in-flight
 shards run at once; a shard that fails or outlives --shard-time-limit is tried
-again. Finished shards are kept in the stage's work directory, so a killed run
-resumes where it stopped. Every selected uid ends with exactly one row in
+again. A shard task downloads into its own machine's temporary folder and puts the
+finished shard into the stage's work prefix in the build (summary.json last), so a
+killed run resumes where it stopped, from any machine, and no node needs another's disk. Every selected uid ends with exactly one row in
 fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar.
 """
 from __future__ import annotations
@@ -16,16 +17,15 @@ import math
 import os
 import shutil
 import time
-import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalog
+from . import catalog, cluster, storage
 from . import config as cfgmod
 from .errors import WitError
 from .netguard import DEFAULT_USER_AGENT, TRANSIENT
-from .stage import StageContext, StageOutput, StageResult, params_hash, read_record, require, run_stage
+from .stage import (StageContext, StageOutput, StageResult, output_dir, params_hash, read_record,
+                    require, run_stage)
 
 RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 ENCODE_FORMATS = ["jpg", "png", "webp"]
@@ -99,7 +99,7 @@ def check(cfg: Config) -> None:
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Fetch the build's selected pairs (or, with retry_failed, its transient failures)."""
     check(cfg)
-    build = Path(build)
+    build = storage.location(build)
     base = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "retry_failed"}
     old = read_record(build, "fetch")
     if cfg.retry_failed:
@@ -118,7 +118,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
 
 def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
     """Parameters of a retry on top of the last finished fetch (see docs/fetch.md)."""
-    if not old or old.get("status") != "done" or not (build / "fetch" / "status").is_dir():
+    if not old or old.get("status") != "done" or not (output_dir(build, old) / "status").exists():
         raise WitError(f"--retry-failed: {build} has no finished fetch to retry; "
                        f"run `wit-build fetch --out {build}` first")
     balance = require(build, "balance")
@@ -133,15 +133,17 @@ def _retry_params(build: Path, base: dict, old: dict | None) -> dict:
     return {**base, "retry_of": old["run_id"], "origin": origin}
 
 
-def _transient_rows(build: Path) -> int:
+def _transient_rows(build) -> int:
     import duckdb
-    return duckdb.connect().execute(
-        f"SELECT count(*) FROM read_parquet({_sql(build / 'fetch' / 'status' / '*.parquet')}) "
-        f"WHERE status IN {IN_TRANSIENT}").fetchall()[0][0]
+    con = duckdb.connect()
+    storage.register(con, build)
+    status = output_dir(build, read_record(build, "fetch")) / "status" / "*.parquet"
+    return con.execute(f"SELECT count(*) FROM read_parquet({_sql(status)}) "
+                       f"WHERE status IN {IN_TRANSIENT}").fetchall()[0][0]
 
 
 def _work(ctx: StageContext, cfg: Config) -> StageOutput:
-    prev = ctx.build / "fetch" if "retry_of" in ctx.params else None
+    prev = output_dir(ctx.build, read_record(ctx.build, "fetch")) if "retry_of" in ctx.params else None
     plan = _plan(ctx, cfg, prev)
     t0 = time.time()
     run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
@@ -149,8 +151,7 @@ def _work(ctx: StageContext, cfg: Config) -> StageOutput:
     return _assemble(ctx, plan, failed, prev, run_stats, seconds)
 
 
-def _sql(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+_sql = storage.sql_path
 
 
 def _shard_name(shard: int, oom: int) -> str:
@@ -167,12 +168,12 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
     done = ctx.work / "plan" / "plan.json"
     if done.exists():
         return json.loads(done.read_text())
-    tmp = ctx.work / "plan.tmp"
+    tmp = ctx.scratch / "plan.tmp"  # written here, then put into the build (plan.json last)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    con = catalog.scratch(ctx.work, keep_order=False)  # big selections spill
+    con = catalog.scratch(ctx.scratch, keep_order=False, remote=ctx.build)  # big selections spill
     if prev is None:
-        src, offset = ctx.build / "selected" / "*.parquet", 0
+        src, offset = ctx.build / ctx.inputs["balance"]["views"]["selected"], 0
         rows = (f"SELECT DISTINCT ON (uid) uid, url, text, selected_by, query_ids "
                 f"FROM read_parquet({_sql(src)}) ORDER BY uid, selected_by")
     else:
@@ -205,69 +206,45 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
     shards = list(range(offset, offset + n_shards))
     plan = {"rows": n, "duplicate_uids": given - n, "shards": shards,
             "oom_shard_count": max(5, len(str(shards[-1])) if shards else 0)}
-    (tmp / "plan.json").write_text(json.dumps(plan))
-    tmp.rename(ctx.work / "plan")
+    for part in sorted(tmp.glob("fetch_shard=*/*.parquet")):
+        storage.upload_file(part, ctx.work / "plan" / f"{part.parent.name}.parquet")
+    storage.write_json(done, plan)
+    shutil.rmtree(tmp, ignore_errors=True)
     return plan
 
 
-def _download(work: Path, shards: list[int], cfg: Config, oom: int) -> tuple[dict, dict[int, str]]:
+def _download(work, shards: list[int], cfg: Config, oom: int) -> tuple[dict, dict[int, str]]:
     """Run the unfinished shards as Ray tasks; returns this run's counts and the shards
     that failed every try (shard -> reason)."""
-    import ray
-    from tqdm import tqdm
-
-    from .cluster import cpus, ensure_ray
-    done_dir, attempts = work / "done", work / "attempts"
-    shutil.rmtree(attempts, ignore_errors=True)  # a killed run's half shards
-    attempts.mkdir(parents=True)
-    done_dir.mkdir(exist_ok=True)
-    finished = [s for s in shards if (done_dir / _shard_name(s, oom)).is_dir()]
-    seen = [json.loads((done_dir / _shard_name(s, oom) / "summary.json").read_text()) for s in finished]
+    done_dir = work / "done"
+    finished = {s for s in shards if (done_dir / _shard_name(s, oom) / "summary.json").exists()}
+    seen = [storage.read_json(done_dir / _shard_name(s, oom) / "summary.json") for s in finished]
     total = {"rows": sum(r["rows"] for r in seen), "success": sum(r["success"] for r in seen)}
     run_stats = {"success": 0, "resumed": len(finished)}
-    pending = deque((s, 0) for s in shards if s not in set(finished))
-    if pending:
-        ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
+    todo = [s for s in shards if s not in finished]
+    if not todo:
+        return run_stats, {}
+    cluster.ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
+    limit = cfg.shards_in_flight or cluster.cpus()
     settings = _task_settings(cfg, oom)
-    limit = cfg.shards_in_flight or cpus()
+
+    def progress(res: dict) -> str:
+        run_stats["success"] += res["success"]
+        total["rows"] += res["rows"]
+        total["success"] += res["success"]
+        return f"success {total['success'] / max(1, total['rows']):.1%}"
+
     # more shards than CPUs share them (downloads wait on the network), so every shard
     # in flight is running and --shard-time-limit counts from its start
-    task = ray.remote(num_cpus=min(1.0, cpus() / limit), max_retries=0)(_fetch_shard)
-    inflight: dict = {}
-    stopped: set = set()
-    failed: dict[int, str] = {}
-    bar = tqdm(total=len(shards), initial=len(finished), unit="shard", desc="fetch", mininterval=0.5)
-    while pending or inflight:
-        while pending and len(inflight) < limit:
-            shard, tries = pending.popleft()
-            ref = task.remote(shard, str(work / "plan" / f"fetch_shard={shard}"), str(attempts),
-                              str(done_dir), settings)
-            inflight[ref] = (shard, tries, time.monotonic())
-        ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-        for ref in ready:
-            shard, tries, _t = inflight.pop(ref)
-            try:
-                res = ray.get(ref)
-            except Exception as e:  # a crashed, killed or stopped task: try the shard again
-                reason = (f"stopped after --shard-time-limit {cfg.shard_time_limit:g} s"
-                          if ref in stopped else str(e).strip().splitlines()[-1][:300])
-                if tries < cfg.shard_retries:
-                    pending.append((shard, tries + 1))
-                else:
-                    failed[shard] = f"shard {shard} failed {tries + 1} time(s): {reason}"
-                    bar.update(1)
-                continue
-            run_stats["success"] += res["success"]
-            total["rows"] += res["rows"]
-            total["success"] += res["success"]
-            bar.update(1)
-            bar.set_postfix_str(f"success {total['success'] / max(1, total['rows']):.1%}")
-        now = time.monotonic()
-        for ref, (shard, _tries, started) in inflight.items():
-            if ref not in stopped and now - started > cfg.shard_time_limit:
-                ray.cancel(ref, force=True)
-                stopped.add(ref)
-    bar.close()
+    outcome = cluster.run_units(
+        _fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings)
+                       for s in todo),
+        "fetch", total=len(todo), done=len(finished), in_flight=limit,
+        retries=cfg.shard_retries, time_limit=cfg.shard_time_limit,
+        num_cpus=min(1.0, cluster.cpus() / limit), raise_failed=False, on_result=progress,
+        unit="shard")
+    failed = {todo[i]: f"shard {todo[i]} {why}".replace(
+        "its time limit of", "--shard-time-limit") for i, why in outcome.failed.items()}
     return run_stats, failed
 
 
@@ -284,14 +261,16 @@ def _task_settings(cfg: Config, oom: int) -> dict:
     }
 
 
-def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settings: dict) -> dict:
-    """Ray task: download one shard with img2dataset into done_dir/NNNNN/ (atomically).
+def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
+    """Ray task: download one shard with img2dataset into done_dir/NNNNN/ in the build.
 
-    done_dir/NNNNN/ holds NNNNN.tar and NNNNN_stats.json (img2dataset's), status.parquet
-    (the shard's rows of fetch/status) and summary.json.
+    It works in a temporary folder of the machine it runs on and puts NNNNN.tar and
+    NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status)
+    and, last, summary.json (the proof that the shard is done) into done_dir/NNNNN/.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
+    import tempfile
     import warnings
 
     import pyarrow as pa
@@ -307,61 +286,63 @@ def _fetch_shard(shard: int, plan_dir: str, attempts: str, done_dir: str, settin
 
     oom = settings["oom_shard_count"]
     name = _shard_name(shard, oom)
-    final = Path(done_dir) / name
-    if final.is_dir():  # finished by an attempt the driver had given up on
-        return json.loads((final / "summary.json").read_text())
-    out = Path(attempts) / f"{name}-{uuid.uuid4().hex[:8]}"
-    out.mkdir(parents=True)
-    plan = pq.read_table(plan_dir).sort_by("ord")
-    feather = out / "input.arrow"
-    with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, pa.schema(
-            [("uid", pa.string()), ("caption", pa.string()), ("url", pa.string())])) as w:
-        w.write_table(pa.table({"uid": plan["uid"], "caption": plan["text"], "url": plan["url"]}))
+    final = done_dir / name
+    if (final / "summary.json").exists():  # finished by an attempt the driver had given up on
+        return storage.read_json(final / "summary.json")
+    with tempfile.TemporaryDirectory(prefix=f"wit-fetch-{name}-") as tmp:
+        out = Path(tmp)
+        with plan_file.open("rb") as f:
+            plan = pq.read_table(f).sort_by("ord")
+        feather = out / "input.arrow"
+        with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, pa.schema(
+                [("uid", pa.string()), ("caption", pa.string()), ("url", pa.string())])) as w:
+            w.write_table(pa.table({"uid": plan["uid"], "caption": plan["text"], "url": plan["url"]}))
 
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    p = settings["policy"]
-    fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}))
-    outcomes: dict[int, tuple] = {}
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+        p = settings["policy"]
+        fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}))
+        outcomes: dict[int, tuple] = {}
 
-    def fetch(row, **_img2dataset_options):
-        index, url = row
-        data, status, error = fetcher.fetch(url)
-        outcomes[index] = (status, error, None if data is None else len(data))
-        return index, (None if data is None else Download(index, data)), error
+        def fetch(row, **_img2dataset_options):
+            index, url = row
+            data, status, error = fetcher.fetch(url)
+            outcomes[index] = (status, error, None if data is None else len(data))
+            return index, (None if data is None else Download(index, data)), error
 
-    r = settings["resize"]
-    stored: dict[int, tuple[str, int]] = {}
-    tap = CvTap(i2d_resizer.cv2, r["image_size"] if r["reduced_decode"] else None,
-                r["resize_mode"])
-    resizer = hashing_resizer(Resizer(
-        r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
-        encode_format=r["encode_format"], max_image_area=r["max_image_area"]), tap, stored)
-    downloader = i2d.Downloader(
-        sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
-        thread_count=settings["threads"], save_caption=True, extract_exif=False,
-        output_folder=str(out), column_list=["uid", "caption", "url"], timeout=p["timeout"],
-        number_sample_per_shard=settings["shard_size"], oom_shard_count=oom,
-        compute_hash="sha256", verify_hash_type=None, encode_format=r["encode_format"],
-        retries=p["retries"], user_agent_token=None, disallowed_header_directives=None)
-    # img2dataset looks these names up at call time; the task owns its worker process.
-    original, i2d.download_image_with_retry = i2d.download_image_with_retry, fetch
-    i2d_resizer.cv2 = tap
-    try:
-        downloader.download_shard((shard, str(feather)))
-    finally:
-        i2d.download_image_with_retry = original
-        i2d_resizer.cv2 = tap.cv2
-        fetcher.close()
-    table = _status_table(plan, out / f"{name}.parquet", outcomes, stored, shard, settings)
-    pq.write_table(table, out / "status.parquet")
-    (out / f"{name}.parquet").unlink()
-    statuses = table["status"].to_pylist()
-    summary = {"shard": shard, "rows": len(statuses), "success": statuses.count("success")}
-    (out / "summary.json").write_text(json.dumps(summary))
-    try:
-        out.rename(final)
-    except OSError:  # another attempt finished first
-        shutil.rmtree(out, ignore_errors=True)
+        r = settings["resize"]
+        stored: dict[int, tuple[str, int]] = {}
+        tap = CvTap(i2d_resizer.cv2, r["image_size"] if r["reduced_decode"] else None,
+                    r["resize_mode"])
+        resizer = hashing_resizer(Resizer(
+            r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
+            encode_format=r["encode_format"], max_image_area=r["max_image_area"]), tap, stored)
+        downloader = i2d.Downloader(
+            sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
+            thread_count=settings["threads"], save_caption=True, extract_exif=False,
+            output_folder=str(out), column_list=["uid", "caption", "url"], timeout=p["timeout"],
+            number_sample_per_shard=settings["shard_size"], oom_shard_count=oom,
+            compute_hash="sha256", verify_hash_type=None, encode_format=r["encode_format"],
+            retries=p["retries"], user_agent_token=None, disallowed_header_directives=None)
+        # img2dataset looks these names up at call time; the task owns its worker process.
+        original, i2d.download_image_with_retry = i2d.download_image_with_retry, fetch
+        i2d_resizer.cv2 = tap
+        try:
+            downloader.download_shard((shard, str(feather)))
+        finally:
+            i2d.download_image_with_retry = original
+            i2d_resizer.cv2 = tap.cv2
+            fetcher.close()
+        table = _status_table(plan, out / f"{name}.parquet", outcomes, stored, shard, settings)
+        pq.write_table(table, out / "status.parquet")
+        statuses = table["status"].to_pylist()
+        counts: dict[str, int] = {}
+        for st in statuses:
+            counts[st] = counts.get(st, 0) + 1
+        summary = {"shard": shard, "rows": len(statuses), "success": counts.get("success", 0),
+                   "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b)}
+        for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet"):
+            storage.upload_file(out / f, final / f)
+        storage.write_json(final / "summary.json", summary)
     return summary
 
 
@@ -421,51 +402,61 @@ def _with_status(plan, cols: dict | None = None):
         schema=schema)
 
 
-def _link(src: Path, dest: Path) -> None:
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
+def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_stats: dict,
+              seconds: float) -> StageOutput:
+    """fetch/shards and fetch/status from the finished shards (and the previous fetch).
 
-
-def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path | None,
-              run_stats: dict, seconds: float) -> StageOutput:
-    """fetch/shards and fetch/status from the finished shards (and the previous fetch)."""
-    import duckdb
+    Finished shards' files are adopted (moved within the store at the commit); only
+    rows written here — failed shards, a retry's kept rows — pass through this machine,
+    and the counts come from each shard's summary.json.
+    """
     import pyarrow.parquet as pq
-    out = ctx.output("fetch")
-    shards_out, status_out = out / "shards", out / "status"
-    shards_out.mkdir()
+    status_out = ctx.output("fetch") / "status"
     status_out.mkdir()
     oom = plan["oom_shard_count"]
     settings = {"shard_size": ctx.params["fetch_shard_size"], "oom_shard_count": oom}
+    counts: dict[str, int] = {}
+    total_bytes = 0
+
+    def add(statuses: dict[str, int], size: int = 0) -> None:
+        nonlocal total_bytes
+        for k, v in statuses.items():
+            counts[k] = counts.get(k, 0) + v
+        total_bytes += size
+
     for shard in plan["shards"]:
         name = _shard_name(shard, oom)
         done = ctx.work / "done" / name
-        if done.is_dir():
+        if shard not in failed:
+            summary = storage.read_json(done / "summary.json")
+            add(summary["statuses"], summary["bytes"])
             for f in (f"{name}.tar", f"{name}_stats.json"):
-                _link(done / f, shards_out / f)
-            _link(done / "status.parquet", status_out / f"{name}.parquet")
+                ctx.adopt(done / f, f"fetch/shards/{f}")
+            ctx.adopt(done / "status.parquet", f"fetch/status/{name}.parquet")
             continue
-        rows = pq.read_table(ctx.work / "plan" / f"fetch_shard={shard}").sort_by("ord")
+        with (ctx.work / "plan" / f"fetch_shard={shard}.parquet").open("rb") as f:
+            rows = pq.read_table(f).sort_by("ord")
         n = rows.num_rows
         pq.write_table(_with_status(rows, {
             "status": ["shard_failed"] * n, "error": [failed[shard]] * n, "fetch_shard": [shard] * n,
             "key": [_key(i, shard, settings) for i in range(n)]}), status_out / f"{name}.parquet")
-    con = duckdb.connect()
+        add({"shard_failed": n})
     if prev is not None:  # keep the previous rows that were not retried, and all its images
-        for f in sorted((prev / "status").glob("*.parquet")):
+        con = catalog.scratch(ctx.scratch, remote=ctx.build)
+        for f in sorted((prev / "status").glob("*.parquet"), key=str):
+            dest = status_out / f.name
             con.execute(f"COPY (SELECT * FROM read_parquet({_sql(f)}) WHERE status NOT IN "
-                        f"{IN_TRANSIENT}) TO {_sql(status_out / f.name)} (FORMAT parquet)")
-        for f in sorted((prev / "shards").iterdir()):
-            _link(f, shards_out / f.name)
-    if not any(status_out.iterdir()):
+                        f"{IN_TRANSIENT}) TO {_sql(dest)} (FORMAT parquet)")
+            kept = con.execute(f"SELECT status, count(*), coalesce(sum(bytes), 0) FROM "
+                               f"read_parquet({_sql(dest)}) GROUP BY 1").fetchall()
+            for status, k, size in kept:
+                add({status: k}, size)
+        for f in sorted((prev / "shards").iterdir(), key=str):
+            ctx.adopt(f, f"fetch/shards/{f.name}", copy=True)
+        con.close()
+    if not any(status_out.iterdir()) and not plan["shards"]:
         pq.write_table(_with_status(None), status_out / "empty.parquet")
-    status_glob = _sql(status_out / "*.parquet")
-    counts = dict(con.execute(f"SELECT status, count(*) FROM read_parquet({status_glob}) "
-                              "GROUP BY 1 ORDER BY 2 DESC, 1").fetchall())
-    total_bytes = con.execute(f"SELECT coalesce(sum(bytes), 0) FROM read_parquet({status_glob})"
-                              ).fetchall()[0][0]
+    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     rows = sum(counts.values())
     failures = {k: v for k, v in counts.items() if k != "success"}
     summary = {
@@ -482,4 +473,3 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev: Path 
     if prev is not None:
         summary["retried"] = plan["rows"]
     return StageOutput(rows=rows, summary=summary)
-

@@ -10,8 +10,11 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-from pathlib import Path
+import tempfile
 from typing import Any
+
+from . import storage
+from .io import open_input
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
@@ -64,10 +67,12 @@ def _member_key(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext.lower()
 
 
-def shard_facts(tar_path: str, rel: str, out: str, known_in: tuple[list[str], Any] | None = None,
+def shard_facts(tar_path, rel: str, out, known_in: tuple[list[str], Any] | None = None,
                 batch: int = 512) -> dict[str, Any]:
     """Facts of every image member of one tar, written to `out` (Parquet).
 
+    `tar_path` and `out` are locations in the build (local or remote): the tar is read
+    as a stream and the facts file is put in one piece, so any node can run this.
     `known_in` is (status files, fetch_shard) holding the sha256 and pHash fetch
     recorded for this tar's images (see _known_hashes).
     Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
@@ -86,7 +91,7 @@ def shard_facts(tar_path: str, rel: str, out: str, known_in: tuple[list[str], An
 
     seen = set()
     try:
-        with tarfile.open(tar_path, "r:") as tf:
+        with open_input(tar_path) as raw, tarfile.open(fileobj=raw, mode="r|") as tf:
             for member in tf:
                 key, ext = _member_key(member.name)
                 if not member.isfile() or ext not in IMAGE_EXTS or key in seen:
@@ -103,15 +108,19 @@ def shard_facts(tar_path: str, rel: str, out: str, known_in: tuple[list[str], An
     except (tarfile.TarError, OSError) as e:
         return {"shard": rel, "error": f"{type(e).__name__}: {e}"}
     table = pa.table(cols, schema=facts_schema())
-    tmp = f"{out}.tmp-{os.getpid()}"
+    fd, tmp = tempfile.mkstemp(suffix=".parquet")
+    os.close(fd)
     pq.write_table(table, tmp)
-    os.replace(tmp, out)  # a finished shard survives a killed run
+    storage.upload_file(tmp, storage.location(out))  # a finished shard survives a killed run
     return {"shard": rel, "images": table.num_rows}
 
 
 def eval_facts(paths: list[str], root: str) -> dict[str, list]:
     """sha256 and pHash of evaluation image files (path relative to `root`)."""
-    blobs = [Path(p).read_bytes() for p in paths]
+    blobs = []
+    for p in paths:
+        with open_input(storage.location(p, "--eval-images")) as f:
+            blobs.append(f.read())
     facts = image_facts(blobs)
     return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["image_sha256"],
             "phash": facts["phash"], "decode_error": facts["decode_error"]}
@@ -123,7 +132,11 @@ def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     cols = ["key", "status", "fetch_shard", "stored_sha256", "stored_phash"]
-    t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
+    tables = []
+    for f in files:
+        with open_input(storage.location(f)) as fh:
+            tables.append(pq.read_table(fh, columns=cols))
+    t = pa.concat_tables(tables)
     mine = pc.and_(pc.and_(pc.equal(t["status"], "success"),
                            pc.equal(t["fetch_shard"], pa.scalar(fetch_shard, t["fetch_shard"].type))),
                    pc.is_valid(t["stored_phash"]))

@@ -17,14 +17,13 @@ import io
 import json
 import math
 import os
-import shutil
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import catalog, cluster, stage
+from . import catalog, cluster, stage, storage
 from .errors import WitError
 from .io import write_json
 from .stage import StageContext, StageOutput, StageResult
@@ -54,16 +53,22 @@ def shard_name(index: int) -> str:
     return f"{index:05d}.tar"
 
 
-def write_shard(build: str, rows, out: str) -> dict[str, Any]:
-    """Write one final shard from its manifest rows (plus where each image lies).
+def write_shard(build, rows, out) -> dict[str, Any]:
+    """Ray task: write one final shard from its manifest rows (plus where each image lies).
 
-    Reads each image by seeking to its offset in the fetch tar and checks its
-    sha256 against the one curate recorded. Returns {"shard", "samples"} or
-    {"shard", "error"}.
+    Reads each image from its fetch tar by offset (locally a seek, in an object store one
+    ranged GET) and checks its sha256 against the one curate recorded. The tar is built
+    in this machine's temporary folder and put at `out` in the build in one piece.
+    Returns {"shard", "samples"} or {"shard", "error"}.
     """
+    import tempfile
     handles: OrderedDict[str, Any] = OrderedDict()
+    remote = storage.is_remote(build)
 
     def read(rel: str, offset: int, size: int) -> bytes:
+        if remote:
+            loc = build / rel
+            return loc.fs.cat_file(loc.path, start=offset, end=offset + size)
         if rel not in handles:
             if len(handles) >= OPEN_FILES:
                 handles.popitem(last=False)[1].close()
@@ -73,8 +78,9 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
         f.seek(offset)
         return f.read(size)
 
-    name = os.path.basename(out)
-    tmp = f"{out}.tmp-{os.getpid()}"
+    name = out.name
+    fd, tmp = tempfile.mkstemp(prefix=f"wit-publish-{name}-")
+    os.close(fd)
     try:
         # Plain tarfile, as webdataset's TarWriter does (importing webdataset pulls in
         # torch: seconds per Ray worker for nothing).
@@ -92,7 +98,7 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
                     info = tarfile.TarInfo(f"{r['key']}.{ext}")
                     info.size, info.mtime, info.mode = len(blob), TAR_MTIME, 0o444
                     sink.addfile(info, io.BytesIO(blob))
-        os.replace(tmp, out)
+        storage.upload_file(tmp, out)
     except (OSError, tarfile.TarError) as e:
         return {"shard": name, "error": f"{type(e).__name__}: {e}"}
     finally:
@@ -103,26 +109,26 @@ def write_shard(build: str, rows, out: str) -> dict[str, Any]:
     return {"shard": name, "samples": rows.num_rows}
 
 
-def _samples(build: Path) -> str:
+def _samples(ctx: StageContext) -> str:
     """SQL reading curate's samples."""
-    glob = str(build / "samples" / "*.parquet").replace("'", "''")
-    return f"read_parquet('{glob}', union_by_name = true)"
+    glob = ctx.build / ctx.inputs["curate"]["views"]["samples"]
+    return f"read_parquet({storage.sql_path(glob)}, union_by_name = true)"
 
 
-def _ordered(con, build: Path, cfg: Config, batch: int = 65536):
+def _ordered(con, ctx: StageContext, cfg: Config, batch: int = 65536):
     """Kept samples in the seeded order, as a stream of Arrow record batches."""
     return con.sql(f"""
         SELECT uid, url, text, selected_by::INTEGER AS selected_by,
                query_ids::INTEGER[] AS query_ids, width::INTEGER AS width,
                height::INTEGER AS height, sha256, image_sha256, fetch_tar, image_offset, image_bytes, image_format
-        FROM {_samples(build)}
+        FROM {_samples(ctx)}
         WHERE keep
         ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || uid), uid
         """).to_arrow_reader(batch)
 
 
-def _kept(con, build: Path) -> int:
-    return con.execute(f"SELECT count(*) FROM {_samples(build)} WHERE keep").fetchall()[0][0]
+def _kept(con, ctx: StageContext) -> int:
+    return con.execute(f"SELECT count(*) FROM {_samples(ctx)} WHERE keep").fetchall()[0][0]
 
 
 def _shards(reader, shard_size: int) -> Iterator[tuple[int, Any]]:
@@ -141,38 +147,38 @@ def _shards(reader, shard_size: int) -> Iterator[tuple[int, Any]]:
         yield index, pa.Table.from_batches(pending)
 
 
-def _with_keys(index: int, table, shard_size: int):
-    """Add the final shard and key columns to one shard's rows."""
+def _with_keys(index: int, table, shard_size: int, folder: str):
+    """Add the final shard and key columns to one shard's rows (`folder`: where the
+    shards are committed, relative to the build)."""
     import pyarrow as pa
     width = len(str(max(shard_size - 1, 0)))
     keys = [f"{index:05d}{j:0{width}d}" for j in range(table.num_rows)]
     table = table.append_column("key", pa.array(keys, pa.string()))
-    shard = pa.array([f"shards/{shard_name(index)}"] * table.num_rows, pa.string())
+    shard = pa.array([f"{folder}/{shard_name(index)}"] * table.num_rows, pa.string())
     return table.append_column("shard", shard)
 
 
 def _work(cfg: Config):
     def work(ctx: StageContext) -> StageOutput:
         import pyarrow.parquet as pq
-        build = ctx.build.resolve()
-        done_dir = ctx.work / "shards"
-        done_dir.mkdir(parents=True, exist_ok=True)
+        done_dir = ctx.work / "shards"  # in the build: finished shards survive a kill
+        folder = storage.rel(ctx.build, ctx.final("shards"))
         manifest = ctx.output("manifest")
         schema = _manifest_schema()
         sizes: dict[str, int] = {}
-        con = catalog.scratch(ctx.work)
+        con = catalog.scratch(ctx.scratch, remote=ctx.build)
         try:
             with pq.ParquetWriter(manifest / "part-00000.parquet", schema) as writer:
                 def calls():
-                    for index, table in _shards(_ordered(con, build, cfg), cfg.shard_size):
-                        table = _with_keys(index, table, cfg.shard_size)
+                    for index, table in _shards(_ordered(con, ctx, cfg), cfg.shard_size):
+                        table = _with_keys(index, table, cfg.shard_size, folder)
                         writer.write_table(table.select(schema.names).cast(schema))
                         sizes[shard_name(index)] = table.num_rows
                         out = done_dir / shard_name(index)
                         if not out.exists():  # finished in an earlier, killed run
-                            yield (str(build), table, str(out))
+                            yield (ctx.build, table, out)
                 results = cluster.map_tasks(write_shard, calls(), "publish: shards",
-                                    total=math.ceil(_kept(con, build) / cfg.shard_size))
+                                            total=math.ceil(_kept(con, ctx) / cfg.shard_size))
         finally:
             con.close()
         errors = [r for r in results if "error" in r]
@@ -182,7 +188,7 @@ def _work(cfg: Config):
                            f"--force --out {ctx.build}`, then publish (finished shards are kept)")
         out = ctx.output("shards")
         for name in sizes:
-            shutil.move(str(done_dir / name), out / name)
+            ctx.adopt(done_dir / name, f"shards/{name}")
         write_json(out / "sizes.json", sizes)
         total = sum(sizes.values())
         return StageOutput(rows=total, summary={
@@ -199,7 +205,7 @@ def check(cfg: Config) -> None:
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Publish the kept samples of `build` as WebDataset shards and a manifest."""
-    build = Path(build)
+    build = storage.location(build)
     check(cfg)
     stage.require(build, "curate")
     return stage.run_stage(build, "publish", dataclasses.asdict(cfg), _work(cfg),

@@ -59,7 +59,7 @@ class StageContext:
     scratch: Path = None  # local: DuckDB spill files and other throwaway files
     run_id: str = ""
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # upstream records
-    adopted: list[tuple[Any, str]] = field(default_factory=list)
+    adopted: list[tuple[Any, str, bool]] = field(default_factory=list)
 
     def output(self, name: str) -> Path:
         path = self.tmp / name
@@ -70,11 +70,11 @@ class StageContext:
         """Where output `name` will be once committed (for paths recorded inside it)."""
         return self.build / name / self.run_id
 
-    def adopt(self, src, dest: str) -> None:
-        """At the commit, move the file `src` (already in the build, e.g. written by a task
-        under work/) to `dest`, a path relative to the build under one of the outputs
-        (`fetch/shards/00000.tar`); moved within the store, no bytes through this machine."""
-        self.adopted.append((src, dest))
+    def adopt(self, src, dest: str, copy: bool = False) -> None:
+        """At the commit, move (or `copy`) the file `src` (already in the build, e.g. written
+        by a task under work/) to `dest`, a path relative to the build under one of the
+        outputs (`fetch/shards/00000.tar`); within the store, no bytes through this machine."""
+        self.adopted.append((src, dest, copy))
 
     def upstream(self, stage: str, name: str | None = None):
         """The committed location of an upstream stage's output (default: its first)."""
@@ -203,9 +203,9 @@ def run_stage(build, stage: str, params: dict[str, Any],
         if not src.exists():
             raise RuntimeError(f"stage {stage} did not write its output {name}/")
         storage.upload_dir(src, storage.child(build, scoped[name]))
-    for src, dest in ctx.adopted:
+    for src, dest, copy in ctx.adopted:
         head, _, rest = dest.partition("/")
-        storage.move(src, storage.child(build, scoped[head], rest))
+        (storage.copy if copy else storage.move)(src, storage.child(build, scoped[head], rest))
     seconds = time.time() - t0
     storage.write_json(record_path(build, stage), {
         "stage": stage, "run_id": run_id, "status": "done", "params": params,
