@@ -59,3 +59,56 @@ def check_same_model(ckpt: dict, want: ModelConfig, path) -> None:
                        + (f" ({'; '.join(diff[:4])})" if diff else "")
                        + f"; pass --model {have.name} (and the same --image-size) to resume it, "
                        "or choose another --out to start afresh")
+
+
+class RunFolder:
+    """Where a run keeps checkpoint.pt, log.jsonl, config.json, tokenizer.json, curves.png.
+
+    `--out` may be a local folder or a URL (s3://, gs://). A remote run works in a local
+    mirror under ~/.cache/wit/train/ and puts its files to the URL at every checkpoint;
+    resuming first fetches them, so a run can go on from another machine.
+    """
+    FILES = ("checkpoint.pt", "log.jsonl", "config.json", "tokenizer.json", "curves.png")
+
+    def __init__(self, out: str):
+        import hashlib
+
+        from wit_builder import storage
+        self.url = storage.location(out, "--out")
+        self.remote = storage.is_remote(self.url)
+        if self.remote:
+            storage.check_reachable(self.url, "--out")
+            key = hashlib.sha256(str(self.url).encode()).hexdigest()[:16]
+            self.local = storage.cache_dir("train", key)
+        else:
+            self.local = Path(self.url)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.local / name
+
+    def where(self, name: str) -> str:
+        """What the user should be told: the URL of a remote file, else the local path."""
+        return str(self.url / name) if self.remote else str(self.local / name)
+
+    def has_checkpoint(self) -> bool:
+        return (self.url / "checkpoint.pt").exists()
+
+    def fetch(self) -> None:
+        """Bring the remote files down before resuming (the checkpoint decides)."""
+        if not self.remote:
+            return
+        from wit_builder import storage
+        for name in self.FILES:
+            src = self.url / name
+            (self.local / name).unlink(missing_ok=True)
+            if src.exists():
+                storage.download_file(src, self.local / name)
+
+    def push(self) -> None:
+        """Put the run's files to the remote --out (checkpoint last: it is the commit)."""
+        if not self.remote:
+            return
+        for name in sorted(self.FILES, key=lambda n: n == "checkpoint.pt"):
+            path = self.local / name
+            if path.exists():
+                self.url.fs.put_file(str(path), (self.url / name).path)

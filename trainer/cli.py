@@ -48,8 +48,10 @@ def train_command(args: argparse.Namespace) -> int:
 
     if getattr(args, "resume", None):  # a resumed run starts from the settings it was started with
         out = getattr(args, "out", None) or TrainConfig.out
-        saved = (Path(out) if args.resume == "auto" else Path(args.resume).parent) / "config.json"
-        if saved.is_file() and not getattr(args, "config", None):
+        from wit_builder import storage
+        saved = (storage.location(out, "--out") if args.resume == "auto"
+                 else Path(args.resume).parent) / "config.json"
+        if saved.exists() and not getattr(args, "config", None):
             base = argparse.Namespace(**json.loads(saved.read_text()))
             base.__dict__.update(vars(args))
             args = base

@@ -9,6 +9,7 @@ uninterrupted run would have read.
 """
 
 import glob
+import importlib
 import io
 import itertools
 import json
@@ -34,19 +35,70 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_FAILURES_IN_ROW = 200  # a worker that reads this many bad samples in a row gives up
 
 
+def _fsspec_open(url: str, mode: str = "rb", bufsize: int = 8192, **_kw):
+    """webdataset's opener for object-store URLs (s3://, gs://, …): fsspec, with the
+    credentials and endpoint wit-build uses (wit_builder.storage)."""
+    from wit_builder import storage
+    loc = storage.location(url, "--data")
+    return loc.fs.open(loc.path, mode, block_size=max(bufsize, 1 << 24))
+
+
+for _scheme in ("s3", "gs", "gcs", "az", "abfs"):  # webdataset's own gs:// needs gsutil
+    importlib.import_module("webdataset.gopen").gopen_schemes[_scheme] = _fsspec_open
+
+
+def _published(build) -> list[str] | None:
+    """The shards a wit build's publish stage committed, or None if `build` is no build."""
+    from wit_builder import stage
+    if not (build / "_stages" / "publish.json").exists():
+        return None
+    folder = stage.committed(build, "publish", "shards")
+    return sorted(str(p) for p in folder.glob("*.tar"))
+
+
+def _remote_shards(item: str) -> list[str]:
+    from wit_builder import storage
+    urls = []
+    for pattern in wds.shardlists.expand_urls(item):
+        loc = storage.location(pattern, "--data")
+        storage.check_reachable(loc, "--data")
+        proto = pattern.split("://", 1)[0]
+        if glob.has_magic(pattern):
+            found = [f"{proto}://{n}" for n in sorted(loc.fs.glob(loc.path))]
+        elif loc.fs.isdir(loc.path):
+            found = _published(loc)
+            if found is None:
+                folder = loc / "shards" if (loc / "shards").exists() else loc
+                found = sorted(str(p) for p in folder.glob("*.tar"))
+        else:
+            found = [pattern] if loc.fs.exists(loc.path) else []
+        if not found:
+            raise WitError(f"--data {item}: {pattern} matches no shards; give a build URL, shard "
+                           "URLs, a glob or a brace pattern like 's3://bucket/shards/{00000..00009}.tar'")
+        urls += found
+    return urls
+
+
 def resolve_shards(data: str | list[str]) -> list[str]:
-    """Shard URLs from a build directory (its shards/*.tar), files, globs or brace patterns."""
+    """Shard URLs from a build directory (its published shards), files, globs or brace
+    patterns; local paths or object-store URLs."""
+    from wit_builder import storage
     urls = []
     for item in [data] if isinstance(data, str) else list(data):
+        if storage.scheme(item) not in ("", "http", "https", "pipe") and "://" in item:
+            urls += _remote_shards(item)
+            continue
         if "://" in item or item.startswith("pipe:"):
             urls += wds.shardlists.expand_urls(item)  # remote: trust the caller
             continue
         path = Path(item)
         if path.is_dir():
-            folder = path / "shards" if (path / "shards").is_dir() else path
-            found = sorted(str(p) for p in folder.glob("*.tar"))
+            found = _published(path)
+            if found is None:
+                folder = path / "shards" if (path / "shards").is_dir() else path
+                found = sorted(str(p) for p in folder.glob("*.tar"))
             if not found:
-                raise WitError(f"--data {item}: no .tar shards in {folder}; give a build directory "
+                raise WitError(f"--data {item}: no .tar shards in it; give a build directory "
                                "that `wit-build publish` wrote, or shard files")
             urls += found
             continue
@@ -63,15 +115,19 @@ def resolve_shards(data: str | list[str]) -> list[str]:
 
 def count_samples(urls: list[str]) -> int | None:
     """Samples in these shards according to their sizes.json files (open_clip style), if all have one."""
+    from wit_builder import storage
     total, cache = 0, {}
     for url in urls:
-        path = Path(url)
-        sizes_file = path.parent / "sizes.json"
-        if sizes_file not in cache:
-            cache[sizes_file] = json.loads(sizes_file.read_text()) if sizes_file.is_file() else {}
-        if path.name not in cache[sizes_file]:
+        if "://" in url and storage.scheme(url) in ("http", "https", "pipe"):
             return None
-        total += int(cache[sizes_file][path.name])
+        path = storage.location(url, "--data")
+        sizes_file = path.parent / "sizes.json"
+        key = str(sizes_file)
+        if key not in cache:
+            cache[key] = json.loads(sizes_file.read_text()) if sizes_file.exists() else {}
+        if path.name not in cache[key]:
+            return None
+        total += int(cache[key][path.name])
     return total
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from wit_builder.errors import WitError
 
 from . import curves
-from .checkpoint import check_same_model, load_checkpoint, save_checkpoint
+from .checkpoint import RunFolder, check_same_model, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ShardStream, check_shards, count_samples, loader, normalize, read_captions, resolve_shards
 from .loss import clip_loss
@@ -127,13 +127,18 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
-    out = Path(cfg.out)
+    out = RunFolder(cfg.out)  # local, or a local mirror of an s3:// / gs:// --out
     ckpt_path, log_path, plot_path = out / "checkpoint.pt", out / "log.jsonl", out / "curves.png"
     ckpt, resume_path = None, ckpt_path if cfg.resume == "auto" else Path(cfg.resume)
     if cfg.resume:
+        if cfg.resume == "auto" and int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            out.fetch()  # one process per machine brings a remote run's files down
+        if world > 1:
+            dist.barrier()
         ckpt = load_checkpoint(resume_path)
-    elif ckpt_path.exists():
-        raise WitError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    elif out.has_checkpoint():
+        raise WitError(f"{out.where('checkpoint.pt')} exists: pass --resume to continue that run, "
+                       "or choose another --out")
     # ---- data and tokenizer
     urls = resolve_shards(cfg.data)
     check_shards(urls)
@@ -171,7 +176,7 @@ def train(cfg: TrainConfig) -> dict:
                   "the data order will differ from an uninterrupted run", flush=True)
         del ckpt
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        out.local.mkdir(parents=True, exist_ok=True)
         tokenizer.save(out / "tokenizer.json")
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         curves.truncate_log(log_path, step)
@@ -188,6 +193,7 @@ def train(cfg: TrainConfig) -> dict:
                 "world_size": world,
             })
             curves.plot(log_path, plot_path)
+            out.push()
 
     # ---- loop
     segment = cfg.checkpoint_every or cfg.steps  # the data stream restarts, reseeded, at each checkpoint
@@ -290,8 +296,9 @@ def train(cfg: TrainConfig) -> dict:
     if interrupted and rank == 0:
         print(f"stopped at step {step}; continue with --resume", flush=True)
     return {
-        "steps": step, "final_loss": loss_value, "checkpoint": str(ckpt_path), "log": str(log_path),
-        "plot": str(plot_path) if plot_path.exists() else None, "tokenizer": str(out / "tokenizer.json"),
+        "steps": step, "final_loss": loss_value, "checkpoint": out.where("checkpoint.pt"),
+        "log": out.where("log.jsonl"), "plot": out.where("curves.png") if plot_path.exists() else None,
+        "tokenizer": out.where("tokenizer.json"),
         "samples_per_s": timed_steps * cfg.batch_size * world / elapsed if timed_steps else None,
         "data_wait": wait_total / elapsed if timed_steps else None, "skipped": skipped,
         "interrupted": interrupted, "model": mcfg.name, "params": raw.num_params(),

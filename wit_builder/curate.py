@@ -71,7 +71,7 @@ def check(cfg: Config) -> None:
     if not -1 <= cfg.near_dup_bits <= 16:
         raise WitError(f"--near-dup-bits {cfg.near_dup_bits}: give -1 (off) to 16; pHashes "
                        "of different pictures are typically 20-40 bits apart")
-    if cfg.eval_images and not Path(cfg.eval_images).expanduser().is_dir():
+    if cfg.eval_images and not storage.location(cfg.eval_images, "--eval-images").is_dir():
         raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
                        "holding the evaluation images")
 
@@ -114,26 +114,26 @@ def _compute_facts(build, shards: list[str], work,
     return out_dir
 
 
-def _eval_images(cfg: Config) -> list[Path]:
-    root = Path(cfg.eval_images).expanduser().absolute()  # Ray workers need not share our cwd
-    files = sorted(p for p in root.rglob("*") if p.is_file()
-                   and p.suffix.lower().lstrip(".") in IMAGE_EXTS)
+def _eval_images(cfg: Config) -> list:
+    root = storage.location(cfg.eval_images, "--eval-images")  # absolute, or a URL
+    files = sorted((p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTS
+                    and p.is_file()), key=str)
     if not files:
         raise WitError(f"--eval-images {cfg.eval_images}: no image files in it (looked for "
                        f"{', '.join('.' + e for e in IMAGE_EXTS)})")
     return files
 
 
-def _compute_eval(cfg: Config, files: list[Path], chunk: int = 256):
+def _compute_eval(cfg: Config, files: list, chunk: int = 256):
     import pyarrow as pa
-    root = str(Path(cfg.eval_images).expanduser().absolute())
+    root = str(storage.location(cfg.eval_images, "--eval-images"))
     calls = [([str(p) for p in files[i:i + chunk]], root) for i in range(0, len(files), chunk)]
     parts = [pa.table(r) for r in cluster.map_tasks(eval_facts, calls, "curate: eval images", len(calls))]
     table = pa.concat_tables(parts)
     bad = [i for i, e in enumerate(table["decode_error"].to_pylist()) if e]
     if bad:
         row = table.slice(bad[0], 1).to_pylist()[0]
-        raise WitError(f"--eval-images: {Path(root) / row['path']} cannot be decoded "
+        raise WitError(f"--eval-images: {root}/{row['path']} cannot be decoded "
                        f"({row['decode_error']}); remove or replace it so the evaluation set "
                        "is fully protected")
     return table.drop_columns(["decode_error"])
@@ -406,12 +406,13 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     check(cfg)
     stage.require(build, "fetch")
     params = dataclasses.asdict(cfg)
-    eval_files: list[Path] = []
+    eval_files: list = []
     if cfg.eval_images:
+        from .io import file_fingerprint
         eval_files = _eval_images(cfg)
-        params["eval_images"] = str(Path(cfg.eval_images).expanduser().resolve())
+        params["eval_images"] = str(storage.location(cfg.eval_images, "--eval-images"))
         # The eval set's content decides the result: any change reruns curate.
-        blob = "\n".join(f"{p}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}" for p in eval_files)
+        blob = "\n".join("\t".join(map(str, f)) for f in file_fingerprint(eval_files))
         params["eval_fingerprint"] = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return stage.run_stage(build, "curate", params, _work(cfg, eval_files),
                            outputs=["samples"], inputs=("fetch",), force=force,

@@ -122,7 +122,8 @@ def eval_facts(paths: list[str], root: str) -> dict[str, list]:
         with open_input(storage.location(p, "--eval-images")) as f:
             blobs.append(f.read())
     facts = image_facts(blobs)
-    return {"path": [os.path.relpath(p, root) for p in paths], "sha256": facts["image_sha256"],
+    root = str(root).rstrip("/")
+    return {"path": [str(p)[len(root) + 1:] for p in paths], "sha256": facts["image_sha256"],
             "phash": facts["phash"], "decode_error": facts["decode_error"]}
 
 

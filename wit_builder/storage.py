@@ -12,12 +12,14 @@ the commit (see wit_builder/stage.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import WitError
 
@@ -106,6 +108,10 @@ def location(url: str | os.PathLike, flag: str = "--out"):
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if proto in ("s3", "s3a") and endpoint and "endpoint_url" not in opts:
         opts["endpoint_url"] = endpoint  # tasks on other nodes reach the same store
+    if proto in ("s3", "s3a", "gs", "gcs"):
+        # Other processes (Ray tasks, other machines) write into the build: a cached
+        # listing would hide their files, so every listing asks the store.
+        opts.setdefault("use_listings_cache", False)
     return UPath(text.rstrip("/"), **opts)
 
 
@@ -143,8 +149,8 @@ def register(con, *paths) -> None:
             continue
         fs = p.fs
         key = (type(fs).__name__, fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0])
-        if key in done:
-            continue
+        if key in done or key[1] in con.list_filesystems():
+            continue  # one filesystem per protocol: the build's and the inputs' may share it
         done.add(key)
         con.execute("SET autoinstall_known_extensions = false")
         con.execute("SET autoload_known_extensions = false")
@@ -207,6 +213,42 @@ def write_bytes(path, data: bytes) -> None:
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(dest) -> Iterator[Path]:
+    """A local file to write; on success it becomes `dest`, whole or not at all.
+
+    Locally a hidden sibling renamed over `dest`; remote a temporary file put in one
+    request (a reader sees the old object or the new one, never half of it).
+    """
+    if is_remote(dest):
+        fd, name = tempfile.mkstemp(prefix="wit-", suffix="-" + dest.name)
+        os.close(fd)
+    else:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        name = str(Path(dest).with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"))
+    try:
+        yield Path(name)
+        upload_file(name, dest)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def read_all(paths: list) -> list[bytes]:
+    """The contents of many files; remote ones fetched concurrently, in one batch."""
+    remote = [p for p in paths if is_remote(p)]
+    got = remote[0].fs.cat([p.path for p in remote]) if remote else {}
+    fs = remote[0].fs if remote else None
+
+    def one(p) -> bytes:
+        if not is_remote(p):
+            return Path(p).read_bytes()
+        data = got.get(p.path)
+        if data is None:  # cat's keys are the filesystem's own spelling of the path
+            data = fs.cat_file(p.path)
+        return data
+    return [one(p) for p in paths]
 
 
 def write_json(path, obj: Any) -> None:
