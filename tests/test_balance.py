@@ -10,6 +10,7 @@ import pytest
 from test_match import write_pool_file, write_queries
 from wit_builder import balance, catalog, cli, match, pool
 from wit_builder.errors import WitError
+from wit_builder.stage import committed
 
 K = 150            # per-query cap used throughout
 _MASK = (1 << 64) - 1
@@ -141,7 +142,7 @@ def test_same_selection_with_any_workers_partitions_and_reruns(skewed):
     one, three = skewed
     for b in skewed:
         balance.run(balance.Config(per_query=K, seed=3), b)
-    assert len(list((three / "pool").glob("part-*.parquet"))) == 3
+    assert len(list(committed(three, "pool").glob("part-*.parquet"))) == 3
     first = selection(one)
     assert selection(three) == first
     balance.run(balance.Config(per_query=K, seed=3), one, force=True)

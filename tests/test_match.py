@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from wit_builder import catalog, match, pool
 from wit_builder.errors import WitError
 from wit_builder.match import Matcher, code_book, reference_automaton, reference_match
-from wit_builder.stage import StageOutput, read_record, run_stage
+from wit_builder.stage import StageOutput, committed, read_record, run_stage
 
 
 # ----------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_match_stage_writes_matches_and_counts_whatever_the_workers(small_build)
     assert res.summary["matched_captions"] == len(want)
     assert res.summary["captions"] == len(CAPTIONS)
     assert res.summary["queries_matched"] == sum(c > 0 for c in expect)
-    schema = pq.read_schema(next((small_build / "matches").glob("part-*.parquet")))
+    schema = pq.read_schema(next(committed(small_build, "match", "matches").glob("part-*.parquet")))
     assert schema.field("query_ids").type == pa.list_(pa.int32())
 
     assert match.run(match.Config(workers=1), small_build).skipped   # workers: same output

@@ -13,7 +13,7 @@ import pytest
 from wit_builder import catalog, cli, pool
 from wit_builder.errors import WitError
 from wit_builder.io import uid_of
-from wit_builder.stage import read_record
+from wit_builder.stage import committed, read_record
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -100,7 +100,7 @@ def test_parts_and_globs_give_the_same_pool(build, tmp_path, sources):
     one = rows(build, "uid")
     pool.run(pool.Config(pool=[str(sources / "*.tsv*"), str(sources / "mine.csv")],
                          pool_parts=4), build)
-    assert len(list((build / "pool").glob("part-*.parquet"))) > 1
+    assert len(list(committed(build, "pool").glob("part-*.parquet"))) > 1
     assert rows(build, "uid") == [{**r} for r in one]
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from wit_builder import queries
 from wit_builder.errors import WitError
+from wit_builder.stage import committed
 
 FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
           "incididunt ut labore et dolore magna aliqua enim minim veniam quis nostrud").split()
@@ -195,7 +196,7 @@ def write_pageviews(path: Path, lines: list[str] = PAGEVIEWS) -> Path:
 
 def table(build: Path) -> dict[str, dict]:
     """The written query list as {query: row}."""
-    rows = pq.read_table(build / "queries" / "queries.parquet").to_pylist()
+    rows = pq.read_table(committed(build, "queries") / "queries.parquet").to_pylist()
     return {r["query"]: r for r in rows}
 
 
@@ -276,7 +277,7 @@ def test_one_worker_and_several_give_the_same_list(ray_cluster, world, dump, tmp
     for i, (src, workers, chunk_mb) in enumerate([(dump, 1, 100), (dump, 2, 0.01), (multi, 2, 0.005),
                                                   (plain, 2, 0.05)]):
         res = run(tmp_path / f"b{i}", wiki=[str(src)], workers=workers, chunk_mb=chunk_mb, **settings)
-        results.append(pq.read_table(tmp_path / f"b{i}" / "queries" / "queries.parquet"))
+        results.append(pq.read_table(committed(tmp_path / f"b{i}", "queries") / "queries.parquet"))
         assert res.summary["input"]["words"] == world.total
     assert results[1].num_rows > 100
     for other in results[1:]:

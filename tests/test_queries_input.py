@@ -13,6 +13,7 @@ import pytest
 from test_queries import World, page_xml, run, table, write_dump, write_wordnet
 from wit_builder import cli, queries, wikitext
 from wit_builder.errors import WitError
+from wit_builder.stage import committed
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +134,8 @@ def test_killed_run_resumes_from_finished_chunks(ray_cluster, dump, build, tmp_p
     fresh = run(tmp_path / "fresh", wiki=[str(dump)], min_freq=1)
     assert fresh.summary["input"]["chunks_reused"] == 0
     assert fresh.summary["input"]["chunks_counted"] <= reused + counted
-    assert pq.read_table(build / "queries" / "queries.parquet").equals(
-        pq.read_table(tmp_path / "fresh" / "queries" / "queries.parquet"))
+    assert pq.read_table(committed(build, "queries") / "queries.parquet").equals(
+        pq.read_table(committed(tmp_path / "fresh", "queries") / "queries.parquet"))
     # unchanged parameters: skipped; a changed threshold reruns
     assert run(build, wiki=[str(dump)], min_freq=1).skipped
     rec = json.loads((build / "_stages" / "queries.json").read_text())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WitError
-from . import catalog
+from . import catalog, storage
 from .stage import StageContext, StageOutput, StageResult, run_stage
 
 MODES = ("cap", "metaclip")
@@ -94,14 +94,20 @@ def uid_numbers(uids) -> "Any":
 def candidates(src: str, dest: str, counts, per_query: int, seed: int, mode: str) -> int:
     """Write, for every matched pair in `src`: uid, query_ids, rarest (query with the
     fewest matches), rarest_matches, selected_by and priority (null when MetaCLIP's
-    coins all fail). Returns the number of rows."""
-    import os
+    coins all fail). Returns the number of rows. `src` and `dest` are paths or URLs;
+    `dest` is written whole (nothing when there are no rows)."""
+    import contextlib
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(storage.location(src).open("rb"))
+        return _candidates(f, storage.location(dest), counts, per_query, seed, mode, stack)
+
+
+def _candidates(src, dest, counts, per_query: int, seed: int, mode: str, stack) -> int:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     low = np.int64(0xFFFFFFFF)
     writer, rows = None, 0
-    tmp = dest + ".tmp"
     for batch in pq.ParquetFile(src).iter_batches(batch_size=65536, columns=["uid", "query_ids"]):
         lists = batch.column("query_ids")
         offsets = lists.offsets.to_numpy().astype(np.int64)
@@ -141,13 +147,10 @@ def candidates(src: str, dest: str, counts, per_query: int, seed: int, mode: str
             "priority": pa.array(prio, mask=~kept),
         })
         if writer is None:
-            writer = pq.ParquetWriter(tmp, table.schema)
+            tmp = stack.enter_context(storage.writing(dest))
+            writer = stack.enter_context(pq.ParquetWriter(tmp, table.schema))
         writer.write_table(table)
         rows += table.num_rows
-    if writer is None:
-        return 0
-    writer.close()
-    os.replace(tmp, dest)
     return rows
 
 
@@ -174,45 +177,45 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
 
 
 def _glob(ctx: StageContext, stage: str, view: str) -> str:
+    """The upstream view's files as a quoted glob (a path or URL) for DuckDB."""
     rel = ctx.inputs[stage].get("views", {}).get(view)
     if not rel or not list(ctx.build.glob(rel)):
         raise WitError(f"{ctx.build}: the {stage} stage's {view} files are missing; "
                        f"rerun `wit-build {stage} --force`")
-    return str(ctx.build / rel).replace("'", "''")
+    return storage.sql_path(ctx.build / rel)
 
 
 def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
     import numpy as np
     import pyarrow.parquet as pq
     import ray
-    from .cluster import ray_session
+    from . import cluster
     matches, counts_glob = _glob(ctx, "match", "matches"), _glob(ctx, "match", "match_counts")
     pool = _glob(ctx, "pool", "pool")
-    con = catalog.scratch(ctx.work, cfg.memory_limit, keep_order=False)
+    con = catalog.scratch(ctx.scratch, cfg.memory_limit, keep_order=False, remote=ctx.build)
     try:
-        qc = con.execute(f"SELECT query_id, matches FROM read_parquet('{counts_glob}')").fetchnumpy()
+        qc = con.execute(f"SELECT query_id, matches FROM read_parquet({counts_glob})").fetchnumpy()
         if len(qc["query_id"]) == 0 or qc["query_id"].min() < 0:
-            raise WitError(f"{counts_glob}: no (or negative) query ids; rerun `wit-build match --force`")
+            raise WitError(f"{counts_glob[1:-1]}: no (or negative) query ids; rerun `wit-build match --force`")
         counts = np.zeros(int(qc["query_id"].max()) + 1, np.int64)
         counts[qc["query_id"]] = qc["matches"]
 
         # Pass 2a: per part, the claiming query and the priority of each pair.
         cand_dir = ctx.work / f"cand-{cfg.mode}"
-        cand_dir.mkdir(exist_ok=True)
-        parts = sorted(ctx.build.glob(ctx.inputs["match"]["views"]["matches"]))
-        todo = [p for p in parts if not (cand_dir / p.name).exists()]
+        parts = sorted(ctx.build.glob(ctx.inputs["match"]["views"]["matches"]), key=str)
+        finished = {p.name for p in cand_dir.glob("*.parquet")} if cand_dir.exists() else set()
+        todo = [p for p in parts if p.name not in finished]
         if todo:
-            with ray_session():
-                task = ray.remote(num_cpus=1)(candidates)
-                ref = ray.put(counts)
-                try:
-                    ray.get([task.remote(str(p), str(cand_dir / p.name), ref, cfg.per_query,
-                                         cfg.seed, cfg.mode) for p in todo])
-                except ray.exceptions.RayTaskError as e:
-                    raise (e.cause if isinstance(e.cause, WitError) else e) from None
-        if not list(cand_dir.glob("*.parquet")):
-            raise WitError(f"{matches}: no matched pairs to balance; rerun `wit-build match`")
-        con.execute(f"CREATE VIEW cand AS SELECT * FROM read_parquet('{cand_dir}/*.parquet')")
+            cluster.ensure_ray()
+            ref = ray.put(counts)
+            cluster.run_units(candidates, ((str(p), str(cand_dir / p.name), ref, cfg.per_query,
+                                            cfg.seed, cfg.mode) for p in todo),
+                              "balance: candidates", total=len(todo),
+                              done=len(parts) - len(todo), unit="part")
+        if not cand_dir.exists() or not list(cand_dir.glob("*.parquet")):
+            raise WitError(f"{matches[1:-1]}: no matched pairs to balance; rerun `wit-build match`")
+        cand = storage.sql_path(cand_dir / "*.parquet")
+        con.execute(f"CREATE VIEW cand AS SELECT * FROM read_parquet({cand})")
 
         # Pass 2b: which candidates are kept.
         k = cfg.per_query
@@ -228,7 +231,7 @@ def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
         out = ctx.output("selected")
         con.execute(f"""
             COPY (SELECT p.uid, p.url, p.text, k.query_ids, k.selected_by
-                  FROM ({kept}) k JOIN read_parquet('{pool}', union_by_name = true) p
+                  FROM ({kept}) k JOIN read_parquet({pool}, union_by_name = true) p
                   ON p.uid = k.uid)
             TO '{out}' (FORMAT parquet, PER_THREAD_OUTPUT true, FILENAME_PATTERN 'part-{{i}}',
                         OVERWRITE_OR_IGNORE true)""")
@@ -279,7 +282,7 @@ def _statistics(con, ctx: StageContext, cfg: Config, out: Path, counts_glob: str
     con.execute(f"""
         CREATE TABLE bc AS
         SELECT m.query_id, m.matches, coalesce(c.n, 0) AS claimed, coalesce(s.n, 0) AS selected
-        FROM read_parquet('{counts_glob}') m
+        FROM read_parquet({counts_glob}) m
         LEFT JOIN (SELECT selected_by AS query_id, count(*) AS n FROM cand
                    WHERE selected_by IS NOT NULL GROUP BY 1) c USING (query_id)
         LEFT JOIN (SELECT selected_by AS query_id, count(*) AS n
@@ -294,7 +297,7 @@ def _statistics(con, ctx: StageContext, cfg: Config, out: Path, counts_glob: str
     selected, tail_sel, sel_texts = one(f"""
         SELECT count(*), count(*) FILTER (bc.matches <= {k}), count(DISTINCT hash(s.text))
         FROM read_parquet('{out}/part-*.parquet') s JOIN bc ON s.selected_by = bc.query_id""")
-    matched_texts = one(f"SELECT count(DISTINCT hash(p.text)) FROM read_parquet('{pool}', "
+    matched_texts = one(f"SELECT count(DISTINCT hash(p.text)) FROM read_parquet({pool}, "
                         f"union_by_name = true) p SEMI JOIN cand c ON p.uid = c.uid")[0]
 
     def dist(col: str) -> dict[str, int]:

@@ -154,44 +154,49 @@ def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | N
             inflight[remote.remote(*args)] = (index, args, tries, time.monotonic())
             return True
 
-        while True:
-            while len(inflight) < limit and submit():
-                pass
-            if not inflight:
-                break
-            ready, _ = ray.wait(list(inflight), num_returns=1,
-                                timeout=1.0 if time_limit else None)
-            for ref in ready:
-                index, args, tries, _t = inflight.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as e:  # crashed, killed or stopped: try the unit again
-                    user = _user_error(e)
-                    if user is not None:
-                        for other in inflight:
-                            ray.cancel(other, force=True)
-                        raise user from None
-                    reason = (f"stopped after its time limit of {time_limit:g} s"
-                              if ref in stopped else str(e).strip().splitlines()[-1][:300])
-                    stopped.discard(ref)
-                    if tries < retries:
-                        again.append((index, args, tries + 1))
-                    else:
-                        out.failed[index] = f"failed {tries + 1} time(s): {reason}"
-                        bar.update(1)
-                    continue
-                out.results[index] = res
-                bar.update(1)
-                if on_result is not None:
-                    postfix = on_result(res)
-                    if postfix:
-                        bar.set_postfix_str(postfix)
-            if time_limit:
-                now = time.monotonic()
-                for ref, (_i, _a, _tries, started) in inflight.items():
-                    if ref not in stopped and now - started > time_limit:
-                        ray.cancel(ref, force=True)
-                        stopped.add(ref)
+        try:
+            while True:
+                while len(inflight) < limit and submit():
+                    pass
+                if not inflight:
+                    break
+                ready, _ = ray.wait(list(inflight), num_returns=1,
+                                    timeout=1.0 if time_limit else None)
+                for ref in ready:
+                    index, args, tries, _t = inflight.pop(ref)
+                    try:
+                        res = ray.get(ref)
+                    except Exception as e:  # crashed, killed or stopped: try the unit again
+                        user = _user_error(e)
+                        if user is not None:
+                            for other in inflight:
+                                ray.cancel(other, force=True)
+                            raise user from None
+                        reason = (f"stopped after its time limit of {time_limit:g} s"
+                                  if ref in stopped else str(e).strip().splitlines()[-1][:300])
+                        stopped.discard(ref)
+                        if tries < retries:
+                            again.append((index, args, tries + 1))
+                        else:
+                            out.failed[index] = f"failed {tries + 1} time(s): {reason}"
+                            bar.update(1)
+                        continue
+                    out.results[index] = res
+                    bar.update(1)
+                    if on_result is not None:
+                        postfix = on_result(res)
+                        if postfix:
+                            bar.set_postfix_str(postfix)
+                if time_limit:
+                    now = time.monotonic()
+                    for ref, (_i, _a, _tries, started) in inflight.items():
+                        if ref not in stopped and now - started > time_limit:
+                            ray.cancel(ref, force=True)
+                            stopped.add(ref)
+        except BaseException:  # interrupted (or a user error): finished units stay, the rest stops
+            for other in inflight:
+                ray.cancel(other, force=True)
+            raise
     if out.failed and raise_failed:
         first = min(out.failed)
         raise RuntimeError(f"{desc}: {len(out.failed)} unit(s) failed; the first: "

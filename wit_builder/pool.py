@@ -15,12 +15,13 @@ import gzip
 import json
 import math
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import WitError
-from . import catalog
+from . import catalog, storage
 from .stage import StageContext, StageOutput, StageResult, run_stage
 
 URL_NAMES = ("url", "image_url", "img_url", "imageurl", "image_link", "img_link",
@@ -76,13 +77,14 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
                      outputs=["pool"], views={"pool": "pool/part-*.parquet"}, force=force)
 
 
-def find_files(patterns: list[str]) -> list[Path]:
-    """Expand files, globs and directories; explicit files of unknown format are an error."""
+def find_files(patterns: list[str]) -> list:
+    """Expand files, globs and directories (paths or URLs); explicit files of unknown
+    format are an error."""
     from .io import expand_inputs
-    out: list[Path] = []
+    out: list = []
     for pat in patterns:
         hits = expand_inputs([pat], "pool", "--pool")
-        explicit = len(hits) == 1 and Path(pat).expanduser().absolute() == hits[0]
+        explicit = len(hits) == 1 and str(storage.location(pat, "--pool")) == str(hits[0])
         known = [h for h in hits if fmt_of(h, strict=explicit)]
         if not known:
             raise WitError(f"--pool {pat}: no Parquet, CSV, TSV or JSONL files (.gz too) there")
@@ -128,9 +130,21 @@ def _pick(names: list[str], given: str | None, known: tuple[str, ...], flag: str
                    f"name it with {flag}")
 
 
-def _open_text(path: Path):
+def _open_text(path):
+    if storage.is_remote(path):   # small reads: only the first lines are wanted, often
+        return path.fs.open(path.path, "rt", compression="infer", encoding="utf-8-sig",
+                            newline="", block_size=1 << 20)
     return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.name.lower().endswith(
         ".gz") else open(path, "rt", encoding="utf-8-sig", newline="")
+
+
+def _input_stream(path):
+    """An Arrow input stream over a (possibly gzipped) file, local or in a store."""
+    import pyarrow as pa
+    if not storage.is_remote(path):
+        return pa.input_stream(str(path), compression="detect")
+    gz = "gzip" if path.name.lower().endswith(".gz") else None
+    return pa.input_stream(path.fs.open(path.path, "rb"), compression=gz)
 
 
 def _first_line(path: Path) -> str | None:
@@ -236,7 +250,7 @@ def _csv_batches(path: Path, fmt: str, names: list[str], header: bool, on_invali
     import pyarrow as pa
     import pyarrow.csv as pcsv
     reader = pcsv.open_csv(
-        pa.input_stream(str(path), compression="detect"),
+        _input_stream(path),
         read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if header else 0,
                                       block_size=8 << 20, encoding="utf8"),
         parse_options=pcsv.ParseOptions(
@@ -282,7 +296,7 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
     stats["columns"] = [url, text]
     try:
         reader = pjson.open_json(
-            pa.input_stream(str(path), compression="detect"),
+            _input_stream(path),
             read_options=pjson.ReadOptions(block_size=8 << 20),
             parse_options=pjson.ParseOptions(
                 explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
@@ -338,10 +352,10 @@ def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
 def _read_parquet(path: Path, spec: _Spec, stats: dict, scratch: Path) -> Iterator[Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    src = path
+    src = path if not storage.is_remote(path) else path.fs.open(path.path, "rb")
     if path.name.lower().endswith(".gz"):
-        src = scratch / path.name[:-3]
-        with gzip.open(path, "rb") as fin, open(src, "wb") as fout:
+        raw, src = src, scratch / path.name[:-3]
+        with gzip.open(raw, "rb") as fin, open(src, "wb") as fout:
             shutil.copyfileobj(fin, fout, 16 << 20)
     try:
         pf = pq.ParquetFile(src)
@@ -419,17 +433,35 @@ def _write_chunk(tables: list, dest: Path) -> None:
 
 
 def read_file(path: str, file_index: int, spec: _Spec, out_dir: str) -> dict:
-    """Read one candidate file into bucketed chunk files under out_dir (atomic)."""
-    try:
-        return _read_file(Path(path), file_index, spec, Path(out_dir), slow=False)
-    except _SlowPath:
-        return _read_file(Path(path), file_index, spec, Path(out_dir), slow=True)
-
-
-def _read_file(path: Path, file_index: int, spec: _Spec, out: Path, slow: bool) -> dict:
-    tmp = out.with_name(out.name + ".tmp")
+    """Ray task: read one candidate file (a path or URL) into bucketed chunk files under
+    out_dir (in the build), stats.json last: its presence says the file is done."""
+    src, out = storage.location(path, "--pool"), storage.location(out_dir)
+    if storage.is_remote(out):   # written on this machine, then put into the store
+        with tempfile.TemporaryDirectory(prefix="wit-pool-") as tmp:
+            stats = _read_any(src, file_index, spec, Path(tmp))
+            chunks = sorted(Path(tmp).glob("chunk-*.parquet"))
+            if chunks:
+                out.fs.put([str(c) for c in chunks], [f"{out.path}/{c.name}" for c in chunks])
+            storage.write_bytes(out / "stats.json", (Path(tmp) / "stats.json").read_bytes())
+        return stats
+    tmp = out.with_name(out.name + ".tmp")   # a local build: the folder appears whole
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    stats = _read_any(src, file_index, spec, tmp)
+    tmp.rename(out)
+    return stats
+
+
+def _read_any(path, file_index: int, spec: _Spec, tmp: Path) -> dict:
+    try:
+        return _read_file(path, file_index, spec, tmp, slow=False)
+    except _SlowPath:
+        for stale in tmp.glob("*"):
+            stale.unlink()
+        return _read_file(path, file_index, spec, tmp, slow=True)
+
+
+def _read_file(path, file_index: int, spec: _Spec, tmp: Path, slow: bool) -> dict:
     stats: dict[str, Any] = {"file": str(path), "rows_read": 0, "broken_rows": 0, "kept": 0,
                              **{r: 0 for r in REASONS}}
     fmt = fmt_of(path)
@@ -458,14 +490,13 @@ def _read_file(path: Path, file_index: int, spec: _Spec, out: Path, slow: bool) 
         if not scratch.name.startswith("chunk-"):
             scratch.unlink()
     (tmp / "stats.json").write_text(json.dumps(stats))
-    tmp.rename(out)
     return stats
 
 
 # ----------------------------------------------------------------------------------
 # The stage: read every file (Ray tasks), then dedupe each bucket in DuckDB.
 
-def _buckets(cfg: Config, files: list[Path]) -> int:
+def _buckets(cfg: Config, files: list) -> int:
     if cfg.pool_parts:
         return cfg.pool_parts
     size = sum(p.stat().st_size * (3 if fmt_of(p) == "parquet" or p.name.endswith(".gz") else 1)
@@ -473,23 +504,18 @@ def _buckets(cfg: Config, files: list[Path]) -> int:
     return max(1, min(1024, math.ceil(size / BUCKET_BYTES)))
 
 
-def _pool(ctx: StageContext, cfg: Config, files: list[Path]) -> StageOutput:
-    import ray
-    from .cluster import ray_session
+def _pool(ctx: StageContext, cfg: Config, files: list) -> StageOutput:
+    from . import cluster
     spec = _Spec(cfg.url_col, cfg.text_col, cfg.skip_broken_rows, _buckets(cfg, files))
     read_dir = ctx.work / "read"
-    read_dir.mkdir(parents=True, exist_ok=True)
     dirs = [read_dir / f"f{i:05d}" for i in range(len(files))]
-    todo = [i for i, d in enumerate(dirs) if not d.exists()]
+    finished = {p.parent.name for p in read_dir.glob("f*/stats.json")} if read_dir.exists() else set()
+    todo = [i for i, d in enumerate(dirs) if d.name not in finished]
     if todo:
-        with ray_session():
-            task = ray.remote(num_cpus=1)(read_file)
-            refs = [task.remote(str(files[i]), i, spec, str(dirs[i])) for i in todo]
-            try:
-                ray.get(refs)
-            except ray.exceptions.RayTaskError as e:
-                raise (e.cause if isinstance(e.cause, WitError) else e) from None
-    per_file = [json.loads((d / "stats.json").read_text()) for d in dirs]
+        cluster.run_units(read_file, ((str(files[i]), i, spec, str(dirs[i])) for i in todo),
+                          "pool: reading", total=len(todo), done=len(files) - len(todo),
+                          unit="file")
+    per_file = [json.loads(b) for b in storage.read_all([d / "stats.json" for d in dirs])]
     totals = {k: sum(s[k] for s in per_file) for k in ("rows_read", "kept", "broken_rows", *REASONS)}
     if totals["kept"] == 0:
         raise WitError(
@@ -497,8 +523,8 @@ def _pool(ctx: StageContext, cfg: Config, files: list[Path]) -> StageOutput:
             f"{totals['no_url']:,} without a URL, {totals['no_text']:,} without a caption, "
             f"{totals['bad_url']:,} with a non-http(s) URL, {totals['broken_rows']:,} broken. "
             f"Check --url-col/--text-col (used: {per_file[0].get('columns')})")
-    out = ctx.output("pool")
-    rows = _dedupe(ctx, dirs, spec.buckets, out, cfg.memory_limit)
+    ctx.output("pool")
+    rows = _dedupe(ctx, dirs, spec.buckets, cfg.memory_limit)
     summary = {
         "files": len(files),
         "rows_read": totals["rows_read"],
@@ -515,38 +541,42 @@ def _pool(ctx: StageContext, cfg: Config, files: list[Path]) -> StageOutput:
     return StageOutput(rows=rows["rows"], summary=summary)
 
 
-def _dedupe(ctx: StageContext, dirs: list[Path], buckets: int, out: Path,
-            memory_limit: str) -> dict[str, int]:
-    """Keep the first occurrence of each (url, text) per bucket; write pool/part-B.parquet."""
+def _dedupe(ctx: StageContext, dirs: list, buckets: int, memory_limit: str) -> dict[str, int]:
+    """Keep the first occurrence of each (url, text) per bucket into work/parts/part-B.parquet
+    (resumable); the non-empty parts become pool/part-B.parquet at the commit."""
     import pyarrow.parquet as pq
-    chunks = [str(c) for d in dirs for c in sorted(d.glob("chunk-*.parquet"))]
+    names = {d.name for d in dirs}
+    chunks = sorted((c for c in dirs[0].parent.glob("f*/chunk-*.parquet") if c.parent.name in names),
+                    key=str)
     done_dir = ctx.work / "parts"
-    done_dir.mkdir(exist_ok=True)
-    con = catalog.scratch(ctx.work, memory_limit, keep_order=False)
+    finished = {p.name for p in done_dir.glob("part-*.parquet")} if done_dir.exists() else set()
+    con = catalog.scratch(ctx.scratch, memory_limit, keep_order=False, remote=ctx.build)
     try:
-        files = "[" + ", ".join("'" + c.replace("'", "''") + "'" for c in chunks) + "]"
+        files = "[" + ", ".join(map(storage.sql_path, chunks)) + "]"
         for b in range(buckets):
             dest = done_dir / f"part-{b:05d}.parquet"
-            if dest.exists():
+            if dest.name in finished:
                 continue
-            tmp = dest.with_suffix(".tmp")
-            con.execute(f"""
-                COPY (SELECT * EXCLUDE ({ORDER}, {BUCKET})
-                      FROM read_parquet({files}, union_by_name = true)
-                      WHERE {BUCKET} = {b}
-                      QUALIFY row_number() OVER (PARTITION BY uid, url, text ORDER BY {ORDER}) = 1
-                      ORDER BY {ORDER})
-                TO '{tmp}' (FORMAT parquet)""")
-            tmp.rename(dest)
-        rows = texts = parts = 0
+            with storage.writing(dest) as tmp:
+                con.execute(f"""
+                    COPY (SELECT * EXCLUDE ({ORDER}, {BUCKET})
+                          FROM read_parquet({files}, union_by_name = true)
+                          WHERE {BUCKET} = {b}
+                          QUALIFY row_number() OVER (PARTITION BY uid, url, text ORDER BY {ORDER}) = 1
+                          ORDER BY {ORDER})
+                    TO {storage.sql_path(tmp)} (FORMAT parquet)""")
+        rows = parts = 0
+        kept = []
         for b in range(buckets):
             src = done_dir / f"part-{b:05d}.parquet"
-            n = pq.ParquetFile(src).metadata.num_rows
+            with src.open("rb") as f:
+                n = pq.ParquetFile(f).metadata.num_rows
             if n:
-                src.rename(out / src.name)
+                ctx.adopt(src, f"pool/{src.name}")
+                kept.append(src)
                 rows, parts = rows + n, parts + 1
-        texts = con.execute(f"SELECT count(DISTINCT hash(text)) FROM "
-                            f"read_parquet('{out}/part-*.parquet')").fetchall()[0][0]
+        texts = con.execute(f"SELECT count(DISTINCT hash(text)) FROM read_parquet("
+                            f"[{', '.join(map(storage.sql_path, kept))}])").fetchall()[0][0]
         return {"rows": rows, "texts": int(texts), "parts": parts}
     finally:
         con.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import catalog, wikitext, wordnet
+from . import catalog, storage, wikitext, wordnet
 from .config import to_dict
 from .errors import WitError
 from .io import expand_inputs, file_fingerprint
@@ -97,7 +97,8 @@ def _wiki_sources(cfg: Config) -> list[dict[str, Any]]:
 def _blocklist(cfg: Config) -> Path | None:
     if cfg.blocklist == "none":
         return None
-    path = REPO_QUERIES / "blocklist.txt" if cfg.blocklist == "default" else Path(cfg.blocklist)
+    path = (REPO_QUERIES / "blocklist.txt" if cfg.blocklist == "default"
+            else storage.location(cfg.blocklist, "--blocklist"))
     if not path.is_file():
         raise WitError(f"--blocklist {cfg.blocklist}: no such file (one entry a line, or none)")
     return path
@@ -145,7 +146,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
 
 # ---------------------------------------------------------------- counting
 
-def _store(build: Path, source: dict[str, Any], chunk_bytes: int) -> Path:
+def _store(build, source: dict[str, Any], chunk_bytes: int):
     """Finished chunk counts of one input live here, keyed by the input's fingerprint, so
     a rerun resumes them even when thresholds or other inputs changed."""
     key = json.dumps([source["fingerprint"], wikitext.COUNT_VERSION, chunk_bytes])
@@ -180,72 +181,71 @@ def _hf_chunks(source: dict[str, Any], chunk_bytes: int):
         yield {"kind": "arrow", "path": source["path"], "index": index}, pa.concat_tables(batches)
 
 
+def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
+    """Ray task: count one chunk into the build (wikitext.count_chunk); a WitError comes
+    back as {"error": message}, so the other chunks go on and their counts are kept."""
+    try:
+        return wikitext.count_chunk(spec, table)
+    except WitError as e:
+        return {"error": str(e)}
+
+
+def _finished(store) -> set[str]:
+    """Names of the chunks of a store whose counts are written (their .json, written last)."""
+    return {p.name[:-len(".json")] for p in store.glob("chunk-*.json")} if store.exists() else set()
+
+
 def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dict[str, Any]:
     """Count every wiki source under Ray (finished chunks are reused); returns the stores
     and the stats of every chunk."""
     import ray
-    from tqdm import tqdm
-    from .cluster import cpus, ray_session
+    from . import cluster
     chunk_bytes = max(1, int(cfg.chunk_mb * (1 << 20)))
-    stores, plans = [], []
+    stores, plans, finished = [], [], []
     for src in sources:
         store = _store(ctx.build, src, chunk_bytes)
-        store.mkdir(parents=True, exist_ok=True)
         stores.append(store)
+        finished.append(_finished(store))
         if src["kind"] in ("xml", "xml.bz2"):
-            wikitext.check_dump(Path(src["path"]))   # fail fast on a file that is no dump
+            wikitext.check_dump(storage.location(src["path"]))   # fail fast on a file that is no dump
         if src["kind"] != "hf":
-            plans.append((src, store, wikitext.plan_chunks(Path(src["path"]), src["kind"], chunk_bytes)))
+            plans.append(wikitext.plan_chunks(storage.location(src["path"]), src["kind"], chunk_bytes))
         else:
-            plans.append((src, store, None))
-    done_before = sum(len(list(s.glob("chunk-*.json"))) for s in stores)
-    todo = sum(len(p) for _, _, p in plans if p is not None) - done_before
-    fresh: list[dict[str, Any]] = []
-    errors: list[WitError] = []
-    with ray_session():
-        t0 = time.time()   # counting time, without starting Ray
-        task = ray.remote(num_cpus=1)(wikitext.count_chunk)
-        limit = cfg.workers or cpus()
-        pending: list[Any] = []
-        bar = tqdm(desc="queries: counting", unit="chunk", total=todo if todo > 0 else None,
-                   disable=None, leave=False)
+            plans.append(None)
+    done_before = sum(map(len, finished))
+    todo = sum(len(p) for p in plans if p is not None) - done_before
 
-        def wait(until: int) -> None:
-            nonlocal pending
-            while len(pending) > until:
-                ready, pending = ray.wait(pending, num_returns=1)
-                try:
-                    stats = ray.get(ready[0])
-                except ray.exceptions.RayTaskError as e:
-                    if not isinstance(e.cause, WitError):
-                        raise
-                    errors.append(e.cause)   # the other chunks go on: their counts are kept
+    def units():
+        for src, store, plan, done in zip(sources, stores, plans, finished):
+            for item in plan if plan is not None else _hf_chunks(src, chunk_bytes):
+                spec, table = item if isinstance(item, tuple) else (item, None)
+                name = f"chunk-{spec['index']:05d}"
+                if name in done:
                     continue
-                fresh.append(stats)
-                bar.update(1)
-                _chunk_done(stats)
+                spec["out"] = str(store / name)
+                yield spec, ray.put(table) if table is not None else None
 
-        try:
-            for src, store, plan in plans:
-                for item in plan if plan is not None else _hf_chunks(src, chunk_bytes):
-                    spec, table = item if isinstance(item, tuple) else (item, None)
-                    spec["out"] = str(store / f"chunk-{spec['index']:05d}")
-                    if Path(spec["out"] + ".json").exists():
-                        continue
-                    wait(limit - 1)
-                    pending.append(task.remote(spec, ray.put(table) if table is not None else None))
-            wait(0)
-        except BaseException:
-            for ref in pending:   # interrupted: finished chunks stay, the rest stops
-                ray.cancel(ref)
-            raise
-        finally:
-            bar.close()
-        seconds = time.time() - t0
+    fresh: list[dict[str, Any]] = []
+    errors: list[str] = []
+
+    def counted(stats: dict[str, Any]) -> None:
+        if "error" in stats:
+            errors.append(stats["error"])
+            return
+        fresh.append(stats)
+        _chunk_done(stats)
+
+    cluster.ensure_ray()
+    t0 = time.time()   # counting time, without starting Ray
+    cluster.run_units(count_chunk, units(), "queries: counting", total=max(todo, 0) or None,
+                      done=done_before, in_flight=cfg.workers or cluster.cpus(),
+                      on_result=counted, unit="chunk")
+    seconds = time.time() - t0
     if errors:
         more = f" ({len(errors) - 1} more chunk(s) failed too)" if len(errors) > 1 else ""
         raise WitError(f"{errors[0]}{more}")
-    stats = [json.loads(p.read_text()) for s in stores for p in sorted(s.glob("chunk-*.json"))]
+    marks = [p for s in stores for p in sorted(s.glob("chunk-*.json"), key=str)]
+    stats = [json.loads(b) for b in storage.read_all(marks)]
     for src, store in zip(sources, stores):
         mine = [s for s in stats if s["path"] == src["path"]]
         if not sum(s["articles"] for s in mine):
@@ -264,9 +264,11 @@ def _q(s: str | Path) -> str:
     return "'" + str(s).replace("'", "''") + "'"
 
 
-def _open_text(path: Path):
+def _open_text(path):
     import bz2
     import gzip
+    if storage.is_remote(path):   # the store's file, (de)compressed by its suffix
+        return path.fs.open(path.path, "rt", compression="infer", encoding="utf-8", errors="replace")
     name = path.name.lower()
     opener = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else open
     return opener(path, "rt", encoding="utf-8", errors="replace")
@@ -308,7 +310,7 @@ def _load_count_table(con, path: Path, fields: int, dest: Path) -> None:
         raise WitError(f"{path}: cannot read this count table ({str(e).splitlines()[0]})") from None
 
 
-def _load_pageviews(con, files: list[Path], domain: str, work: Path) -> None:
+def _load_pageviews(con, files: list, domain: str, work: Path) -> None:
     """Table pv(title, views): views summed per title over every file."""
     import duckdb
     con.execute("CREATE TABLE pv (title VARCHAR, views BIGINT)")
@@ -347,13 +349,16 @@ def _load_pageviews(con, files: list[Path], domain: str, work: Path) -> None:
 # ---------------------------------------------------------------- the list
 
 def _work(ctx: StageContext, cfg: Config, inputs: dict[str, Any]) -> StageOutput:
-    con = catalog.scratch(ctx.work, keep_order=False)
+    con = catalog.scratch(ctx.scratch, keep_order=False, remote=ctx.build)
     try:
+        # DuckDB reads the count tables and pageviews where they are (paths or URLs).
+        storage.register(con, *inputs["pageviews"], *inputs["unigram_counts"],
+                         *inputs["bigram_counts"])
         summary = _build(ctx, cfg, inputs, con)
     finally:
         con.close()
     # Finished: chunk counts of these inputs (and of inputs since replaced) are not needed.
-    shutil.rmtree(ctx.build / WORK_DIR / "queries-counts", ignore_errors=True)
+    storage.remove(ctx.build / WORK_DIR / "queries-counts")
     return StageOutput(rows=summary["entries"], summary=summary)
 
 
@@ -364,7 +369,7 @@ def _build(ctx: StageContext, cfg: Config, inputs: dict[str, Any], con) -> dict[
     tables = {"words": [], "bigrams": []}
     for flag, kind, fields in (("unigram_counts", "words", 1), ("bigram_counts", "bigrams", 2)):
         for i, path in enumerate(inputs[flag]):
-            dest = ctx.work / f"table-{i}.{kind}.parquet"
+            dest = ctx.scratch / f"table-{i}.{kind}.parquet"
             _load_count_table(con, path, fields, dest)
             tables[kind].append(str(dest))
     notes = []
@@ -375,7 +380,7 @@ def _build(ctx: StageContext, cfg: Config, inputs: dict[str, Any], con) -> dict[
                      "folders): left out" if cfg.wordnet == "auto" else "WordNet left out (--wordnet none)")
     con.register("wn_in", pa.table({"lemma": pa.array([x[0] for x in lemmas], pa.string()),
                                     "synset": pa.array([x[1] for x in lemmas], pa.string())}))
-    _load_pageviews(con, inputs["pageviews"], cfg.pageviews_domain, ctx.work)
+    _load_pageviews(con, inputs["pageviews"], cfg.pageviews_domain, ctx.scratch)
     if not inputs["pageviews"]:
         notes.append("no --pageviews: article titles left out")
     blocked = []

@@ -15,13 +15,14 @@ from __future__ import annotations
 import bz2
 import html
 import json
-import os
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from . import storage
 from .errors import WitError
+from .io import open_input
 
 # Bump when tokenisation or markup stripping changes: finished chunk counts are redone.
 COUNT_VERSION = 1
@@ -64,8 +65,8 @@ class Bz2Blocks:
     """The blocks of a bz2 file from a byte offset on, found by scanning for magics."""
 
     def __init__(self, path: Path, start: int):
-        self.path, self.f = path, open(path, "rb")
-        self.size = os.path.getsize(path)
+        self.path, self.f = path, open_input(path)   # a local path or a URL's location
+        self.size = path.stat().st_size
         head = self.f.read(4)
         if len(head) < 4 or head[:3] != b"BZh" or head[3:4] not in b"123456789":
             raise WitError(f"{path}: not a bz2 file (it does not start with 'BZh'); "
@@ -160,7 +161,7 @@ class _XmlSource:
     """Bytes [start, end) of an uncompressed XML file, then more on demand."""
 
     def __init__(self, path: Path, start: int, end: int):
-        self.f, self.start, self.end = open(path, "rb"), start, end
+        self.f, self.start, self.end = open_input(path), start, end
         self.where = start
 
     def owned(self) -> bytes:
@@ -207,7 +208,7 @@ def check_dump(path: Path) -> None:
         finally:
             blocks.close()
     else:
-        with open(path, "rb") as f:
+        with open_input(path) as f:
             head = f.read(1 << 16)
     if b"<mediawiki" not in head[:1 << 16]:
         raise WitError(f"{path}: {NOT_A_DUMP}")
@@ -455,18 +456,19 @@ def count_words(data: bytes):
 def read_articles(spec: dict[str, Any]) -> tuple[list[str], Any]:
     """(titles, text column) of one chunk of a Parquet or JSONL article file."""
     import pyarrow as pa
-    path = Path(spec["path"])
+    path = storage.location(spec["path"])
     if spec["kind"] == "parquet":
         import pyarrow.parquet as pq
         try:
-            t = pq.ParquetFile(path).read_row_groups(spec["row_groups"], columns=["title", "text"])
+            with open_input(path) as f:
+                t = pq.ParquetFile(f).read_row_groups(spec["row_groups"], columns=["title", "text"])
         except (pa.ArrowInvalid, OSError, KeyError) as e:
             raise WitError(f"{path}: cannot read title and text columns ({e}); article files "
                            "need the layout of wikimedia/wikipedia (id, url, title, text)") from None
         return t.column("title").to_pylist(), t.column("text")
     titles, texts = [], []
     start, end = spec["start"], spec["end"]
-    with open(path, "rb") as f:   # a line belongs to the chunk in which it starts
+    with open_input(path) as f:   # a line belongs to the chunk in which it starts
         if start > 0:
             f.seek(start - 1)
             if f.read(1) != b"\n":
@@ -504,9 +506,8 @@ def _join_texts(column) -> bytes:
 
 def _write(table, path: Path) -> None:
     import pyarrow.parquet as pq
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with storage.writing(path) as tmp:   # whole or not at all, local or in a bucket
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
@@ -514,10 +515,10 @@ def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
     `<out>.titles.parquet`, then `<out>.json` (its stats; the chunk's done-mark)."""
     import pyarrow as pa
     t0, cpu0 = time.time(), time.process_time()
-    out = Path(spec["out"])
+    out = storage.location(spec["out"])
     kind = spec["kind"]
     if kind in ("xml", "xml.bz2"):
-        got = read_pages(Path(spec["path"]), spec["start"], spec["end"], spec["start"] == 0)
+        got = read_pages(storage.location(spec["path"]), spec["start"], spec["end"], spec["start"] == 0)
         text, stats = strip_markup(got["text"]), got["stats"]
         titles, redirects = got["titles"], got["redirects"]
     else:
@@ -537,9 +538,7 @@ def count_chunk(spec: dict[str, Any], table=None) -> dict[str, Any]:
            out.with_name(out.name + ".titles.parquet"))
     stats.update(tokens=n, seconds=round(time.time() - t0, 3), index=spec["index"], path=spec["path"],
                  cpu_seconds=round(time.process_time() - cpu0, 3))
-    tmp = out.with_name(f"{out.name}.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stats))
-    os.replace(tmp, out.with_name(out.name + ".json"))
+    storage.write_bytes(out.with_name(out.name + ".json"), json.dumps(stats).encode())
     return stats
 
 
@@ -548,7 +547,8 @@ def plan_chunks(path: Path, kind: str, chunk_bytes: int) -> list[dict[str, Any]]
     if kind == "parquet":
         import pyarrow.parquet as pq
         try:
-            meta = pq.ParquetFile(path).metadata
+            with open_input(path) as f:
+                meta = pq.ParquetFile(f).metadata
         except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
             raise WitError(f"{path}: not a readable Parquet file ({e})") from None
         groups, size, plan = [], 0, []

@@ -45,7 +45,7 @@ def _has_data(path: Path) -> bool:
         return (path / "data.noun").is_file()
     if path.suffix == ".zip" and path.is_file():
         try:
-            with zipfile.ZipFile(path) as z:
+            with path.open("rb") as raw, zipfile.ZipFile(raw) as z:
                 return any(n.endswith("/data.noun") or n == "data.noun" for n in z.namelist())
         except zipfile.BadZipFile:
             return False
@@ -59,7 +59,8 @@ def find(setting: str) -> Path | None:
         return None
     if setting == "auto":
         return next((p for p in candidates() if _has_data(p)), None)
-    path = Path(setting).expanduser()
+    from . import storage
+    path = storage.location(setting, "--wordnet")   # a folder, or a URL's prefix
     if not path.exists():
         raise WitError(f"--wordnet {setting}: no such folder; give the folder holding data.noun, "
                        "data.verb, data.adj and data.adv (Princeton format), or auto / none")
@@ -75,10 +76,10 @@ def _open_files(path: Path) -> Iterator[tuple[str, io.TextIOBase]]:
     if path.is_dir():
         for name in POS_FILES:
             if (path / name).is_file():
-                with open(path / name, encoding="utf-8", errors="replace") as f:
+                with (path / name).open(encoding="utf-8", errors="replace") as f:
                     yield str(path / name), f
         return
-    with zipfile.ZipFile(path) as z:
+    with path.open("rb") as raw, zipfile.ZipFile(raw) as z:
         names = {n.rsplit("/", 1)[-1]: n for n in z.namelist()}
         for name in POS_FILES:
             if name in names:
