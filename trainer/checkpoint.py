@@ -28,6 +28,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    from wit_builder import storage
+    if storage.is_remote(path):  # s3:// or gs://: read through a local copy
+        import hashlib
+        src = storage.location(path, "--checkpoint")
+        if not src.exists():
+            raise WitError(f"{src}: no such checkpoint")
+        key = hashlib.sha256(str(src).encode()).hexdigest()[:16]
+        path = storage.download_file(src, storage.cache_dir("checkpoints", key) / src.name)
     path = Path(path)
     if not path.is_file():
         raise WitError(f"{path}: no such checkpoint")

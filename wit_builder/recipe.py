@@ -24,8 +24,14 @@ AFTER = ["train", "eval", "report"]  # steps that follow the data stages
 REPO_PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
 
-def find_recipe(name: str) -> Path:
-    """A path, or the name of a recipe shipped in pipelines/ ("demo" -> pipelines/demo.toml)."""
+def find_recipe(name: str):
+    """A path or URL, or the name of a recipe shipped in pipelines/ ("demo" -> pipelines/demo.toml)."""
+    from . import storage
+    if storage.scheme(name):
+        path = storage.location(name, "recipe")
+        if not path.exists():
+            raise WitError(f"recipe {name}: no such object")
+        return path
     path = Path(name)
     if path.exists():
         return path
@@ -60,7 +66,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     """Read and check a recipe: known sections, no unfilled placeholders."""
-    path = Path(path)
+    from . import storage
+    path = storage.location(path, "recipe")
     try:
         recipe = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -129,5 +136,6 @@ def main(args: argparse.Namespace) -> int:
     path = find_recipe(args.recipe)
     recipe = load(path, args.overrides)
     out = getattr(args, "out", None) or recipe.get("build", {}).get("out") or "wit-data"
-    run(recipe, Path(out), force=getattr(args, "force", False), where=f"recipe {path}")
+    from . import storage
+    run(recipe, storage.location(out), force=getattr(args, "force", False), where=f"recipe {path}")
     return 0

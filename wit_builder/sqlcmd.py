@@ -68,13 +68,16 @@ def run_sql(build: Path, sql: str, fmt: str = "table", output: str | None = None
 
 def print_stats(build: Path) -> None:
     """One line per finished stage: rows, seconds, when, and its key numbers."""
-    recs = records(build) if (Path(build) / "_stages").is_dir() else []
+    from . import storage
+    build = storage.location(build)
+    storage.check_reachable(build)
+    recs = records(build) if (build / "_stages").exists() else []
     if not recs:
         raise WitError(f"--out {build}: no finished stages here; run a stage first or check --out")
     print(f"{'stage':10s} {'status':8s} {'rows':>12s} {'seconds':>9s}  finished")
     for r in recs:
         print(f"{r['stage']:10s} {r['status']:8s} {r['rows']:>12,} {r['seconds']:>9.1f}  {r['finished']}")
-    running = sorted(p.name.split("-")[0] for p in (Path(build) / "_tmp").glob("*-*")
-                     if not p.name.startswith("trash"))
+    work = build / "_work"
+    running = sorted({p.name.split("-")[0] for p in work.iterdir()} if work.exists() else set())
     if running:
         print(f"unfinished (running or interrupted): {', '.join(running)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as cfgmod
+from . import storage
 from .errors import WitError
 
 
@@ -19,7 +20,7 @@ EVAL_KEYS = ("checkpoint", "images", "classnames", "templates", "shards")
 
 def _train_config(settings: dict[str, Any], build: Path):
     from trainer.config import TrainConfig
-    values = {"data": [str(build)], "out": str(build / "train"), **settings}
+    values = {"data": [str(build)], "out": str(storage.child(build, "train")), **settings}
     return cfgmod.from_mapping(TrainConfig, values, where="recipe [train]")
 
 
@@ -38,7 +39,7 @@ def check(step: str, settings: dict[str, Any], build: Path) -> None:
         raise WitError(f"recipe [{step}]: unknown setting(s) {', '.join(unknown)}; "
                        f"known: {', '.join(known) or 'none'}")
     for key in ("images", "classnames", "templates"):
-        if step == "eval" and settings.get(key) and not Path(settings[key]).exists():
+        if step == "eval" and settings.get(key) and not storage.location(settings[key]).exists():
             raise WitError(f"recipe [eval] {key} = {settings[key]!r}: no such "
                            f"{'folder' if key == 'images' else 'file'}")
 
@@ -51,30 +52,30 @@ def train(settings: dict[str, Any], build: Path, force: bool = False) -> dict[st
     """
     from trainer.train import train as run_training
     cfg = _train_config(settings, build)
-    done = Path(cfg.out) / "summary.json"
+    done = storage.location(cfg.out) / "summary.json"
     wanted = cfg.to_dict()
     if done.exists() and not force:
         previous = json.loads(done.read_text())
-        if previous.get("config") == wanted and Path(previous.get("checkpoint", "")).exists():
+        if (previous.get("config") == wanted
+                and storage.location(previous.get("checkpoint") or "/nonexistent").exists()):
             print(f"    already trained with the same settings: {previous['steps']} steps "
                   f"(use --force to train again)")
             return previous
-    ckpt = Path(cfg.out) / "checkpoint.pt"
-    if ckpt.exists() and not force and not cfg.resume:
-        cfg.resume = str(ckpt)
+    if (storage.location(cfg.out) / "checkpoint.pt").exists() and not force and not cfg.resume:
+        cfg.resume = "auto"
     summary = run_training(cfg.validate())
     print(f"    steps: {summary.get('steps')}  final loss: {summary.get('final_loss') or float('nan'):.3f}  "
           f"samples/s: {summary.get('samples_per_s') or 0:.0f}  checkpoint: {summary.get('checkpoint')}")
     if not summary.get("interrupted"):
-        done.write_text(json.dumps({**summary, "config": wanted}, indent=2, default=str))
+        storage.write_json(done, {**summary, "config": wanted})
     return summary
 
 
 def eval(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str, Any]:  # noqa: A001
     """Zero-shot classification on `images` (ImageFolder layout) and retrieval on `shards`."""
     from trainer import evaluate
-    ckpt = settings.get("checkpoint") or str(build / "train" / "checkpoint.pt")
-    if not Path(ckpt).exists():
+    ckpt = settings.get("checkpoint") or str(storage.child(build, "train", "checkpoint.pt"))
+    if not storage.location(ckpt).exists():
         raise WitError(f"[eval] checkpoint {ckpt}: not found; run the [train] step first")
     out: dict[str, Any] = {}
     if settings.get("images"):
@@ -87,8 +88,7 @@ def eval(settings: dict[str, Any], build: Path, force: bool = False) -> dict[str
         out["retrieval"] = evaluate.retrieval(ckpt, settings["shards"])
         print("    retrieval " + "  ".join(f"{k} {v:.3f}" for k, v in out["retrieval"].items()
                                               if isinstance(v, float)))
-    (build / "reports").mkdir(parents=True, exist_ok=True)
-    (build / "reports" / "eval.json").write_text(json.dumps(out, indent=2, default=str))
+    storage.write_json(storage.child(build, "reports", "eval.json"), out)
     return out
 
 
