@@ -190,3 +190,27 @@ def test_a_missing_object_is_one_error_line_naming_the_url(world, inputs, s3_ser
     assert what in err and "Traceback" not in err
     assert not storage.location(s3_build).exists() or read_record(storage.location(s3_build),
                                                                    argv[0]) is None
+
+
+def test_a_missing_bucket_is_one_error_line(s3_server, s3_build, capsys):
+    assert cli.main(["pool", "--pool", "s3://no-such-inputs/p.tsv", "--out", s3_build]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("error: --pool s3://no-such-inputs/p.tsv: the bucket no-such-inputs "
+                          "does not exist")
+
+
+def test_bad_files_in_the_bucket_are_named_by_their_url(world, inputs, s3_server, s3_build, capsys):
+    """A task that finds the user's mistake on another machine reports it as one line."""
+    bucket = s3_server.bucket("inputs")
+    fs = storage.location(bucket).fs
+    fs.pipe_file("inputs/bad/broken.parquet", b"not parquet at all")
+    fs.pipe_file("inputs/bad/cut.xml.bz2", world.wiki_dump.read_bytes()[:-200])
+    assert cli.main(["pool", "--pool", f"{bucket}/bad/broken.parquet", "--out", s3_build]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bucket}/bad/broken.parquet: not a readable Parquet file")
+    src = dict(inputs["s3"], wiki=f"{bucket}/bad/cut.xml.bz2")
+    assert cli.main(commands(world, src, s3_build)[0]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bucket}/bad/cut.xml.bz2: truncated: the file ends inside "
+                          "the bz2 block") and "Traceback" not in err

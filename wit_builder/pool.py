@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 from .errors import WitError
 from . import catalog, storage
+from .io import open_input
 from .stage import StageContext, StageOutput, StageResult, run_stage
 
 URL_NAMES = ("url", "image_url", "img_url", "imageurl", "image_link", "img_link",
@@ -352,11 +353,21 @@ def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
 def _read_parquet(path: Path, spec: _Spec, stats: dict, scratch: Path) -> Iterator[Any]:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    src = path if not storage.is_remote(path) else path.fs.open(path.path, "rb")
+    src = path
     if path.name.lower().endswith(".gz"):
-        raw, src = src, scratch / path.name[:-3]
-        with gzip.open(raw, "rb") as fin, open(src, "wb") as fout:
+        src = scratch / path.name[:-3]
+        with open_input(path) as raw, gzip.open(raw, "rb") as fin, open(src, "wb") as fout:
             shutil.copyfileobj(fin, fout, 16 << 20)
+    elif storage.is_remote(path):
+        with open_input(path) as raw:   # a file object only lives as long as its reader
+            yield from _read_parquet_file(path, raw, spec, stats)
+        return
+    yield from _read_parquet_file(path, src, spec, stats)
+
+
+def _read_parquet_file(path, src, spec: _Spec, stats: dict) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(src)
     except (pa.ArrowInvalid, OSError) as e:
