@@ -510,6 +510,7 @@ def input_kind(path: Path) -> str | None:
 
 _COUNT_LINE = re.compile(r"^\s*(\S+(?:\s+\S+)*?)\s+(\d+)\s*$")
 ACCEPTED = ".xml.bz2 / .xml dumps, .parquet or .jsonl article files, or hf:NAME:CONFIG"
+COUNT_TABLES = {1: ("word<TAB>count", "--unigram-counts"), 2: ("word1 word2<TAB>count", "--bigram-counts")}
 
 
 def _head(path: Path, size: int = 1 << 16) -> bytes:
@@ -530,13 +531,11 @@ def count_table_hint(head: bytes) -> str | None:
     matches = [_COUNT_LINE.match(line) for line in lines]
     if not lines or not all(matches):
         return None
-    sizes = {len(m.group(1).split()) for m in matches}
-    if sizes == {1}:
-        return "this is a count table (word<TAB>count lines), not Wikipedia text; give it with --unigram-counts"
-    if sizes == {2}:
-        return ("this is a count table (word1 word2<TAB>count lines), not Wikipedia text; give it "
-                "with --bigram-counts")
-    return None
+    words = {len(m.group(1).split()) for m in matches}
+    if len(words) != 1 or (n := words.pop()) not in COUNT_TABLES:
+        return None
+    line, flag = COUNT_TABLES[n]
+    return f"this is a count table ({line} lines), not Wikipedia text; give it with {flag}"
 
 
 def _starts_with_json_object(head: bytes) -> bool:
@@ -553,11 +552,12 @@ def _starts_with_json_object(head: bytes) -> bool:
 def check_input(path: Path) -> str:
     """The kind of a --wiki file (see input_kind); WitError, saying what the file looks like
     and what to give instead, for files of another kind."""
-    kind, head = input_kind(path), _head(path)
+    kind = input_kind(path)
+    head = _head(path) if kind in (None, "jsonl") else b""
     if kind is None and (hint := count_table_hint(head)):
         raise WitError(f"--wiki {path}: {hint}")
     if kind is None and path.name.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-        raise WitError(f"--wiki {path}: CSV files are not read; convert the articles to Parquet with "
+        raise WitError(f"--wiki {path}: CSV and TSV files are not read; convert the articles to Parquet with "
                        f"title and text columns (in DuckDB: COPY (FROM '{path.name}') TO "
                        f"'{path.name.split('.')[0]}.parquet'), or JSONL, or give .xml.bz2 / .xml dumps")
     if kind is None:
