@@ -114,6 +114,47 @@ def test_cli_prints_the_error_without_traceback(tmp_path, capsys):
     assert code == 2 and err.startswith(f"error: {path}: not a bz2 file") and "Traceback" not in err
 
 
+COUNT_TABLE = "this is a count table ({} lines), not Wikipedia text; give it with {}"
+ARTICLES = ('article files hold one {"title": ..., "text": ...} object a line (JSONL), or are '
+            "Parquet with title and text columns")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("enwiki-unigrams.tsv", b"the\t104331\nof\t61240\nCO2\t311\n",
+     "--wiki {path}: " + COUNT_TABLE.format("word<TAB>count", "--unigram-counts")),
+    ("enwiki-bigrams.txt.gz", gzip.compress(b"New York\t2211\nLos Angeles\t1450\n"),
+     "--wiki {path}: " + COUNT_TABLE.format("word1 word2<TAB>count", "--bigram-counts")),
+    ("counts.txt.bz2", bz2.compress(b"the 104331\nof 61240\n"),   # read as a dump: .bz2
+     "{path}: " + COUNT_TABLE.format("word<TAB>count", "--unigram-counts")),
+    ("articles.json", json.dumps([{"title": "Yak", "text": "The yak is a bovine."}]).encode(),
+     "--wiki {path}: a JSON array; " + ARTICLES + "; convert with: jq -c '.[]' articles.json > "
+     "articles.jsonl"),
+    ("articles.jsonl", b'{\n  "title": "Yak",\n  "text": "The yak is a bovine."\n}\n',
+     "--wiki {path}: not JSON Lines; " + ARTICLES),
+    ("articles.csv", b'title,text\nYak,"The yak is a bovine."\n',
+     "--wiki {path}: CSV and TSV files are not read; convert the articles to Parquet with title and "
+     "text columns (in DuckDB: COPY (FROM 'articles.csv') TO 'articles.parquet'), or JSONL, or give "
+     ".xml.bz2 / .xml dumps"),
+    ("notes.txt", b"Yaks are bovines.\nThey live in Tibet.\n",
+     "--wiki {path}: unknown kind of file; give .xml.bz2 / .xml dumps, .parquet or .jsonl article "
+     "files, or hf:NAME:CONFIG"),
+])
+def test_cli_says_what_a_wrong_wiki_file_is_and_what_to_give(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    code = cli.main(["queries", "--wiki", str(path), "--out", str(tmp_path / "b"), "--wordnet", "none"])
+    assert (code, capsys.readouterr().err) == (2, "error: " + message.replace("{path}", str(path)) + "\n")
+
+
+def test_json_lines_in_a_json_file_are_articles(ray_cluster, build, tmp_path):
+    path = tmp_path / "articles.json"   # datasets' to_json writes JSON Lines under this name
+    path.write_text("".join(json.dumps({"title": f"Yak {i}", "text": "The yak grazes."}) + "\n"
+                            for i in range(3)))
+    res = run(build, wiki=[str(path)], min_freq=3)
+    assert {q: r["wiki_count"] for q, r in table(build).items()} == {"The": 3, "yak": 3, "grazes": 3}
+    assert res.summary["input"]["words"] == 9
+
+
 def test_killed_run_resumes_from_finished_chunks(ray_cluster, dump, build, tmp_path, monkeypatch):
     done = []
 

@@ -6,16 +6,17 @@ import bz2
 import json
 import random
 
+import pyarrow.parquet as pq
 import pytest
 
-from test_queries import World
-from wit_builder import wikitext
+from test_queries import World, page_xml, write_dump
+from wit_builder import markup, wikitext
 from wit_builder.errors import WitError
 
 
 def plain(wikitext_: str) -> str:
     """Wikitext -> the words that are counted, space-joined."""
-    words, _, _ = wikitext.count_words(wikitext.strip_markup(wikitext_.encode()))
+    words, _, _ = wikitext.count_words(markup.strip_markup(wikitext_.encode()))
     counts = dict(zip(words.column("word").to_pylist(), words.column("count").to_pylist()))
     return " ".join(sorted(w for w, n in counts.items() for _ in range(n)))
 
@@ -27,7 +28,7 @@ def words_and_bigrams(text: str) -> tuple[dict, set]:
             {(r["word1"], r["word2"]) for r in bigrams.to_pylist()})
 
 
-@pytest.mark.parametrize("markup,expected", [
+@pytest.mark.parametrize("source,expected", [
     ("a {{x|{{y|z {{w}}}}}} b {{unclosed", "a b unclosed"),
     ('a<ref name="r">yak {{cite|yak}}</ref> b<ref name="y" /> c<ref>yak</ref>', "a b c"),
     ("a\n{| class=x\n| yak || yak\n|-\n|\n{|\n| yak\n|}\n| yak\n|}\nb", "a b"),
@@ -36,13 +37,104 @@ def words_and_bigrams(text: str) -> tuple[dict, set]:
     ("[http://example.com/yak label text] [//example.org/yak] http://yak.example/path end",
      "end label text"),
     ("<!-- yak --> a <math>yak</math> '''b''' ''c'' == Head == <br/>d<small>e</small>",
-     "Head a b c d e"),
+     "Head a b c de"),
     ("a&nbsp;b caf&eacute; x&amp;y", "a b café x y"),
     ("<gallery>\nyak.jpg|yak\n</gallery> <syntaxhighlight lang=python>yak()</syntaxhighlight> z",
      "z"),
 ])
-def test_markup_is_reduced_to_prose(markup, expected):
-    assert plain(markup) == expected
+def test_markup_is_reduced_to_prose(source, expected):
+    assert plain(source) == expected
+
+
+def test_inline_tags_keep_words_whole_as_the_page_shows_them():
+    words, bigrams = words_and_bigrams(markup.strip_markup(
+        "'''Carbon dioxide''' ([[chemical formula]] CO<sub>2</sub>) is a gas. Water "
+        "(H<sub>2</sub>O) and CO<SUB>2</SUB> form carbonic acid, H<sub>2</sub>CO<sub>3</sub>.\n"
+        "The lake covers 5,000&nbsp;km<sup>2</sup>, its basin 1.2{{nbsp}}×{{nbsp}}10<sup>6</sup>"
+        "&nbsp;km<sup>2</sup>.\nThe <i>Homo</i>-like skull was found by <span class=\"nowrap\">"
+        "Louis Leakey</span><ref>{{cite book |title=Yak |year=1960}}</ref> in the "
+        "1<sup>st</sup> season<br />Digging <small>(approx.)</small> went on, "
+        "<abbr title=\"Before Common Era\">BCE</abbr> finds in Mc<nowiki/>Donald's "
+        "<b>c</b><i>o</i><u>a</u><s>s</s><code>yak</code>t.".encode()).decode())
+    assert words == {
+        "Carbon": 1, "dioxide": 1, "chemical": 1, "formula": 1, "CO2": 2, "is": 1, "a": 1,
+        "gas": 1, "Water": 1, "H2O": 1, "and": 1, "form": 1, "carbonic": 1, "acid": 1,
+        "H2CO3": 1, "The": 2, "lake": 1, "covers": 1, "5": 1, "000": 1, "km2": 2, "its": 1,
+        "basin": 1, "1": 1, "2": 1, "106": 1, "Homo-like": 1, "skull": 1, "was": 1,
+        "found": 1, "by": 1, "Louis": 1, "Leakey": 1, "in": 2, "the": 1, "1st": 1,
+        "season": 1, "Digging": 1, "approx": 1, "went": 1, "on": 1, "BCE": 1, "finds": 1,
+        "McDonald's": 1, "coas": 1, "t": 1}
+    assert {("Homo-like", "skull"), ("Louis", "Leakey"), ("1st", "season"), ("BCE", "finds"),
+            ("in", "McDonald's"), ("McDonald's", "coas")} <= bigrams
+    assert ("season", "Digging") not in bigrams   # <br /> ends the line
+
+
+@pytest.mark.parametrize("source,expected", [
+    # a caption with links, and the parameters before it
+    ("[[File:Lincoln and McClellan 1862-10-03.jpg|thumb|250px|upright=1.2|alt=Two men in a tent|"
+     "Lincoln and [[George B. McClellan|George McClellan]] at [[Sharpsburg, Maryland|Sharpsburg]]"
+     " after the battle]]\nThe battle was fought on September 17.",
+     "17 September The battle fought on was"),
+    # a caption with an external link and a [bracketed] note
+    ("Apollo 11 landed.[[File:Aldrin Apollo 11 original.jpg|thumb|right|Buzz Aldrin on the Moon "
+     "[photo by Neil Armstrong] ([https://www.hq.nasa.gov/alsj/a11/ NASA])]] It returned.",
+     "11 Apollo It landed returned"),
+    # over several lines
+    ("[[File:Thure de Thulstrup - Battle of Gettysburg.png\n|thumb\n|upright\n|alt=Soldiers on a "
+     "field\n|''The Battle of Gettysburg'' by [[Thure de Thulstrup]]\n]]\nThe battle ended.",
+     "The battle ended"),
+    # in a template argument, beside a table
+    ("{{Infobox military conflict\n| image = [[File:Gettysburg.png|300px|alt=A battle]]\n"
+     "| caption = ''Battle of Gettysburg'' by [[Thure de Thulstrup]]\n| result = {| class=\"wikitable\"\n"
+     "| Union victory\n|}\n}}\nThe '''Battle of Gettysburg''' was fought in 1863.",
+     "1863 Battle Gettysburg The fought in of was"),
+    # a table written with {{!}} inside a template
+    ("{{Quote box\n| quote = {{{!}} class=\"wikitable\"\n{{!}}-\n! Year !! Votes\n{{!}}-\n"
+     "{{!}} 1860 {{!}}{{!}} [[File:Lincoln.jpg|20px]] 1,865,908\n{{!}}}\n| align = right\n}}\n"
+     "Lincoln won.", "Lincoln won"),
+    # in table cells
+    ("{| class=\"wikitable\"\n|-\n! Flag !! Country\n|-\n| [[File:Flag of France.svg|border|25px|"
+     "alt=Flag of France|link=France]] || [[France]]\n|-\n| [[File:Flag of Chile.svg\n|25px]] || "
+     "[[Chile]]\n|}\nBoth countries.", "Both countries"),
+    # any case, spaces around the colon, other languages' names
+    ("[[image:Yak.png|left|thumb|A yak]] [[ File : Yak herd.jpg |thumb|Yaks in [[Tibet]]]] "
+     "[[FILE:Yak.svg]] [[Datei:Yak.jpg|mini|Ein Yak]] [[Fichier:Yak.jpg|vignette|Un yak]] "
+     "[[Kategorie:Rinder]] Yaks graze.", "Yaks graze"),
+    # a File link, a template and links inside a caption
+    ("[[File:Route map.png|thumb|The route {{legend|red|road}} past [[File:Arrow.svg|10px]] "
+     "[[Road|roads]]]] Roads.", "Roads"),
+    # galleries: the tag with attributes, a template, #tag, and bare lines
+    ("<gallery mode=\"packed\" heights=\"160px\">\nFile:Monet - Impression.jpg|''[[Impression, "
+     "Sunrise]]'' (1872)\nImage:Monet Water Lilies.jpg|alt=Water lilies|Water Lilies\n</gallery>\n"
+     "Monet painted.", "Monet painted"),
+    ("{{Gallery\n|title=Works by Monet\n|width=160\n|File:Monet - Impression.jpg|''Impression, "
+     "Sunrise'' (1872)\n|File:Monet Water Lilies.jpg|Water Lilies\n}}\nMonet painted.",
+     "Monet painted"),
+    ("{{#tag:gallery|\nFile:Monet - Impression.jpg{{!}}''Impression, Sunrise''\nFile:Monet Water "
+     "Lilies.jpg{{!}}Water Lilies\n|mode=packed}}\nMonet painted.", "Monet painted"),
+    ("File:Monet - Impression.jpg|''Impression, Sunrise'' (1872)\nMonet painted.\n<gallery>\n"
+     "File:Monet Water Lilies.jpg\n image: Monet - Poppies.JPEG |Poppies\nFile: notes on him\n",
+     "File Monet him notes on painted"),
+])
+def test_file_links_and_galleries_go_whole(source, expected):
+    assert plain(source) == expected
+
+
+def test_an_article_from_a_dump_counts_what_the_page_shows(tmp_path):
+    text = ("{{Short description|Chemical compound}}\n{{Infobox chemical\n| ImageFile = "
+            "[[File:Carbon-dioxide-3D-vdW.svg|upright|thumb|A [[molecule]] of CO<sub>2</sub>]]\n"
+            "| Formula = CO<sub>2</sub>\n}}\n'''Carbon dioxide''' (CO<sub>2</sub>) dissolves in "
+            "water (H<sub>2</sub>O).[[File:Keeling curve.png|thumb|The [[Keeling Curve]] of "
+            "CO<sub>2</sub> at [https://gml.noaa.gov/ Mauna Loa] [ppm]]] It covers 3&nbsp;km<sup>2"
+            "</sup>.\n<gallery mode=packed>\nFile:Dry ice.jpg|[[Dry ice]]\n</gallery>\n"
+            "File:Dry ice pellets.jpg|Pellets\n[[Category:Carbon dioxide]]\n[[de:Kohlenstoffdioxid]]")
+    path = write_dump(tmp_path / "enwiki-pages-articles.xml.bz2", [page_xml(1, "Carbon dioxide", 0, text)])
+    spec = dict(wikitext.plan_chunks(path, "xml.bz2", 1 << 20)[0], out=str(tmp_path / "chunk-00000"))
+    wikitext.count_chunk(spec)
+    words = pq.read_table(tmp_path / "chunk-00000.words.parquet").to_pylist()
+    assert {r["word"]: r["count"] for r in words} == {
+        "Carbon": 1, "dioxide": 1, "CO2": 1, "dissolves": 1, "in": 1, "water": 1, "H2O": 1,
+        "It": 1, "covers": 1, "3": 1, "km2": 1}
 
 
 def test_pages_joined_by_nul_do_not_leak_into_each_other():

@@ -85,10 +85,7 @@ def _wiki_sources(cfg: Config) -> list[dict[str, Any]]:
                         "config": parts[2] if len(parts) == 3 else None, "fingerprint": [src]})
             continue
         for path in expand_inputs([src], "Wikipedia dump or article", "--wiki"):
-            kind = wikitext.input_kind(path)
-            if kind is None:
-                raise WitError(f"--wiki {path}: unknown kind of file; give .xml.bz2 / .xml dumps, "
-                               ".parquet or .jsonl article files, or hf:NAME:CONFIG")
+            kind = wikitext.check_input(path)
             out.append({"kind": kind, "path": str(path), "fingerprint": file_fingerprint([path])[0]})
     seen: set[str] = set()   # a file named twice (a folder and a file in it) counts once
     return [s for s in out if not (s["fingerprint"][0] in seen or seen.add(s["fingerprint"][0]))]

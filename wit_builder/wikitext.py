@@ -6,7 +6,7 @@ block boundaries (each block starts with the 48-bit magic 0x314159265359 at any 
 offset and can be decoded alone), so no process decompresses the whole file. A page
 belongs to the chunk in which its `<page>` tag starts. Only namespace-0 articles are
 counted (redirects and other namespaces are skipped); wikitext is reduced to plain
-text with regular expressions (RE2, through pyarrow) and tokenised with numpy by the
+text by `markup.strip_markup` and tokenised with numpy by the
 rules in docs/queries.md. Article files (Parquet/JSONL with title and text, the
 layout of the `wikimedia/wikipedia` dataset) hold plain text and are only tokenised.
 """
@@ -23,9 +23,10 @@ from typing import Any
 from . import storage
 from .errors import WitError
 from .io import open_input
+from .markup import as_bytes, strip_markup
 
 # Bump when tokenisation or markup stripping changes: finished chunk counts are redone.
-COUNT_VERSION = 1
+COUNT_VERSION = 2
 
 # ---------------------------------------------------------------- bz2 blocks
 
@@ -211,7 +212,7 @@ def check_dump(path: Path) -> None:
         with open_input(path) as f:
             head = f.read(1 << 16)
     if b"<mediawiki" not in head[:1 << 16]:
-        raise WitError(f"{path}: {NOT_A_DUMP}")
+        raise WitError(f"{path}: {count_table_hint(head[:1 << 16]) or NOT_A_DUMP}")
 
 
 def read_pages(path: Path, start: int, end: int, first: bool) -> dict[str, Any]:
@@ -282,74 +283,6 @@ def read_pages(path: Path, start: int, end: int, first: bool) -> dict[str, Any]:
     joined = _xml_unescape(b"\n\x00\n".join(texts))
     stats["wikitext_bytes"] = len(joined)
     return {"text": joined, "titles": titles, "redirects": redirects, "stats": stats}
-
-
-# ---------------------------------------------------------------- markup
-
-_DROP_TAGS = ("math chem ce gallery timeline graph mapframe maplink score syntaxhighlight source "
-              "templatedata imagemap hiero pre code references inputbox categorytree includeonly")
-# (pattern, replacement, repeat until nothing changes); applied in this order.
-MARKUP_PASSES: list[tuple[str, str, bool]] = [
-    # comments, references and tags whose content is not prose
-    ("(?i)" + "|".join([r"<!--[^\x00]*?-->", r"<ref\s[^>\x00]*/>",
-                        r"<ref(?:\s[^>\x00]*)?>[^\x00]*?</ref\s*>"]
-                       + [rf"<{t}(?:\s[^>\x00]*)?>[^\x00]*?</{t}\s*>" for t in _DROP_TAGS.split()]),
-     " ", False),
-    (r"\{\{[^{}\x00]*\}\}", " ", True),                               # templates, innermost first
-    (r"\{\|(?:[^{\x00]|\{+[^{|\x00])*?\|\}", "\n", True),              # tables, innermost first
-    # links: mark file/category/interlanguage links, keep the text of the others
-    (r"\[\[\s*(?:(?i:file|image|category|media)|[a-z]{2,3}(?:-[a-z]{2,12})*)\s*:", "\x01", False),
-    (r"\[\[(?:[^\[\]|\x00\x01]*\|)?([^\[\]\x00\x01]*)\]\]", r"\1", False),
-    (r"\x01[^\x01\[\]\x00]*\]\]", " ", True),
-    # external links keep their label; bare URLs go
-    (r"\[(?:(?:https?|ftp|news):)?//[^\s\]\x00]*\s*([^\]\x00]*)\]|\[mailto:[^\s\]\x00]*\s*([^\]\x00]*)\]"
-     r"|(?:https?|ftp)://[^\s<>\[\]\x00|\"]*", r" \1\2 ", False),
-    (r"(?i)<br\s*/?>|</?(?:p|div|li|ul|ol|dl|dd|dt|tr|td|th|table|blockquote|center|h[1-6]|hr)\b[^>\x00]*>",
-     "\n", False),
-    (r"</?[a-zA-Z][^>\x00\n]*>|__[A-Z]+__|\{\{|\}\}|\{\||\|\}|\[\[|\]\]|\x01", " ", False),
-    (r"'{2,}", "", False),                                            # bold, italic
-]
-_ENTITY = re.compile(rb"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[a-zA-Z][a-zA-Z0-9]{1,31});")
-# The entities wikitext uses most, decoded without a call per occurrence.
-_COMMON_ENTITIES = [(f"&{name};".encode(), html.unescape(f"&{name};").encode())
-                    for name in ("nbsp", "ndash", "mdash", "minus", "times", "thinsp", "quot")]
-
-
-def _as_array(data: bytes):
-    import pyarrow as pa
-    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
-    arr = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
-    try:
-        arr.validate(full=True)
-    except pa.ArrowInvalid:   # broken UTF-8: replace what cannot be decoded
-        return _as_array(data.decode("utf-8", "replace").encode())
-    return arr
-
-
-def _as_bytes(arr) -> bytes:
-    import numpy as np
-    off = np.frombuffer(arr.buffers()[1], np.int64, count=2, offset=8 * arr.offset)
-    return bytes(memoryview(arr.buffers()[2])[off[0]:off[1]])
-
-
-def strip_markup(data: bytes) -> bytes:
-    """Wikitext -> plain text: templates, refs, tables, comments, file/category links and
-    markup removed, link text kept. Pages may be joined by NUL bytes; nothing spans them."""
-    import pyarrow.compute as pc
-    arr = _as_array(data)
-    for pattern, replacement, repeat in MARKUP_PASSES:
-        for _ in range(64 if repeat else 1):
-            before = arr
-            arr = pc.replace_substring_regex(arr, pattern, replacement)
-            if pc.binary_length(arr)[0] == pc.binary_length(before)[0]:
-                break
-    out = _as_bytes(arr)
-    if b"&" not in out:
-        return out
-    for entity, char in _COMMON_ENTITIES:   # none of them makes a new "&"
-        if entity in out:
-            out = out.replace(entity, char)
-    return _ENTITY.sub(lambda m: html.unescape(m.group().decode()).encode(), out)
 
 
 # ---------------------------------------------------------------- tokens
@@ -499,7 +432,7 @@ def _join_texts(column) -> bytes:
         column = column.combine_chunks() if column.num_chunks else pa.array([], pa.string())
     column = pc.fill_null(column.cast(pa.large_string()), "")
     rows = pa.LargeListArray.from_arrays(pa.array([0, len(column)], pa.int64()), column)
-    return _as_bytes(pc.binary_join(rows, pa.scalar("\n\x00\n", pa.large_string())))
+    return as_bytes(pc.binary_join(rows, pa.scalar("\n\x00\n", pa.large_string())))
 
 
 # ---------------------------------------------------------------- one chunk
@@ -572,3 +505,70 @@ def input_kind(path: Path) -> str | None:
             return kind
     return None
 
+
+# ---------------------------------------------------------------- what a --wiki file is
+
+_COUNT_LINE = re.compile(r"^\s*(\S+(?:\s+\S+)*?)\s+(\d+)\s*$")
+ACCEPTED = ".xml.bz2 / .xml dumps, .parquet or .jsonl article files, or hf:NAME:CONFIG"
+COUNT_TABLES = {1: ("word<TAB>count", "--unigram-counts"), 2: ("word1 word2<TAB>count", "--bigram-counts")}
+
+
+def _head(path: Path, size: int = 1 << 16) -> bytes:
+    """The first bytes of a file, decompressed when it is .gz or .bz2 (b"" if unreadable)."""
+    import gzip
+    name = path.name.lower()
+    unpack = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else None
+    try:
+        with open_input(path) as raw:
+            if unpack is None:
+                return raw.read(size)
+            with unpack(raw, "rb") as f:
+                return f.read(size)
+    except (OSError, EOFError, ValueError):
+        return b""
+
+
+def count_table_hint(head: bytes) -> str | None:
+    """What to say when the first lines of a file are those of a count table, else None."""
+    lines = [line for line in head.decode("utf-8", "replace").splitlines()[:20] if line.strip()]
+    matches = [_COUNT_LINE.match(line) for line in lines]
+    if not lines or not all(matches):
+        return None
+    words = {len(m.group(1).split()) for m in matches}
+    if len(words) != 1 or (n := words.pop()) not in COUNT_TABLES:
+        return None
+    line, flag = COUNT_TABLES[n]
+    return f"this is a count table ({line} lines), not Wikipedia text; give it with {flag}"
+
+
+def _starts_with_json_object(head: bytes) -> bool:
+    """Whether the first line is a JSON object (or too long to tell: the worker will)."""
+    first, newline, _ = head.lstrip().partition(b"\n")
+    if not first.startswith(b"{"):
+        return False
+    try:
+        return not newline or isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
+def check_input(path: Path) -> str:
+    """The kind of a --wiki file (see input_kind); WitError, saying what the file looks like
+    and what to give instead, for files of another kind."""
+    kind = input_kind(path)
+    head = _head(path) if kind in (None, "jsonl") else b""
+    if kind is None and (hint := count_table_hint(head)):
+        raise WitError(f"--wiki {path}: {hint}")
+    if kind is None and path.name.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        raise WitError(f"--wiki {path}: CSV and TSV files are not read; convert the articles to Parquet with "
+                       f"title and text columns (in DuckDB: COPY (FROM '{path.name}') TO "
+                       f"'{path.name.split('.')[0]}.parquet'), or JSONL, or give .xml.bz2 / .xml dumps")
+    if kind is None:
+        raise WitError(f"--wiki {path}: unknown kind of file; give {ACCEPTED}")
+    if kind == "jsonl" and not _starts_with_json_object(head):
+        array = head.lstrip().startswith(b"[")
+        raise WitError(f"--wiki {path}: {'a JSON array' if array else 'not JSON Lines'}; article "
+                       'files hold one {"title": ..., "text": ...} object a line (JSONL), or are '
+                       "Parquet with title and text columns"
+                       + (f"; convert with: jq -c '.[]' {path.name} > articles.jsonl" if array else ""))
+    return kind
