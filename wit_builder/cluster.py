@@ -47,8 +47,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # address="local": a new instance even when another runs on this machine.
         saved = os.environ.pop("RAY_ADDRESS", None)
         try:
+            # a private instance has no other node: keep its traffic on loopback
             ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1,
-                     include_dashboard=False, **common)
+                     include_dashboard=False, _node_ip_address="127.0.0.1", **common)
         finally:
             if saved is not None:
                 os.environ["RAY_ADDRESS"] = saved
