@@ -182,3 +182,27 @@ def test_pipeline_on_two_nodes_that_share_no_files(two_nodes, s3_server, tmp_pat
     finally:
         os.environ.pop("XDG_CACHE_HOME", None)
     assert _digests(storage.location(remote)) == _digests(local) != {}
+
+
+PRIVATE = ("from wit_builder.cluster import ensure_ray, cpus; ensure_ray(num_cpus=1); import ray;"
+           "print(cpus(), ray.get(ray.remote(lambda: 41 + 1).remote()))")
+
+
+@pytest.mark.slow
+def test_a_local_command_ignores_a_cluster_running_on_the_machine(two_nodes, tmp_path):
+    """Without --ray-address, wit starts a private Ray even when `ray start` runs here
+    (Ray's own default would join it and refuse num_cpus), and a stale address file
+    left by a dead cluster changes nothing."""
+    import shutil
+    import tempfile
+    ray_tmp = Path(tempfile.mkdtemp(prefix="wr", dir="/tmp"))  # Ray's socket paths are short
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # a dead cluster's
+    for extra in ({}, {"RAY_TMPDIR": str(ray_tmp)}):
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", **extra}
+        env.pop("RAY_ADDRESS", None)
+        out = subprocess.run([sys.executable, "-c", PRIVATE], env=env, capture_output=True,
+                             text=True, timeout=180)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["1", "42"]
+    shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -68,3 +68,18 @@ def test_missing_bucket_and_bad_credentials_are_one_line(s3_server, monkeypatch,
 def test_bad_storage_options_name_the_flag(capsys):
     assert cli.main(["sql", "SELECT 1", "--storage-options", "{nope", "--out", "/tmp/x"]) == 2
     assert "--storage-options" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_commit_collects_what_killed_runs_left(where, build, request):
+    url = str(build) if where == "local" else request.getfixturevalue("s3_build")
+    root = storage.location(url)
+    numbers_stage(url, n=2)
+    # what a run killed mid-commit and a run with other settings leave behind
+    storage.write_bytes(root / "numbers" / "0123456789ab" / "part-00000.parquet", b"half")
+    storage.write_bytes(root / "_work" / "numbers-ffffffffffffffff" / "chunk-0.done", b"1")
+    storage.write_bytes(root / "_work" / "other-0000000000000000" / "keep.me", b"1")
+    res = numbers_stage(url, n=5)
+    assert [p.name for p in (root / "numbers").iterdir()] == [res.run_id]
+    assert [p.name for p in (root / "_work").iterdir()] == ["other-0000000000000000"]
+    assert catalog.query(url, "SELECT count(*) AS n FROM numbers").to_pylist() == [{"n": 5}]

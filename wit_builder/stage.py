@@ -213,9 +213,8 @@ def run_stage(build, stage: str, params: dict[str, Any],
         "finished": _now(), "seconds": round(seconds, 3), "rows": int(result.rows),
         "outputs": scoped, "views": _scoped_views(views, scoped), "summary": result.summary,
     })
-    collect_garbage(build, stage, scoped)
+    collect_garbage(build, stage, scoped)  # this run's work folder too
     shutil.rmtree(tmp, ignore_errors=True)
-    storage.remove(workdir)
     if storage.is_remote(workdir):
         shutil.rmtree(scratch, ignore_errors=True)
     catalog.refresh(build)
@@ -224,8 +223,15 @@ def run_stage(build, stage: str, params: dict[str, Any],
 
 def collect_garbage(build, stage: str, scoped: dict[str, str]) -> list[str]:
     """Remove what the stage's committed record no longer names: prefixes of
-    superseded or killed runs under its outputs, and a pre-run-scoped layout."""
+    superseded or killed runs under its outputs, a pre-run-scoped layout, and the
+    stage's resume folders under _work/."""
     removed = []
+    work = storage.child(build, WORK_DIR)
+    if work.exists():  # resume state of runs with other parameters: never resumed now
+        for entry in work.iterdir():
+            if entry.name.split("-", 1)[0] == stage:
+                storage.remove(entry)
+                removed.append(storage.rel(build, entry))
     for name, keep in scoped.items():
         folder = storage.child(build, name)
         if not folder.exists():
