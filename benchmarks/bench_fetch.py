@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from wit_builder import imageserver
 from wit_builder.io import uid_of
-from wit_builder.stage import StageOutput, run_stage
+from wit_builder.stage import StageOutput, committed, run_stage
 
 PR_SET_CHILD_SUBREAPER = 36
 BIN = Path(sys.executable).parent
@@ -62,21 +62,23 @@ def warm(urls: list[str]) -> None:
     print(f"warmed {len(urls):,} URLs ({total / 1e6:.1f} MB)")
 
 
-def measured(cmd: list[str], env: dict, server_pid: int) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the command and every descendant)."""
+def measured(cmd: list[str], env: dict, server_pid) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the command and every descendant); `server_pid` (one
+    pid or a set) are servers of the benchmark's own, not counted."""
+    servers = {server_pid} if isinstance(server_pid, int) else set(server_pid)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sampled: dict[int, float] = {}
     while proc.poll() is None:  # a cross-check: CPU per descendant as last seen in /proc
-        sampled.update(_tree_cpu(server_pid))
+        sampled.update(_tree_cpu(servers))
         time.sleep(0.2)
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} failed with exit status {proc.returncode}")
     deadline = time.monotonic() + 180
     while True:  # reap orphaned helpers (Ray workers, raylet...) so their CPU is counted
-        left = [p for p in _children() if p != server_pid]
+        left = [p for p in _children() if p not in servers]
         if not left:
             break
         if time.monotonic() > deadline:
@@ -112,11 +114,11 @@ def _children() -> list[int]:
     return [pid for pid, (parent, _) in _procs().items() if parent == me]
 
 
-def _tree_cpu(skip: int) -> dict[int, float]:
-    """CPU seconds of each descendant of this process (but `skip`, the server)."""
+def _tree_cpu(skip: set[int]) -> dict[int, float]:
+    """CPU seconds of each descendant of this process (but those in `skip`, the servers)."""
     procs, tree, frontier = _procs(), {}, {os.getpid()}
     while frontier:
-        frontier = {p for p, (parent, _) in procs.items() if parent in frontier and p != skip}
+        frontier = {p for p, (parent, _) in procs.items() if parent in frontier and p not in skip}
         tree.update({p: procs[p][1] for p in frontier})
     return tree
 
@@ -157,8 +159,9 @@ def run_wit(build: Path, table: pa.Table, a, env, server_pid) -> dict:
            "--resize-mode", "border", "--encode-format", "jpg", "--encode-quality", "95",
            "--timeout", "10", "--retries", "0", *a.wit_flags.split()]
     wall, cpu = measured(cmd, {**env, "RAY_ADDRESS": ""}, server_pid)
-    ok, span = shard_span(build / "fetch" / "shards")
-    statuses = pq.read_table(build / "fetch" / "status", columns=["status"])["status"].to_pylist()
+    fetched = committed(build, "fetch")
+    ok, span = shard_span(fetched / "shards")
+    statuses = pq.read_table(fetched / "status", columns=["status"])["status"].to_pylist()
     assert statuses.count("success") == ok, "status rows and shard stats disagree"
     return {"wall": wall, "cpu": cpu, "success": ok, "span": span}
 

@@ -21,12 +21,15 @@ def free_port() -> int:
 class S3Server:
     """moto_server on a free loopback port; `env` points boto/s3fs at it."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, log: Path | None = None):
+        """`log`: a file for the server's request log (one line per request)."""
         self.port = port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).parent / "moto_server"
+        self._log = open(log, "wb") if log else None
         self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=self._log or subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -59,4 +62,6 @@ class S3Server:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        if self._log:
+            self._log.close()
 
