@@ -182,6 +182,16 @@ def test_pipeline_on_two_nodes_that_share_no_files(two_nodes, s3_server, tmp_pat
     finally:
         os.environ.pop("XDG_CACHE_HOME", None)
     assert _digests(storage.location(remote)) == _digests(local) != {}
+    # a few training steps on the bucket's shards, the run kept in the bucket too
+    train_out = remote.rsplit("/", 1)[0] + "/train"
+    got = subprocess.run([str(BIN / "wit-train"), "--data", remote, "--out", train_out,
+                          "--model", "tiny", "--image-size", "32", "--batch-size", "8",
+                          "--steps", "3", "--warmup", "1", "--workers", "0", "--threads", "1",
+                          "--log-every", "1", "--no-progress"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert got.returncode == 0, got.stderr[-3000:]
+    assert json.loads(got.stdout)["steps"] == 3
+    assert storage.location(train_out + "/checkpoint.pt").exists()
 
 
 PRIVATE = ("from wit_builder.cluster import ensure_ray, cpus; ensure_ray(num_cpus=1); import ray;"

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from wit_builder import catalog, cli
+from wit_builder.stage import committed
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def test_demo_runs_every_stage(demo_run, capsys):
               catalog.query(out, "SELECT stage, rows FROM stages").to_pylist()}
     assert set(stages) == {"queries", "pool", "match", "balance", "fetch", "curate", "publish"}
     assert all(n > 0 for n in stages.values()), stages
-    sizes = json.loads((out / "shards" / "sizes.json").read_text())
+    sizes = json.loads((committed(out, "publish", "shards") / "sizes.json").read_text())
     assert sum(sizes.values()) == stages["publish"]
     assert (out / "train" / "checkpoint.pt").exists()
 
