@@ -83,3 +83,39 @@ def test_a_commit_collects_what_killed_runs_left(where, build, request):
     assert [p.name for p in (root / "numbers").iterdir()] == [res.run_id]
     assert [p.name for p in (root / "_work").iterdir()] == ["other-0000000000000000"]
     assert catalog.query(url, "SELECT count(*) AS n FROM numbers").to_pylist() == [{"n": 5}]
+
+
+HOLD = """
+import sys, time
+from wit_builder import lock
+lock.acquire(sys.argv[1], "wit-build fetch")
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_one_build_one_writer(where, build, request, capsys):
+    """A second command on a build another command is writing is refused with a message
+    naming the first; a killed holder's lock does not block the next command."""
+    import signal
+    url = str(build) if where == "local" else request.getfixturevalue("s3_build")
+    numbers_stage(url, n=3)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(WitError, match=r"in use by another wit command \(wit-build fetch, pid"):
+            numbers_stage(url, n=4)
+        assert cli.main(["curate", "--out", url]) == 2
+        assert "in use by another wit command" in capsys.readouterr().err
+        assert catalog.query(url, "SELECT count(*) AS n FROM numbers").to_pylist() == [{"n": 3}]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    if where == "s3":  # a dead holder's heartbeat goes stale
+        from wit_builder import lock
+        rec = storage.read_json(storage.location(url) / lock.LOCK_NAME)
+        storage.write_json(storage.location(url) / lock.LOCK_NAME,
+                           {**rec, "heartbeat": rec["heartbeat"] - lock.STALE_S - 1})
+    assert numbers_stage(url, n=4).rows == 4  # the killed holder's lock was stale
+    assert not (storage.location(url) / "_lock.json").exists()

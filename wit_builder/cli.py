@@ -121,24 +121,37 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["RAY_ADDRESS"] = args.ray_address
     force = getattr(args, "force", False)
     cmd = args.command
+    if cmd in pipeline.STAGES or cmd == "download":
+        from . import lock
+        with lock.held(build, f"wit-build {cmd}"):  # a second command is refused, not mixed in
+            return _write(args, build, cmd, force)
+    return _dispatch(args, build, cmd)
+
+
+def _write(args: argparse.Namespace, build, cmd: str, force: bool) -> int:
+    """A stage's command, or download's chain of stages."""
     if cmd in pipeline.STAGES:
         mod = pipeline.module(cmd)
         print_result(mod.run(cfgmod.from_args(mod.Config, args), build, force=force))
-    elif cmd == "download":
-        stages = [n for n in pipeline.DOWNLOAD if pipeline.available(n)]
-        if "pool" in stages and not getattr(args, "pool", None):
-            from .stage import read_record
-            if read_record(build, "pool") is None:
-                raise WitError("--pool: give the candidate files (Parquet, CSV, TSV, JSONL) "
-                               f"— {build} has no pool yet")
-            stages.remove("pool")  # reuse the pool already in the build directory
-        settings = {}
-        for n in stages:
-            names = {f.name for f in dataclasses.fields(pipeline.module(n).Config)}
-            settings[n] = {k: v for k, v in vars(args).items() if k in names}
-        pipeline.run_stages(build, settings, stages, force=force,
-                            report=lambda _n, r: print_result(r), where="flags")
-    elif cmd == "sql":
+        return 0
+    stages = [n for n in pipeline.DOWNLOAD if pipeline.available(n)]
+    if "pool" in stages and not getattr(args, "pool", None):
+        from .stage import read_record
+        if read_record(build, "pool") is None:
+            raise WitError("--pool: give the candidate files (Parquet, CSV, TSV, JSONL) "
+                           f"— {build} has no pool yet")
+        stages.remove("pool")  # reuse the pool already in the build directory
+    settings = {}
+    for n in stages:
+        names = {f.name for f in dataclasses.fields(pipeline.module(n).Config)}
+        settings[n] = {k: v for k, v in vars(args).items() if k in names}
+    pipeline.run_stages(build, settings, stages, force=force,
+                        report=lambda _n, r: print_result(r), where="flags")
+    return 0
+
+
+def _dispatch(args: argparse.Namespace, build, cmd: str) -> int:
+    if cmd == "sql":
         from .sqlcmd import run_sql
         run_sql(build, args.sql, args.format, args.output, args.max_rows)
     elif cmd == "stats":

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import catalog, storage
+from . import catalog, lock, storage
 from .errors import WitError
 
 STAGES_DIR = "_stages"
@@ -166,6 +166,11 @@ def run_stage(build, stage: str, params: dict[str, Any],
     build = storage.location(build)
     storage.check_reachable(build)
     upstream = {name: require(build, name) for name in inputs}  # before creating anything
+    with lock.held(build, f"wit-build {stage}"):  # one writer per build directory
+        return _run_locked(build, stage, params, work, outputs, views, upstream, force)
+
+
+def _run_locked(build, stage, params, work, outputs, views, upstream, force) -> StageResult:
     if not storage.is_remote(build):
         Path(build).mkdir(parents=True, exist_ok=True)
     key = {"params": params, "inputs": {n: r["run_id"] for n, r in upstream.items()}}
