@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import WitError
+from .storage import read_json, write_json  # noqa: F401  (one JSON reader and writer)
 
 
 @contextlib.contextmanager
@@ -33,22 +34,6 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (readers never see half a file)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise WitError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise WitError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
 
 
 def expand_inputs(patterns: list[str], what: str, flag: str,

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from . import catalog, cluster, stage, storage
 from .errors import WitError
-from .io import write_json
+from .storage import write_json
 from .stage import StageContext, StageOutput, StageResult
 
 MANIFEST_VIEW = "manifest/*.parquet"

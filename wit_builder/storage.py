@@ -264,10 +264,6 @@ def read_json(path) -> Any:
         raise WitError(f"{path}: not valid JSON (line {e.lineno}): {e.msg}") from None
 
 
-def exists(path) -> bool:
-    return path.exists()
-
-
 def remove(path) -> None:
     """Delete a file or a whole prefix; missing is fine."""
     if is_remote(path):
