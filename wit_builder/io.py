@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import glob as _glob
-import json
 import os
 import shutil
 import uuid
