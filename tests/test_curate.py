@@ -592,6 +592,20 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     res = curate.run(cfg, build)
     rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(build / "samples").to_pylist()}
     assert {r["phash_from"] for r in rows.values()} == {"fetch"}
+    # what fetch took of the pixels it encoded, and curate of those bytes decoded again
+    stored = {}
+    for tar in sorted((build / "fetch" / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            stored.update({m.name.split(".")[0]: tf.extractfile(m).read()
+                           for m in tf.getmembers() if m.name.endswith(".jpg")})
+    status = {r["key"]: r for r in pq.read_table(build / "fetch" / "status").to_pylist()}
+    again = [signature_bytes(stored[k]) for k in sorted(stored)]
+    d = hamming(np.array([status[k]["stored_phash"] for k in sorted(stored)]),
+                np.array([f["phash"] for f in again]))
+    colour = colour_distance(thumbs([status[k]["stored_thumb"] for k in sorted(stored)]),
+                             thumbs([f["thumb"] for f in again]))
+    assert d.max() <= 6 and d.mean() <= 2.5 and colour.max() <= curate.NEAR_DUP_COLOUR, (d, colour)
+    assert all(abs(status[k]["stored_detail"] - f["detail"]) < 0.05 for k, f in zip(sorted(stored), again))
     assert res.summary["phash_from_fetch"] == 7 and res.summary["phash_decoded"] == 0
     assert rows["lake-small.jpg"]["drop_reason"] == "near_duplicate"
     assert rows["lake-small.jpg"]["duplicate_of"] == rows["lake.jpg"]["uid"]
