@@ -605,8 +605,8 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     colour = colour_distance(thumbs([status[k]["stored_thumb"] for k in sorted(stored)]),
                              thumbs([f["thumb"] for f in again]))
     assert d.max() <= 6 and d.mean() <= 2.5 and colour.max() <= curate.NEAR_DUP_COLOUR, (d, colour)
-    assert all((status[k]["stored_detail"] < BLANK_DETAIL) == (f["detail"] < BLANK_DETAIL) == False  # noqa: E712
-               for k, f in zip(sorted(stored), again))
+    assert min(f["detail"] for f in again) >= BLANK_DETAIL  # no photo is blank, either way
+    assert min(status[k]["stored_detail"] for k in stored) >= BLANK_DETAIL
     assert res.summary["phash_from_fetch"] == 7 and res.summary["phash_decoded"] == 0
     assert rows["lake-small.jpg"]["drop_reason"] == "near_duplicate"
     assert rows["lake-small.jpg"]["duplicate_of"] == rows["lake.jpg"]["uid"]
