@@ -305,7 +305,10 @@ def _statistics(con, ctx: StageContext, cfg: Config, out: Path, counts_glob: str
         return {"max": int(mx), "median": int(med), "p99": int(p99), "over_cap": int(over)}
 
     before, after = dist("matches"), dist("selected")
-    top = con.execute("SELECT query_id, matches, selected FROM bc "
+    queries = ctx.build / "queries" / "*.parquet"  # the query's text, where the build has it
+    text = (f"(SELECT any_value(query) FROM read_parquet('{queries}') q WHERE q.query_id = bc.query_id)"
+            if any(queries.parent.glob("*.parquet")) else "NULL")
+    top = con.execute(f"SELECT coalesce({text}, query_id::VARCHAR), matches, selected FROM bc "
                       "ORDER BY matches DESC, query_id LIMIT 5").fetchall()
     return {
         "mode": cfg.mode, "per_query": k, "seed": cfg.seed,

@@ -16,32 +16,69 @@ from . import catalog
 from .errors import WitError
 
 QUERIES = {
+    # every query with a match, before (pairs whose caption matches it) and after
+    # balancing (pairs it was selected for); the query's text where the build has it
     "per_query": """
-        SELECT m.query_id, m.matches AS before, coalesce(s.n, 0) AS after
-        FROM match_counts m LEFT JOIN
+        SELECT m.query_id, {query_text} AS query, m.matches AS before, coalesce(s.n, 0) AS after
+        FROM match_counts m {query_join} LEFT JOIN
              (SELECT selected_by AS query_id, count(*) AS n FROM selected GROUP BY 1) s
-        USING (query_id) ORDER BY before DESC""",
+        USING (query_id) WHERE m.matches > 0 ORDER BY before DESC, m.query_id""",
     "drop_reasons": """
         SELECT coalesce(drop_reason, 'kept') AS reason, count(*) AS samples
-        FROM samples GROUP BY 1 ORDER BY 2 DESC""",
-    "sizes": "SELECT width, height FROM samples WHERE status = 'success' AND width > 0",
+        FROM samples GROUP BY 1 ORDER BY 2 DESC, 1""",
+    # the size of the image as downloaded: what the filters judge (stored ones are all
+    # --image-size)
+    "sizes": """SELECT coalesce(original_width, width) AS width, coalesce(original_height, height)
+                AS height FROM samples WHERE status = 'success' AND coalesce(original_width, width) > 0""",
     "domains": """
         SELECT regexp_extract(url, '^[a-z]+://([^/:?#]+)', 1) AS domain, count(*) AS samples,
                avg(CASE WHEN status = 'success' THEN 1.0 ELSE 0.0 END) AS success_rate
-        FROM samples GROUP BY 1 ORDER BY samples DESC LIMIT 25""",
+        FROM samples GROUP BY 1 ORDER BY samples DESC, 1 LIMIT 25""",
     "stages": "SELECT stage, rows, seconds, finished FROM stages ORDER BY finished",
+    "pairs_matched": "SELECT count(*) AS n FROM matches WHERE len(query_ids) > 0",
+    "pairs_selected": "SELECT count(*) AS n FROM selected",
+    "capped": "SELECT count(*) FILTER (WHERE claimed > selected) AS n FROM balance_counts",
+    "kept": """SELECT count(*) AS samples, count(*) FILTER (WHERE status = 'success') AS downloaded,
+                      count(*) FILTER (WHERE keep) AS kept FROM samples""",
+    "published": "SELECT count(DISTINCT shard) AS shards, count(*) AS samples FROM shards",
 }
+NEEDS = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
+         "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"},
+         "pairs_matched": {"matches"}, "pairs_selected": {"selected"},
+         "capped": {"balance_counts"}, "kept": {"samples"}, "published": {"shards"}}
 
 
 def _fetch(build: Path, name: str, views: set[str]) -> list[dict[str, Any]] | None:
-    needs = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
-             "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"}}[name]
-    if not needs <= views:
+    if not NEEDS[name] <= views:
         return None
+    sql = QUERIES[name]
+    if name == "per_query":
+        known = "queries" in views
+        sql = sql.format(query_text="q.query" if known else "NULL",
+                         query_join="LEFT JOIN queries q USING (query_id)" if known else "")
     try:
-        return catalog.query(build, QUERIES[name]).to_pylist()
+        return catalog.query(build, sql).to_pylist()
     except WitError:
         return None  # a column this build's stages do not write: leave the section out
+
+
+def _one(build: Path, name: str, views: set[str]) -> dict[str, Any]:
+    rows = _fetch(build, name, views)
+    return rows[0] if rows else {}
+
+
+def eval_results(build: Path, train_dir: str | None) -> tuple[dict[str, Any], Path] | None:
+    """The newest evaluation results: reports/eval.json (a recipe's [eval] step) or
+    eval.json beside the checkpoint (`wit-train eval` writes it there)."""
+    found = [p for p in (build / "reports" / "eval.json",
+                         Path(train_dir or build / "train") / "eval.json") if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime_ns)
+    try:
+        return json.loads(newest.read_text()), newest
+    except json.JSONDecodeError as e:
+        raise WitError(f"{newest}: not valid JSON ({e}); rerun `wit-train eval`") from None
 
 
 def _plt():
@@ -81,7 +118,8 @@ def plot_sizes(rows, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist([min(r["width"], r["height"]) for r in rows], bins=40, color="#55A868")
-    ax.set_xlabel("shorter side (px)"), ax.set_ylabel("images"), ax.set_title("Image sizes")
+    ax.set_xlabel("shorter side of the original image (px)"), ax.set_ylabel("images")
+    ax.set_title("Image sizes as downloaded")
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
@@ -130,16 +168,27 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
     if stages:
         parts.append("<h2>Stages</h2>" + _table(stages))
     per_query = _fetch(build, "per_query", views)
-    if per_query:
+    if per_query is not None:
         from .stage import read_record
         balance = read_record(build, "balance") or {}
         cap = balance.get("params", {}).get("per_query") if balance.get("params", {}).get("mode", "cap") == "cap" else None
         plot_per_query(per_query, out / "per_query.png", cap)
-        over = sum(1 for r in per_query if r["after"] < r["before"])
-        facts.update(queries_matched=len(per_query), pairs_matched=sum(r["before"] for r in per_query),
-                     pairs_selected=sum(r["after"] for r in per_query), queries_capped=over)
+        facts.update(queries_matched=len(per_query),
+                     pairs_matched=_one(build, "pairs_matched", views).get("n"),
+                     pairs_selected=_one(build, "pairs_selected", views).get("n"))
+        capped = _one(build, "capped", views)
+        if capped:  # queries that lost pairs to the cap (claimed more than they kept)
+            facts["queries_capped"] = capped["n"]
+        table = [{"query": r["query"] if r["query"] is not None else r["query_id"],
+                  "matched": r["before"], "selected": r["after"]} for r in per_query]
         parts.append("<h2>Per-query counts</h2><img src='per_query.png' alt='per-query counts'>"
-                     "<p>Most matched queries:</p>" + _table(per_query, 15))
+                     "<p>Most matched queries:</p>" + _table(table, 15))
+    kept = _one(build, "kept", views)
+    if kept:
+        facts.update(samples=kept["samples"], downloaded=kept["downloaded"], kept=kept["kept"])
+    published = _one(build, "published", views)
+    if published:
+        facts.update(shards=published["shards"], published=published["samples"])
     drops = _fetch(build, "drop_reasons", views)
     if drops:
         plot_bars([r["reason"] for r in drops], [r["samples"] for r in drops],
@@ -148,7 +197,7 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
     sizes = _fetch(build, "sizes", views)
     if sizes:
         plot_sizes(sizes, out / "sizes.png")
-        parts.append("<h2>Image sizes</h2><img src='sizes.png' alt='image sizes'>")
+        parts.append("<h2>Image sizes (as downloaded)</h2><img src='sizes.png' alt='image sizes'>")
     domains = _fetch(build, "domains", views)
     if domains:
         plot_bars([r["domain"] or "?" for r in domains], [r["success_rate"] for r in domains],
@@ -158,9 +207,10 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
     log = Path(train_dir or build / "train") / "log.jsonl"
     if log.exists() and plot_training(log, out / "training.png"):
         parts.append("<h2>Training</h2><img src='training.png' alt='training curves'>")
-    ev = out / "eval.json"
-    if ev.exists():
-        results = json.loads(ev.read_text())
+    found = eval_results(build, train_dir)
+    if found:
+        results, source = found
+        facts["eval_results"] = str(source)
         zs = results.get("zero_shot")
         if zs:
             facts.update(zero_shot_accuracy=zs.get("accuracy"), chance=zs.get("chance"))
