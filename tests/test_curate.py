@@ -637,3 +637,22 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     assert res.summary["phash_from_fetch"] == 5 and res.summary["phash_decoded"] == 1
     assert {n: r["phash"] for n, r in after.items() if n not in ("p0.jpg", "p1.jpg")} == \
         {n: r["phash"] for n, r in rows.items() if n not in ("p0.jpg", "p1.jpg")}
+
+
+def test_palette_transparency_decodes_quietly_and_on_white():
+    """Curate's workers decode every kind of transparency without PIL's palette warning,
+    and hash a palette clip-art as its copy on white is hashed."""
+    import warnings
+    mask = np.zeros((60, 80), np.uint8)
+    mask[15:45, 20:60] = 1
+    pal = Image.fromarray(mask, "P")
+    pal.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    clip = encode(pal, "PNG", transparency=bytes([0, 255]))  # index 0 transparent (black)
+    on_white = Image.new("RGB", (80, 60), "white")
+    on_white.paste((200, 30, 40), (20, 15, 60, 45))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        facts = signature_bytes(clip)
+    copy = signature_bytes(encode(on_white, "PNG"))
+    assert facts["error"] is None and facts["phash"] == copy["phash"]
+    assert colour_distance(thumbs([facts["thumb"]]), thumbs([copy["thumb"]]))[0] == 0
