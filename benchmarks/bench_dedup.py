@@ -298,7 +298,9 @@ def families(n: int, rng) -> list[tuple[str, list]]:
         elif k == 9:
             fam = [(f"icon-{g}", lambda r, g=g: icon(g, r)) for g in ("circle", "triangle", "cross", "bars")]
         elif k == 10:
-            fam = [(f"sparse-{s}-{i}", lambda r, s=s: sparse(s, r)) for s in ("sun", "island", "boat", "campfire")]
+            # one picture per object: the same object elsewhere on a white canvas is a copy
+            # with other margins, not another picture
+            fam = [(f"sparse-{s}", lambda r, s=s: sparse(s, r)) for s in ("sun", "island", "boat", "campfire")]
         else:
             seed = int(rng.integers(1 << 30))
             fam = [(f"photo-{seed}", lambda r, s=seed: photo(s, r))]
