@@ -3,8 +3,8 @@
 Writes one fetch-style tar of N stored images (256 px JPEG q95, drawn scenes, as fetch
 stores them) and times, in this one process on one core:
 
-- curate's facts of that tar (`imagefacts.shard_facts`), once reusing the hashes fetch
-  recorded (its normal path) and once decoding every image (shards from elsewhere);
+- curate's facts of that tar (`imagefacts.shard_facts`), once reusing the signatures
+  fetch recorded (its normal path) and once decoding every image (shards from elsewhere);
 - publish's writing of a final shard from it (`publish.write_shard`: read by offset,
   sha256 check, tar).
 
@@ -32,7 +32,7 @@ from wit_builder.imagefacts import shard_facts
 
 def make_tar(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
     """fetch/shards/00000.tar, a status file with fetch's hashes, and curate-style rows."""
-    from wit_builder.phash import phash_bytes
+    from wit_builder.canonical import signature_bytes
     scenes = [f"{1 + i % 3}-{list(imageserver.COLORS)[i % 10]}-"
               f"{'circle star square heart'.split()[i % 4]}-{imageserver.TEXTURES[i % 4]}-"
               f"{list(imageserver.BACKGROUNDS)[i % 7]}-{i}" for i in range(n)]
@@ -52,8 +52,10 @@ def make_tar(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
                          "sha256": sha, "image_sha256": sha, "fetch_tar": "fetch/shards/00000.tar",
                          "image_offset": None, "image_bytes": len(data),
                          "image_format": "jpg", "key": key})
+            sig = signature_bytes(data)  # what fetch records of the pixels it stores
             status.append({"key": key, "status": "success", "fetch_shard": 0,
-                           "stored_sha256": sha, "stored_phash": int(phash_bytes([data]).view("int64")[0])})
+                           "stored_sha256": sha, "stored_phash": sig["phash"],
+                           "stored_thumb": sig["thumb"], "stored_detail": sig["detail"]})
     with tarfile.open(tar_path) as tf:  # where each image's bytes start
         offsets = {m.name.split(".")[0]: m.offset_data for m in tf}
     for r in rows:
@@ -87,7 +89,7 @@ def main() -> int:
         table = pa.Table.from_pylist(rows)
         build = storage.location(root)
         runs = {
-            "curate facts, reusing fetch's hashes": lambda: shard_facts(
+            "curate facts, reusing fetch's signatures": lambda: shard_facts(
                 str(tar_path), "fetch/shards/00000.tar", root / "facts.parquet",
                 ([str(status_path)], 0)),
             "curate facts, decoding every image": lambda: shard_facts(

@@ -50,7 +50,7 @@ def commands(pool: str, out: str) -> dict[str, list[str]]:
                   "90", "--timeout", "2", "--retries", "0", "--threads", "16",
                   "--fetch-shard-size", "500", "--allow-private-network"],
         "curate": ["curate", "--min-side", "32", "--max-aspect", "3", "--min-caption-words", "3",
-                   "--near-dup-bits", "4"],
+                   "--near-dup-bits", "10"],
         "publish": ["publish", "--shard-size", "500", "--seed", "0"],
     }
     return {k: v + ["--out", out] for k, v in stages.items()}

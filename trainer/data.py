@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.transforms import InterpolationMode
 
+from wit_builder.canonical import on_white
 from wit_builder.errors import WitError
 
 from .tokenizer import CaptionTokenizer
@@ -192,9 +193,11 @@ def crop_box(rng: random.Random, width: int, height: int, scale=(0.9, 1.0), rati
 
 
 def load_image(data: bytes, size: int) -> Image.Image:
+    """Encoded bytes -> RGB, transparent areas composited on white as fetch stores them
+    (convert("RGB") would show the hidden pixels, often black)."""
     im = Image.open(io.BytesIO(data))
     im.draft("RGB", (size, size))  # JPEG: decode at the smallest scale still >= size (much faster)
-    return im.convert("RGB")
+    return on_white(im)
 
 
 def train_image(im: Image.Image, size: int, rng: random.Random) -> torch.Tensor:

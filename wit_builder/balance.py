@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import WitError
 from . import catalog, storage
-from .stage import StageContext, StageOutput, StageResult, run_stage
+from .stage import StageContext, StageOutput, StageResult, read_record, run_stage
 
 MODES = ("cap", "metaclip")
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB          # splitmix64 finaliser
@@ -308,7 +308,11 @@ def _statistics(con, ctx: StageContext, cfg: Config, out: Path, counts_glob: str
         return {"max": int(mx), "median": int(med), "p99": int(p99), "over_cap": int(over)}
 
     before, after = dist("matches"), dist("selected")
-    top = con.execute("SELECT query_id, matches, selected FROM bc "
+    rec = read_record(ctx.build, "queries")  # the query's text, where the build has it
+    queries = ctx.build / rec["views"]["queries"] if rec and "queries" in rec.get("views", {}) else None
+    text = (f"(SELECT any_value(query) FROM read_parquet({storage.sql_path(queries)}) q "
+            "WHERE q.query_id = bc.query_id)" if queries is not None else "NULL")
+    top = con.execute(f"SELECT coalesce({text}, query_id::VARCHAR), matches, selected FROM bc "
                       "ORDER BY matches DESC, query_id LIMIT 5").fetchall()
     return {
         "mode": cfg.mode, "per_query": k, "seed": cfg.seed,

@@ -1,16 +1,16 @@
 """Image facts, filters and dedup: a keep/drop_reason for every fetched sample.
 
-Ray workers read the fetch shards and record each image's size, sha256 and 64-bit
-DCT pHash, reusing the pHash fetch recorded where the bytes are unchanged
+Ray workers read the fetch shards and record each image's size, sha256 and the
+signature of its canonical view (64-bit DCT pHash, colour thumbnail, detail;
+wit_builder.canonical), reusing what fetch recorded where the bytes are unchanged
 (wit_builder.imagefacts). Then, in DuckDB, every selected sample gets `keep` and the
 first `drop_reason` that applies, in this order: failed_download, undecodable,
 too_small (--min-side), bad_aspect (--max-aspect), short_caption
-(--min-caption-words, --min-caption-chars), eval_set (--eval-images), exact_duplicate
-(same stored bytes), near_duplicate (pHash within --near-dup-bits of a kept sample,
-across the whole build). Dedup runs over the samples that pass the filters, best
-first: the largest original image (then the most stored bytes, then the smallest
-uid); a dropped copy names the sample kept in `duplicate_of`. Writes samples/ (views
-`samples` and `kept_per_query`). docs/curate.md explains each rule.
+(--min-caption-words, --min-caption-chars), blank (one colour or a plain gradient),
+eval_set (--eval-images), exact_duplicate (same stored bytes), near_duplicate (pHash
+within --near-dup-bits of a kept sample, across the whole build, confirmed by the
+colour check, --near-dup-colour). The two copy decisions are in wit_builder.dedup.
+Writes samples/ (views `samples` and `kept_per_query`). docs/curate.md explains each rule.
 """
 from __future__ import annotations
 
@@ -21,18 +21,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import catalog, cluster, stage, storage
+from .canonical import BLANK_DETAIL
+from .dedup import duplicates, eval_hits
 from .errors import WitError
 from .imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
 from .stage import StageContext, StageOutput, StageResult
 
 # In precedence order: a sample gets the first reason that applies.
 DROP_REASONS = ("failed_download", "undecodable", "too_small", "bad_aspect", "short_caption",
-                "eval_set", "exact_duplicate", "near_duplicate")
+                "blank", "eval_set", "exact_duplicate", "near_duplicate")
+SIGNATURE = ("stored_sha256", "stored_phash", "stored_thumb", "stored_detail")  # fetch's columns
 FETCH_COLUMNS = ("uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
                  "height", "original_width", "original_height", "bytes", "sha256",
                  "fetch_shard", "key")
 SAMPLES_VIEW = "samples/*.parquet"
 KEPT_VIEW = "samples/_kept_per_query/*.parquet"  # "_": Parquet dataset readers skip it
+NEAR_DUP_BITS = 10      # defaults chosen with benchmarks/bench_dedup.py (docs/curate.md)
+NEAR_DUP_COLOUR = 24.0
 
 
 @dataclass
@@ -49,14 +54,18 @@ class Config:
     min_caption_chars: int = field(default=6, metadata={
         "help": "drop captions with fewer characters (DataComp keeps more than 5; LAION "
                 "drops fewer than 5)", "metavar": "N"})
-    near_dup_bits: int = field(default=4, metadata={
-        "help": "near duplicates: pHash Hamming distance at most this many of 64 bits, across "
-                "the whole build (0: identical pHash only; -1: no near-duplicate search)",
-        "metavar": "BITS"})
+    near_dup_bits: int = field(default=NEAR_DUP_BITS, metadata={
+        "help": "near-duplicate candidates: pHash Hamming distance at most this many of 64 "
+                "bits, across the whole build and against --eval-images (0: identical pHash "
+                "only; -1: no near-duplicate search)", "metavar": "BITS"})
+    near_dup_colour: float = field(default=NEAR_DUP_COLOUR, metadata={
+        "help": "a candidate is a near copy only if its colour thumbnail is within this many "
+                "levels (0-255) of the other's, cell by cell (-1: pHash alone decides)",
+        "metavar": "LEVELS"})
     eval_images: str | None = field(default=None, metadata={
         "help": "directory of evaluation images (searched recursively); samples showing "
-                "any of them (same bytes or within --near-dup-bits) are dropped",
-        "metavar": "DIR"})
+                "any of them (same bytes, or a near copy by --near-dup-bits and "
+                "--near-dup-colour) are dropped", "metavar": "DIR"})
 
 
 def check(cfg: Config) -> None:
@@ -71,6 +80,9 @@ def check(cfg: Config) -> None:
     if not -1 <= cfg.near_dup_bits <= 16:
         raise WitError(f"--near-dup-bits {cfg.near_dup_bits}: give -1 (off) to 16; pHashes "
                        "of different pictures are typically 20-40 bits apart")
+    if not (cfg.near_dup_colour == -1 or 0 <= cfg.near_dup_colour <= 255):
+        raise WitError(f"--near-dup-colour {cfg.near_dup_colour:g}: give 0 to 255 levels, or "
+                       "-1 to let the pHash alone decide")
     if cfg.eval_images and not storage.location(cfg.eval_images, "--eval-images").is_dir():
         raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
                        "holding the evaluation images")
@@ -84,15 +96,16 @@ def _facts_name(rel: str) -> str:
 
 
 def _known_hashes(con) -> dict[str, tuple[list[str], Any]]:
-    """Per fetch tar: the status files holding the hashes fetch recorded for its images,
-    and its `fetch_shard` value (none for a fetch/status without those columns).
+    """Per fetch tar: the status files holding the signatures fetch recorded for its
+    images, and its `fetch_shard` value (none for a fetch/status without those columns:
+    an older fetch hashed the padded image, so its images are decoded again).
     Each task reads its own rows, so no process holds the whole build's hashes."""
     names = {r[0] for r in con.execute("DESCRIBE status").fetchall()}
-    if not {"stored_sha256", "stored_phash"} <= names:
+    if not set(SIGNATURE) <= names:
         return {}
     rows = con.execute("""SELECT fetch_tar, list(DISTINCT _status_file), any_value(fetch_shard)
                           FROM status WHERE status = 'success' AND stored_phash IS NOT NULL
-                          GROUP BY 1""").fetchall()
+                          AND stored_thumb IS NOT NULL GROUP BY 1""").fetchall()
     # absolute or URLs: a Ray worker need not share the driver's working directory
     return {tar: ([f if storage.scheme(f) else str(Path(f).resolve()) for f in files], shard)
             for tar, files, shard in rows}
@@ -158,6 +171,7 @@ def _filter_reasons_sql(cfg: Config) -> str:
         WHEN aspect > {float(cfg.max_aspect)} THEN 'bad_aspect'
         WHEN caption_words < {int(cfg.min_caption_words)}
           OR length(trim(coalesce(text, ''))) < {int(cfg.min_caption_chars)} THEN 'short_caption'
+        WHEN detail < {BLANK_DETAIL} THEN 'blank'
         END"""
 
 
@@ -217,7 +231,7 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
                  coalesce(f.width, st.width) AS width, coalesce(f.height, st.height) AS height,
                  coalesce(st.bytes, f.image_bytes) AS bytes,
                  coalesce(st.sha256, f.image_sha256) AS sha256),
-               f.phash, f.phash_from, f.image_sha256, f.image_bytes, f.image_format, f.image_offset,
+               f.phash, f.thumb, f.detail, f.phash_from, f.image_sha256, f.image_bytes, f.image_format, f.image_offset,
                greatest(coalesce(st.original_width, f.width, st.width),
                         coalesce(st.original_height, f.height, st.height))::DOUBLE
                  / nullif(least(coalesce(st.original_width, f.width, st.width),
@@ -228,95 +242,11 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
     con.execute(f"""
         CREATE TABLE s AS
         SELECT row_number() OVER () - 1 AS rid, uid, width, height, original_width,
-               original_height, sha256, image_sha256, image_bytes, phash,
+               original_height, sha256, image_sha256, image_bytes, phash, thumb,
                {_filter_reasons_sql(cfg)} AS reason
         FROM (SELECT *, CASE WHEN trim(coalesce(text, '')) = '' THEN 0
                              ELSE len(regexp_split_to_array(trim(text), '\\s+')) END AS caption_words
               FROM measured)""")
-
-
-def _eval_hits(con, eval_table, k: int) -> dict[str, Any]:
-    """Table `eval_hits` (rid, eval_path): candidates showing an evaluation image."""
-    from .phash import near_pairs
-    con.execute("CREATE TABLE eval_hits (rid BIGINT, eval_path VARCHAR)")
-    if eval_table is None:
-        return {}
-    con.register("eval_arrow", eval_table)
-    con.execute("CREATE TABLE ev AS SELECT row_number() OVER (ORDER BY path) - 1 AS id, * "
-                "FROM eval_arrow")
-    con.unregister("eval_arrow")
-    # Fetch's sha256 is of the file as downloaded (before any resize), so an eval image
-    # served as is matches it; image_sha256 matches one stored unchanged.
-    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM s JOIN ev
-                   ON ev.sha256 = s.sha256 OR ev.sha256 = s.image_sha256
-                   WHERE s.reason IS NULL""")
-    stats: dict[str, Any] = {"eval_images": con.execute("SELECT count(*) FROM ev").fetchall()[0][0]}
-    if k >= 0:
-        con.execute("CREATE VIEW cand_h AS SELECT rid AS id, phash FROM s WHERE reason IS NULL")
-        con.execute("CREATE VIEW ev_h AS SELECT id, phash FROM ev")
-        pairs, search = near_pairs(con, "cand_h", k, right="ev_h")
-        con.register("eval_pairs", pairs)
-        con.execute("INSERT INTO eval_hits SELECT p.a, ev.path FROM eval_pairs p "
-                    "JOIN ev ON ev.id = p.b")
-        con.unregister("eval_pairs")
-        stats["eval_search"] = search
-    return stats
-
-
-def _dedup(con, k: int) -> dict[str, Any]:
-    """Table `dups` (rid, reason, duplicate_of) over the samples passing every filter.
-
-    Samples are ranked by original image area (largest first), then stored bytes
-    (of two encodings of one picture, the larger is usually the better), then uid;
-    each exact group (same image_sha256: identical bytes in the shards) keeps its
-    best-ranked member. Those representatives are then taken in rank order, and one
-    is dropped when its pHash is within k bits of one already kept (pairs from
-    multi-index hashing, `phash.keepers`), naming the best-ranked such sample.
-    """
-    import numpy as np
-    import pyarrow as pa
-    from .phash import keepers, near_pairs
-    con.execute("""
-        CREATE TABLE d AS
-        SELECT rid, uid, image_sha256 AS sha256, phash,
-               row_number() OVER (ORDER BY coalesce(original_width, width)::BIGINT
-                                             * coalesce(original_height, height) DESC,
-                                           image_bytes DESC, uid) - 1 AS rank
-        FROM s WHERE reason IS NULL AND rid NOT IN (SELECT rid FROM eval_hits)""")
-    con.execute("CREATE TABLE exact AS SELECT sha256, min(rank) AS rep_rank FROM d GROUP BY sha256")
-    # One node per distinct pHash among the exact representatives (with the search off:
-    # per representative), numbered by best rank.
-    group = "d.phash" if k >= 0 else "d.rank"
-    con.execute(f"""
-        CREATE TABLE nodes AS
-        SELECT row_number() OVER (ORDER BY best) - 1 AS id, grp, phash, best
-        FROM (SELECT {group} AS grp, any_value(d.phash) AS phash, min(d.rank) AS best
-              FROM d JOIN exact e ON d.rank = e.rep_rank GROUP BY 1)""")
-    n = con.execute("SELECT count(*) FROM nodes").fetchall()[0][0]
-    stats: dict[str, Any] = {}
-    if k >= 0 and n > 1:
-        pairs, stats = near_pairs(con, "nodes", k)
-        a = pairs["a"].to_numpy(zero_copy_only=False)
-        b = pairs["b"].to_numpy(zero_copy_only=False)
-    else:
-        a = b = np.zeros(0, dtype=np.int64)
-    best = con.sql("SELECT best FROM nodes ORDER BY id").to_arrow_table()["best"].to_numpy()
-    final = pa.table({"id": np.arange(n, dtype=np.int64),
-                      "final_rank": best[keepers(n, a, b)] if n else best})
-    con.register("final_arrow", final)
-    con.execute(f"""
-        CREATE TABLE dups AS
-        WITH rep AS (  -- sha256 -> the rank finally kept for that image
-            SELECT e.sha256, e.rep_rank, f.final_rank
-            FROM exact e JOIN d ON d.rank = e.rep_rank
-            JOIN nodes n ON n.grp = {group} JOIN final_arrow f ON f.id = n.id)
-        SELECT d.rid,
-               CASE WHEN d.rank <> rep.rep_rank THEN 'exact_duplicate'
-                    WHEN d.rank <> rep.final_rank THEN 'near_duplicate' END AS reason,
-               CASE WHEN d.rank <> rep.final_rank THEN keeper.uid END AS duplicate_of
-        FROM d JOIN rep USING (sha256) JOIN d keeper ON keeper.rank = rep.final_rank""")
-    con.unregister("final_arrow")
-    return stats
 
 
 def _write(con, tmp: Path) -> None:
@@ -324,11 +254,11 @@ def _write(con, tmp: Path) -> None:
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
     fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()
-                  if r[0] not in ("stored_sha256", "stored_phash", "_status_file")]
+                  if r[0] not in (*SIGNATURE, "_status_file")]
     cols = ", ".join(f"m.{c}" for c in fetch_cols)
     con.execute(f"""
         CREATE VIEW final AS
-        SELECT {cols}, m.aspect, m.phash, m.phash_from,
+        SELECT {cols}, m.aspect, m.phash, m.detail, m.phash_from,
                coalesce(s.reason, eh.reason, du.reason) IS NULL AS keep,
                coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
                coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
@@ -384,8 +314,9 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
             evals = _compute_eval(cfg, eval_files) if eval_files else None
             summary: dict[str, Any] = {"phash_from_fetch": hashed.get("fetch", 0),
                                        "phash_decoded": hashed.get("decoded", 0)}
-            summary.update(_eval_hits(con, evals, cfg.near_dup_bits))
-            search = _dedup(con, cfg.near_dup_bits)
+            summary.update(eval_hits(con, evals, cfg.near_dup_bits, cfg.near_dup_colour,
+                                     BLANK_DETAIL))
+            search = duplicates(con, cfg.near_dup_bits, cfg.near_dup_colour)
             if search:
                 summary["near_dup_search"] = search
             _write(con, ctx.tmp)

@@ -34,7 +34,7 @@ SAME_ON_RETRY = ("image_size", "resize_mode", "encode_format", "encode_quality",
 IN_TRANSIENT = "(" + ", ".join(f"'{s}'" for s in sorted(TRANSIENT)) + ")"  # SQL: status IN ...
 STATUS_COLUMNS = ["uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
                   "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key",
-                  "stored_sha256", "stored_phash"]
+                  "stored_sha256", "stored_phash", "stored_thumb", "stored_detail"]
 
 
 @dataclass
@@ -310,7 +310,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
             return index, (None if data is None else Download(index, data)), error
 
         r = settings["resize"]
-        stored: dict[int, tuple[str, int]] = {}
+        stored: dict[int, tuple] = {}
         tap = CvTap(i2d_resizer.cv2, r["image_size"] if r["reduced_decode"] else None,
                     r["resize_mode"])
         resizer = hashing_resizer(Resizer(
@@ -367,9 +367,9 @@ def _status_table(plan, i2d_parquet: Path, outcomes: dict, stored: dict, shard: 
         success = status == "success"
         for c in ("width", "height", "original_width", "original_height", "sha256"):
             cols[c].append(m[c] if success else None)
-        sha, phash = stored.get(index, (None, None)) if success else (None, None)
-        cols["stored_sha256"].append(sha)
-        cols["stored_phash"].append(phash)
+        sig = stored.get(index, (None,) * 4) if success else (None,) * 4
+        for c, v in zip(("stored_sha256", "stored_phash", "stored_thumb", "stored_detail"), sig):
+            cols[c].append(v)
         cols["status"].append(status)
         cols["error"].append(error)
         cols["bytes"].append(size if success else None)
@@ -390,7 +390,7 @@ def _with_status(plan, cols: dict | None = None):
     import pyarrow as pa
     i32, text = pa.int32(), pa.string()
     types = [text, text, text, i32, pa.list_(i32), text, text, i32, i32, i32, i32, pa.int64(),
-             text, i32, text, text, pa.int64()]
+             text, i32, text, text, pa.int64(), pa.binary(), pa.float32()]
     schema = pa.schema(list(zip(STATUS_COLUMNS, types)))
     if plan is None:
         return schema.empty_table()

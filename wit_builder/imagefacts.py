@@ -1,9 +1,11 @@
 """Image facts for curate, computed in Ray workers: per image its size, byte count,
-sha256, 64-bit pHash (wit_builder.phash) and whether it decodes.
+sha256, the signature of its canonical view (wit_builder.canonical: 64-bit pHash,
+colour thumbnail, detail) and whether it decodes.
 
-Fetch already hashed the pixels it stored; where the stored bytes still have the
-sha256 fetch recorded, that pHash is used and the image is not decoded again
-(`phash_from` = 'fetch'); any other image is decoded here (`phash_from` = 'decoded').
+Fetch already took the signature of the pixels it stored; where the stored bytes
+still have the sha256 fetch recorded, that signature is used and the image is not
+decoded again (`phash_from` = 'fetch'); any other image is decoded here
+(`phash_from` = 'decoded'). Evaluation images go through the same `image_facts`.
 """
 from __future__ import annotations
 
@@ -25,38 +27,34 @@ def facts_schema():
                       ("image_format", pa.string()), ("image_offset", pa.int64()),
                       ("image_bytes", pa.int64()), ("image_sha256", pa.string()),
                       ("width", pa.int32()),
-                      ("height", pa.int32()), ("phash", pa.int64()),
-                      ("phash_from", pa.string()), ("decode_error", pa.string())])
+                      ("height", pa.int32()), ("phash", pa.int64()), ("thumb", pa.binary()),
+                      ("detail", pa.float32()), ("phash_from", pa.string()),
+                      ("decode_error", pa.string())])
 
 
-def image_facts(blobs: list[bytes], known: list[tuple[str, int] | None] | None = None
+def image_facts(blobs: list[bytes], known: list[tuple | None] | None = None
                 ) -> dict[str, list]:
     """Facts for a batch of encoded images: image_bytes, image_sha256, width, height,
-    phash, phash_from, decode_error.
+    phash, thumb, detail, phash_from, decode_error.
 
-    `known[i]`, if given, is (sha256, pHash) fetch recorded for image i: when the bytes
-    still have that sha256 the pHash is taken as is and the image is not decoded
-    (width and height then come from fetch's row). The others are decoded and their
-    pHashes computed in one vectorised batch.
+    `known[i]`, if given, is (sha256, pHash, thumb, detail) fetch recorded for image i:
+    when the bytes still have that sha256 the signature is taken as is and the image
+    is not decoded (width and height then come from fetch's row). The others are
+    decoded and their canonical view's signature computed.
     """
-    import numpy as np
-    from .phash import inspect_image, phash_pixels
+    from .canonical import signature_bytes
     shas = [hashlib.sha256(b).hexdigest() for b in blobs]
     known = known or [None] * len(blobs)
     reuse = [k is not None and k[0] == sha for k, sha in zip(known, shas)]
-    none = {"width": None, "height": None, "pixels": None, "error": None}
-    facts = [none if r else inspect_image(b) for b, r in zip(blobs, reuse)]
-    ok = [i for i, f in enumerate(facts) if f["pixels"] is not None]
-    hashes: list[int | None] = [k[1] if r else None for k, r in zip(known, reuse)]
-    if ok:
-        values = phash_pixels(np.stack([facts[i]["pixels"] for i in ok])).view(np.int64)
-        for i, h in zip(ok, values.tolist()):
-            hashes[i] = h
+    facts = [{"width": None, "height": None, "phash": k[1], "thumb": k[2], "detail": k[3],
+              "error": None} if r else signature_bytes(b)
+             for b, k, r in zip(blobs, known, reuse)]
     return {"image_bytes": [len(b) for b in blobs], "image_sha256": shas,
             "width": [f["width"] for f in facts], "height": [f["height"] for f in facts],
-            "phash": hashes,
-            "phash_from": ["fetch" if r else "decoded" if h is not None else None
-                           for r, h in zip(reuse, hashes)],
+            "phash": [f["phash"] for f in facts], "thumb": [f["thumb"] for f in facts],
+            "detail": [f["detail"] for f in facts],
+            "phash_from": ["fetch" if r else "decoded" if f["phash"] is not None else None
+                           for r, f in zip(reuse, facts)],
             "decode_error": [f["error"] for f in facts]}
 
 
@@ -73,8 +71,8 @@ def shard_facts(tar_path, rel: str, out, known_in: tuple[list[str], Any] | None 
 
     `tar_path` and `out` are locations in the build (local or remote): the tar is read
     as a stream and the facts file is put in one piece, so any node can run this.
-    `known_in` is (status files, fetch_shard) holding the sha256 and pHash fetch
-    recorded for this tar's images (see _known_hashes).
+    `known_in` is (status files, fetch_shard) holding the sha256 and signature fetch
+    recorded for this tar's images (see curate._known_hashes).
     Returns {"shard", "images"} or {"shard", "error"} for a tar that cannot be read.
     """
     import pyarrow as pa
@@ -116,7 +114,8 @@ def shard_facts(tar_path, rel: str, out, known_in: tuple[list[str], Any] | None 
 
 
 def eval_facts(paths: list[str], root: str) -> dict[str, list]:
-    """sha256 and pHash of evaluation image files (path relative to `root`)."""
+    """sha256 and canonical signature (phash, thumb, detail) of evaluation image files
+    (path relative to `root`): the same view of an image as every stored one gets."""
     blobs = []
     for p in paths:
         with open_input(storage.location(p, "--eval-images")) as f:
@@ -124,15 +123,18 @@ def eval_facts(paths: list[str], root: str) -> dict[str, list]:
     facts = image_facts(blobs)
     root = str(root).rstrip("/")
     return {"path": [str(p)[len(root) + 1:] for p in paths], "sha256": facts["image_sha256"],
-            "phash": facts["phash"], "decode_error": facts["decode_error"]}
+            "phash": facts["phash"], "thumb": facts["thumb"], "detail": facts["detail"],
+            "decode_error": facts["decode_error"]}
 
 
-def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]]:
-    """key -> (stored_sha256, stored_phash) of one fetch tar's successful rows."""
+def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple]:
+    """key -> (stored_sha256, stored_phash, stored_thumb, stored_detail) of one fetch
+    tar's successful rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    cols = ["key", "status", "fetch_shard", "stored_sha256", "stored_phash"]
+    cols = ["key", "status", "fetch_shard", "stored_sha256", "stored_phash", "stored_thumb",
+            "stored_detail"]
     tables = []
     for f in files:
         with open_input(storage.location(f)) as fh:
@@ -142,5 +144,4 @@ def _read_known(files: list[str], fetch_shard: Any) -> dict[str, tuple[str, int]
                            pc.equal(t["fetch_shard"], pa.scalar(fetch_shard, t["fetch_shard"].type))),
                    pc.is_valid(t["stored_phash"]))
     t = t.filter(mine)
-    return dict(zip(t["key"].to_pylist(),
-                    zip(t["stored_sha256"].to_pylist(), t["stored_phash"].to_pylist())))
+    return dict(zip(t["key"].to_pylist(), zip(*(t[c].to_pylist() for c in cols[3:]))))

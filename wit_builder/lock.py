@@ -3,8 +3,9 @@
 Two commands writing one build delete each other's temporaries and records, so the
 second is refused with a message naming the first. Locally the lock is created with
 O_EXCL and is stale once its process is gone; in an object store (no atomic create)
-it is written, then read back to see who won, and kept alive by a heartbeat: it is
-stale once the heartbeat is older than STALE_S. The lock is reentrant within a
+it is written, then read back to see who won, and kept alive by a heartbeat: a lock
+of this machine is stale once its process is gone, one of another machine once its
+heartbeat is older than STALE_S. The lock is reentrant within a
 process (a command that runs several stages takes it once).
 """
 from __future__ import annotations
@@ -21,8 +22,8 @@ from . import storage
 from .errors import WitError
 
 LOCK_NAME = "_lock.json"
-STALE_S = 300.0       # a remote lock whose heartbeat is older than this is abandoned
-HEARTBEAT_S = 60.0
+STALE_S = 120.0       # a remote lock whose heartbeat is older than this is abandoned
+HEARTBEAT_S = 30.0
 SETTLE_S = 0.3        # remote: how long to wait before reading back who won
 
 _held: dict[str, "_Held"] = {}
@@ -52,10 +53,10 @@ def _record(what: str) -> dict[str, Any]:
 
 
 def _alive(rec: dict[str, Any], remote: bool) -> bool:
-    if remote:
-        return time.time() - float(rec.get("heartbeat", 0)) < STALE_S
     if rec.get("host") != socket.gethostname():
-        return True  # another machine's process: we cannot tell, so it holds
+        # another machine's process: only its heartbeat tells (a local lock on a shared
+        # filesystem has none, so it holds until removed)
+        return not remote or time.time() - float(rec.get("heartbeat", 0)) < STALE_S
     try:
         os.kill(int(rec.get("pid", -1)), 0)
     except ProcessLookupError:

@@ -11,9 +11,11 @@ Two ways in:
   coefficients are `(D @ Ry) @ X @ (D @ Rx).T` for an HxW image X, with Ry, Rx the
   exact weights PIL's Lanczos resize to 32 uses (PIL rounds to 8 bits between its
   two passes; this does not, which moves a bit near the median now and then).
-- `phash_bytes` / `inspect_image`, for encoded images (curate, for samples fetch did
-  not hash): JPEG decoded straight to grayscale at 1/2..1/8 scale (PIL's draft mode),
-  and the DCT of a whole batch as two matrix products (`D @ X @ D.T`).
+- `phash_pixels`, for a stack of 32x32 gray images: the DCT of a whole batch as two
+  matrix products (`D @ X @ D.T`).
+Every image wit hashes is first brought to one canonical view (alpha on white,
+border padding removed): see wit_builder.canonical, whose `signature` calls
+`phash_array` on that view, and `phash_bytes` here for encoded images.
 
 Near duplicates are found by multi-index hashing: the 64 bits are split into `m`
 bands; two hashes within `k` bits of each other differ in at most `k // m` bits in
@@ -24,7 +26,6 @@ and keeps the pairs whose full Hamming distance `bit_count(xor(a, b))` is <= k.
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import math
 from typing import Any
@@ -33,7 +34,6 @@ import numpy as np
 
 HASH_SIZE = 8          # 8x8 = 64 bits
 IMG_SIZE = 32          # imagehash's highfreq_factor 4: resize to 32x32 before the DCT
-DRAFT_SIZE = 64        # JPEG decoded at reduced scale, but no smaller than this
 
 
 def _dct_rows() -> np.ndarray:
@@ -65,13 +65,17 @@ def phash_pixels(gray: np.ndarray) -> np.ndarray:
     return np.packbits(_bits(low), axis=1).view(">u8").ravel().astype(np.uint64)
 
 
-def _bits(low: np.ndarray) -> np.ndarray:
-    """Hash bits of rows of 64 DCT coefficients: above the row's median. Coefficients
-    within rounding noise of zero (1e-5 of the largest) count as zero, so a flat
-    image hashes to 0x8000000000000000 however it was computed, as with imagehash."""
+def _bits(low: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Hash bits of rows of 64 DCT coefficients: above the row's median (by more than
+    `margin` times the largest AC coefficient). Coefficients within rounding noise of
+    zero (1e-5 of the largest) count as zero, so a flat image hashes to
+    0x8000000000000000 however it was computed, as with imagehash."""
     low = np.where(np.abs(low) <= 1e-5 * np.abs(low).max(axis=1, keepdims=True), 0.0, low)
     mid = np.sort(low, axis=1)[:, 31:33]  # the median of 64: the mean of the middle two
-    return low > (mid[:, :1] + mid[:, 1:]) / 2
+    above = (mid[:, :1] + mid[:, 1:]) / 2
+    if margin:
+        above = above + margin * np.abs(low[:, 1:]).max(axis=1, keepdims=True)
+    return low > above
 
 
 def _lanczos(x: np.ndarray) -> np.ndarray:
@@ -95,12 +99,15 @@ def _resize_dct(n_in: int) -> np.ndarray:
     return np.ascontiguousarray((_D @ r).astype(np.float32))
 
 
-def phash_array(pixels: np.ndarray, channels: str = "BGR") -> int:
+def phash_array(pixels: np.ndarray, channels: str = "BGR", margin: float = 0.0) -> int:
     """The pHash (as a signed 64-bit int, the Parquet type) of one decoded image.
 
     `pixels`: (H, W) gray or (H, W, 3|4) colour in `channels` order ("BGR" as OpenCV
     decodes, or "RGB"; a 4th, alpha, channel is ignored as PIL's convert("L") does),
     uint8 or uint16. Gray is ITU-R 601 luma, as PIL and OpenCV compute it.
+    `margin` > 0 sets a bit only where a coefficient exceeds the median by more than
+    that share of the largest AC coefficient (wit_builder.canonical: STABLE_MARGIN);
+    0 is the standard pHash.
     """
     a = np.asarray(pixels)
     if a.ndim == 3:
@@ -118,60 +125,18 @@ def phash_array(pixels: np.ndarray, channels: str = "BGR") -> int:
     if a.dtype == np.uint16:
         x /= 257.0
     low = (_resize_dct(a.shape[0]) @ x) @ _resize_dct(a.shape[1]).T
-    return int(np.packbits(_bits(low.reshape(1, -1))).view(">i8")[0])
-
-
-def gray32(image) -> np.ndarray:
-    """A PIL image -> its 32x32 grayscale pixels (uint8), decoding as little as needed.
-
-    Call on a freshly opened, not yet loaded image: for JPEG, `draft` makes the
-    decoder produce grayscale at the largest 1/2..1/8 scale still >= 64x64 (twice
-    the target, which keeps the bits close to a full-size Lanczos resize); other
-    formats are box-reduced by an integer factor before the final Lanczos resize.
-    """
-    from PIL import Image
-    if image.format == "JPEG":
-        image.draft("L", (DRAFT_SIZE, DRAFT_SIZE))
-    if image.mode != "L":
-        image = image.convert("L")
-    small = image.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return np.asarray(small, dtype=np.uint8)
-
-
-def inspect_image(data: bytes) -> dict[str, Any]:
-    """Facts about one encoded image: width, height, format and 32x32 gray pixels.
-
-    An image that cannot be decoded (corrupt, truncated, not an image) gets
-    `error` set and no pixels; it never raises.
-    """
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
-            fmt = im.format
-            try:
-                pixels = gray32(im)
-            except Exception as e:  # decoding fails past the header: keep the size we read
-                return {"width": width, "height": height, "format": fmt, "pixels": None,
-                        "error": f"{type(e).__name__}: {e}"}
-    except Image.UnidentifiedImageError:
-        return {"width": None, "height": None, "format": None, "pixels": None,
-                "error": "not a recognised image format"}
-    except Exception as e:
-        return {"width": None, "height": None, "format": None, "pixels": None,
-                "error": f"{type(e).__name__}: {e}"}
-    return {"width": width, "height": height, "format": fmt, "pixels": pixels, "error": None}
+    return int(np.packbits(_bits(low.reshape(1, -1), margin)).view(">i8")[0])
 
 
 def phash_bytes(images: list[bytes]) -> np.ndarray:
-    """pHashes of encoded images as int64 (the Parquet type); undecodable ones raise."""
-    facts = [inspect_image(b) for b in images]
-    bad = [i for i, f in enumerate(facts) if f["pixels"] is None]
+    """pHashes of encoded images' canonical view (wit_builder.canonical: alpha on
+    white, symmetric white margins cut) as int64; undecodable ones raise."""
+    from .canonical import signature_bytes
+    facts = [signature_bytes(b) for b in images]
+    bad = [i for i, f in enumerate(facts) if f["phash"] is None]
     if bad:
         raise ValueError(f"image {bad[0]} cannot be decoded: {facts[bad[0]]['error']}")
-    if not facts:
-        return np.zeros(0, dtype=np.int64)
-    return phash_pixels(np.stack([f["pixels"] for f in facts])).view(np.int64)
+    return np.array([f["phash"] for f in facts], dtype=np.int64)
 
 
 def hamming(a, b) -> np.ndarray:

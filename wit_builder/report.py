@@ -7,41 +7,79 @@ evaluation results. The HTML references only files beside it in `reports/`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import json
 from pathlib import Path
 from typing import Any
 
-from . import catalog
+from . import catalog, storage
 from .errors import WitError
 
 QUERIES = {
+    # every query with a match, before (pairs whose caption matches it) and after
+    # balancing (pairs it was selected for); the query's text where the build has it
     "per_query": """
-        SELECT m.query_id, m.matches AS before, coalesce(s.n, 0) AS after
-        FROM match_counts m LEFT JOIN
+        SELECT m.query_id, {query_text} AS query, m.matches AS before, coalesce(s.n, 0) AS after
+        FROM match_counts m {query_join} LEFT JOIN
              (SELECT selected_by AS query_id, count(*) AS n FROM selected GROUP BY 1) s
-        USING (query_id) ORDER BY before DESC""",
+        USING (query_id) WHERE m.matches > 0 ORDER BY before DESC, m.query_id""",
     "drop_reasons": """
         SELECT coalesce(drop_reason, 'kept') AS reason, count(*) AS samples
-        FROM samples GROUP BY 1 ORDER BY 2 DESC""",
-    "sizes": "SELECT width, height FROM samples WHERE status = 'success' AND width > 0",
+        FROM samples GROUP BY 1 ORDER BY 2 DESC, 1""",
+    # the size of the image as downloaded: what the filters judge (stored ones are all
+    # --image-size)
+    "sizes": """SELECT coalesce(original_width, width) AS width, coalesce(original_height, height)
+                AS height FROM samples WHERE status = 'success' AND coalesce(original_width, width) > 0""",
     "domains": """
         SELECT regexp_extract(url, '^[a-z]+://([^/:?#]+)', 1) AS domain, count(*) AS samples,
                avg(CASE WHEN status = 'success' THEN 1.0 ELSE 0.0 END) AS success_rate
-        FROM samples GROUP BY 1 ORDER BY samples DESC LIMIT 25""",
+        FROM samples GROUP BY 1 ORDER BY samples DESC, 1 LIMIT 25""",
     "stages": "SELECT stage, rows, seconds, finished FROM stages ORDER BY finished",
+    "pairs_matched": "SELECT count(*) AS n FROM matches WHERE len(query_ids) > 0",
+    "pairs_selected": "SELECT count(*) AS n FROM selected",
+    "capped": "SELECT count(*) FILTER (WHERE claimed > selected) AS n FROM balance_counts",
+    "kept": """SELECT count(*) AS samples, count(*) FILTER (WHERE status = 'success') AS downloaded,
+                      count(*) FILTER (WHERE keep) AS kept FROM samples""",
+    "published": "SELECT count(DISTINCT shard) AS shards, count(*) AS samples FROM shards",
 }
+NEEDS = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
+         "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"},
+         "pairs_matched": {"matches"}, "pairs_selected": {"selected"},
+         "capped": {"balance_counts"}, "kept": {"samples"}, "published": {"shards"}}
 
 
 def _fetch(build: Path, name: str, views: set[str]) -> list[dict[str, Any]] | None:
-    needs = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
-             "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"}}[name]
-    if not needs <= views:
+    if not NEEDS[name] <= views:
         return None
+    sql = QUERIES[name]
+    if name == "per_query":
+        known = "queries" in views
+        sql = sql.format(query_text="q.query" if known else "NULL",
+                         query_join="LEFT JOIN queries q USING (query_id)" if known else "")
     try:
-        return catalog.query(build, QUERIES[name]).to_pylist()
+        return catalog.query(build, sql).to_pylist()
     except WitError:
         return None  # a column this build's stages do not write: leave the section out
+
+
+def _one(build: Path, name: str, views: set[str]) -> dict[str, Any]:
+    rows = _fetch(build, name, views)
+    return rows[0] if rows else {}
+
+
+def eval_results(build: Path, train_dir: str | None) -> tuple[dict[str, Any], Path] | None:
+    """The newest evaluation results: reports/eval.json (a recipe's [eval] step) or
+    eval.json beside the checkpoint (`wit-train eval` writes it there)."""
+    found = [p for p in (build / "reports" / "eval.json", _train_dir(build, train_dir) / "eval.json")
+             if p.exists()]
+    if not found:
+        return None
+    newest = max(found, key=_mtime)
+    try:
+        return json.loads(newest.read_text()), newest
+    except json.JSONDecodeError as e:
+        raise WitError(f"{newest}: not valid JSON ({e}); rerun `wit-train eval`") from None
 
 
 def _plt():
@@ -81,7 +119,8 @@ def plot_sizes(rows, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist([min(r["width"], r["height"]) for r in rows], bins=40, color="#55A868")
-    ax.set_xlabel("shorter side (px)"), ax.set_ylabel("images"), ax.set_title("Image sizes")
+    ax.set_xlabel("shorter side of the original image (px)"), ax.set_ylabel("images")
+    ax.set_title("Image sizes as downloaded")
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
@@ -111,12 +150,27 @@ def _table(rows: list[dict[str, Any]], limit: int = 30) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(build: str | Path, train_dir: str | None = None) -> Path:
-    """Write reports/index.html and its PNGs; returns the HTML path."""
-    build = Path(build)
-    if not (build / catalog.DB_NAME).exists():
+def _train_dir(build, train_dir: str | None):
+    return storage.location(train_dir, "--train-dir") if train_dir else build / "train"
+
+
+def _mtime(p) -> float:
+    if not storage.is_remote(p):
+        return p.stat().st_mtime_ns / 1e9
+    info = p.fs.info(p.path)
+    when = info.get("LastModified") or info.get("updated") or info.get("mtime") or 0
+    return when.timestamp() if hasattr(when, "timestamp") else float(when or 0)
+
+
+def write_report(build: str | Path, train_dir: str | None = None):
+    """Write reports/index.html and its PNGs; returns where the HTML is (a URL for a
+    remote build: the report is drawn in a local folder and put into the build)."""
+    build = storage.location(build)
+    remote = storage.is_remote(build)
+    if not remote and not catalog.db_path(build).exists():
         raise WitError(f"--out {build}: no catalog here; run some stages first")
-    out = build / "reports"
+    out = storage.cache_dir("reports", hashlib.sha256(str(build).encode()).hexdigest()[:16]) \
+        if remote else build / "reports"
     out.mkdir(parents=True, exist_ok=True)
     con = catalog.connect(build, read_only=True)
     try:
@@ -130,16 +184,27 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
     if stages:
         parts.append("<h2>Stages</h2>" + _table(stages))
     per_query = _fetch(build, "per_query", views)
-    if per_query:
+    if per_query is not None:
         from .stage import read_record
         balance = read_record(build, "balance") or {}
         cap = balance.get("params", {}).get("per_query") if balance.get("params", {}).get("mode", "cap") == "cap" else None
         plot_per_query(per_query, out / "per_query.png", cap)
-        over = sum(1 for r in per_query if r["after"] < r["before"])
-        facts.update(queries_matched=len(per_query), pairs_matched=sum(r["before"] for r in per_query),
-                     pairs_selected=sum(r["after"] for r in per_query), queries_capped=over)
+        facts.update(queries_matched=len(per_query),
+                     pairs_matched=_one(build, "pairs_matched", views).get("n"),
+                     pairs_selected=_one(build, "pairs_selected", views).get("n"))
+        capped = _one(build, "capped", views)
+        if capped:  # queries that lost pairs to the cap (claimed more than they kept)
+            facts["queries_capped"] = capped["n"]
+        table = [{"query": r["query"] if r["query"] is not None else r["query_id"],
+                  "matched": r["before"], "selected": r["after"]} for r in per_query]
         parts.append("<h2>Per-query counts</h2><img src='per_query.png' alt='per-query counts'>"
-                     "<p>Most matched queries:</p>" + _table(per_query, 15))
+                     "<p>Most matched queries:</p>" + _table(table, 15))
+    kept = _one(build, "kept", views)
+    if kept:
+        facts.update(samples=kept["samples"], downloaded=kept["downloaded"], kept=kept["kept"])
+    published = _one(build, "published", views)
+    if published:
+        facts.update(shards=published["shards"], published=published["samples"])
     drops = _fetch(build, "drop_reasons", views)
     if drops:
         plot_bars([r["reason"] for r in drops], [r["samples"] for r in drops],
@@ -148,19 +213,21 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
     sizes = _fetch(build, "sizes", views)
     if sizes:
         plot_sizes(sizes, out / "sizes.png")
-        parts.append("<h2>Image sizes</h2><img src='sizes.png' alt='image sizes'>")
+        parts.append("<h2>Image sizes (as downloaded)</h2><img src='sizes.png' alt='image sizes'>")
     domains = _fetch(build, "domains", views)
     if domains:
         plot_bars([r["domain"] or "?" for r in domains], [r["success_rate"] for r in domains],
                   out / "domains.png", "Download success rate by domain", "success rate", "{:.0%}")
         parts.append("<h2>Success rate by domain</h2><img src='domains.png' alt='domains'>"
                      + _table(domains, 25))
-    log = Path(train_dir or build / "train") / "log.jsonl"
-    if log.exists() and plot_training(log, out / "training.png"):
+    log = _train_dir(build, train_dir) / "log.jsonl"
+    if log.exists() and plot_training(storage.download_file(log, out / "log.jsonl"),
+                                      out / "training.png"):
         parts.append("<h2>Training</h2><img src='training.png' alt='training curves'>")
-    ev = out / "eval.json"
-    if ev.exists():
-        results = json.loads(ev.read_text())
+    found = eval_results(build, train_dir)
+    if found:
+        results, source = found
+        facts["eval_results"] = str(source)
         zs = results.get("zero_shot")
         if zs:
             facts.update(zero_shot_accuracy=zs.get("accuracy"), chance=zs.get("chance"))
@@ -179,11 +246,15 @@ def write_report(build: str | Path, train_dir: str | None = None) -> Path:
         "body{font-family:sans-serif;max-width:900px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 8px;"
         "font-size:13px;text-align:left}img{max-width:100%}</style></head><body>"
-        f"<h1>wit data card</h1><p>Build directory: {html.escape(str(build.resolve()))}</p>"
+        f"<h1>wit data card</h1><p>Build directory: {html.escape(str(build))}</p>"
         + facts_html + "".join(parts) + "</body></html>")
     path = out / "index.html"
     path.write_text(page)
     (out / "facts.json").write_text(json.dumps(facts, indent=2, default=str))
+    if remote:
+        (out / "log.jsonl").unlink(missing_ok=True)
+        storage.upload_dir(out, build / "reports")
+        return build / "reports" / "index.html"
     return path
 
 
@@ -192,6 +263,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    path = write_report(Path(getattr(args, "out", "wit-data")), args.train_dir)
+    path = write_report(getattr(args, "out", "wit-data"), args.train_dir)
     print(f"wrote {path}")
     return 0

@@ -1,5 +1,5 @@
 """What fetch adds around img2dataset's resizer: JPEGs decoded at reduced scale, and
-a hash of every image stored.
+the hash and signature of every image stored.
 
 img2dataset's `Resizer` decodes each download at full size with
 `cv2.imdecode(..., IMREAD_UNCHANGED)`, resizes it and encodes it with `cv2.imencode`.
@@ -12,7 +12,9 @@ Inside a fetch task, `CvTap` stands in for the `cv2` module the resizer sees:
   IMREAD_UNCHANGED does. Anything else is decoded exactly as img2dataset would.
 - `imencode` keeps the pixels it is given, so `hashing_resizer` can hash them.
 `hashing_resizer` wraps the resizer: it reports the true original size of a reduced
-image, and records the sha256 of the stored bytes and the pHash of the stored pixels.
+image, and records the sha256 of the stored bytes and the signature of the stored
+pixels' canonical view (wit_builder.canonical: the content without the white bars
+`--resize-mode border` added; pHash, colour thumbnail, detail).
 The resizer runs in the fetch task's one main thread, so a tap serves one image at a
 time.
 """
@@ -95,14 +97,15 @@ class CvTap:
         return self.cv2.imencode(ext, img, *args, **kwargs)
 
 
-def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple[str, int]]) -> Callable:
+def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple]) -> Callable:
     """`resizer` (img2dataset's, with `tap` as its cv2), reporting the true original
-    size of images decoded reduced and recording, per row index, the sha256 of the
-    stored bytes and the pHash of the stored pixels (computed here, where they are
-    already decoded, so curate need not decode the image again)."""
+    size of images decoded reduced and recording, per row index, (sha256 of the
+    stored bytes, pHash, thumb, detail) of the stored pixels' canonical view
+    (computed here, where they are already decoded, so curate need not decode the
+    image again)."""
     import hashlib
 
-    from .phash import phash_array
+    from .canonical import signature
 
     def resize(img_stream, blurring_bbox_list=None) -> tuple[Any, ...]:
         tap.pixels, tap.original = None, None
@@ -112,7 +115,7 @@ def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple[str, int]]) -> 
         index = getattr(img_stream, "index", None)
         if out[0] is not None and tap.pixels is not None and index is not None:
             try:
-                stored[index] = (hashlib.sha256(out[0]).hexdigest(), phash_array(tap.pixels))
+                stored[index] = (hashlib.sha256(out[0]).hexdigest(), *signature(tap.pixels, "BGR"))
             except Exception:  # an odd pixel layout: curate decodes and hashes it instead
                 pass
         tap.pixels = None
