@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--output", metavar="FILE", help="write the result here instead of stdout")
     p.add_argument("--max-rows", type=int, default=40, help="rows shown as a table")
+    p.add_argument("--allow-files", action="append", default=[], metavar="PATH",
+                   help="also let the query read this file or folder (repeatable); "
+                   "otherwise only the build's own files can be read")
     _common(p)
     p = sub.add_parser("stats", help="one line per stage: rows, time, status")
     _common(p)
@@ -140,7 +143,7 @@ def _run(args: argparse.Namespace) -> int:
                             report=lambda _n, r: print_result(r), where="flags")
     elif cmd == "sql":
         from .sqlcmd import run_sql
-        run_sql(build, args.sql, args.format, args.output, args.max_rows)
+        run_sql(build, args.sql, args.format, args.output, args.max_rows, args.allow_files)
     elif cmd == "stats":
         from .sqlcmd import print_stats
         print_stats(build)
