@@ -276,6 +276,10 @@ def query(build: str | Path, sql: str, allow_files=()):
     con = connect(build, read_only=True, allow_files=allow_files)
     try:
         return con.sql(sql).to_arrow_table()
+    except duckdb.PermissionException as e:
+        msg = str(e).splitlines()[0]
+        raise WitError(f"SQL error: {msg}. `wit-build sql` reads only the build's own files; "
+                       "--allow-files PATH lets it read a file or folder of yours") from None
     except duckdb.Error as e:
         msg = str(e).splitlines()[0]
         raise WitError(f"SQL error: {msg}. Tables here: {', '.join(list_views(con)) or 'none yet'}") from None
