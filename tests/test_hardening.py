@@ -297,3 +297,81 @@ def test_terminal_control_sequences_in_captions_are_escaped(samples_build, capsy
     code, out, _ = wit("sql", "SELECT text FROM samples WHERE text LIKE 'a red%'", "--format", "json",
                        "--out", samples_build, capsys=capsys)
     assert "\x1b" not in out and json.loads(out)["text"] == HOSTILE_CAPTION
+
+
+# ----------------------------------------------------------------------------------
+# 4. Every pool-input mistake is one error line naming the file (and the row).
+
+def _rows(n: int, start: int = 0) -> bytes:
+    return b"".join(b"http://example.com/%d.jpg\tcaption %d\n" % (i, i) for i in range(start, start + n))
+
+
+_deep_json = (b'{"url": "http://example.com/1.jpg", "text": "ok"}\n{"url": "http://example.com/2.jpg", '
+              b'"text": "deep", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
+_gz = gzip.compress(b"url\ttext\n" + _rows(20_000))
+
+POOL_MISTAKES = [
+    ("header.tsv", b"url\ttext\xff\n" + _rows(3), "header.tsv line 1: not UTF-8 (byte 0xff"),
+    ("first.csv", b"http://example.com/1.jpg,caf\xe9\n", "first.csv line 1: not UTF-8"),
+    ("garbage.tsv", bytes(range(256)) * 20, "garbage.tsv: binary data"),
+    ("utf16.tsv", "url\ttext\nhttp://example.com/1.jpg\tcap\n".encode("utf-16"), "utf16.tsv: UTF-16 text"),
+    ("utf16.jsonl", '{"url": "http://example.com/1.jpg", "text": "c"}\n'.encode("utf-16-le"),
+     "utf16.jsonl: UTF-16 text"),
+    ("fake.tsv.gz", b"url\ttext\n" + _rows(3), "fake.tsv.gz: named .gz but not gzip data"),
+    ("fake.parquet.gz", b"PAR1 not really", "fake.parquet.gz: named .gz but not gzip data"),
+    ("cut.tsv.gz", _gz[:len(_gz) // 2], "cut.tsv.gz: the gzip data is cut short or corrupt"),
+    ("deep.jsonl", _deep_json, "deep.jsonl line 2: JSON nested deeper than the reader's limit of 1000"),
+    ("dup.tsv", b"url\ttext\ttext\n" + b"http://example.com/1.jpg\ta\tb\n", "dup.tsv line 1: the header "
+     "names column 'text' twice"),
+    ("dup.csv", b"url,text,url\nhttp://example.com/1.jpg,a,b\n", "column 'url' twice"),
+    ("dup.jsonl", b'{"url": "http://example.com/1.jpg", "text": "a", "text": "b"}\n',
+     "dup.jsonl line 1: the key 'text' appears twice"),
+]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("name, content, message", POOL_MISTAKES, ids=[m[0] for m in POOL_MISTAKES])
+def test_pool_input_mistakes_are_one_line_and_keep_the_old_pool(build, tmp_path, name, content,
+                                                                message, capsys):
+    good = tmp_path / "good.tsv"
+    good.write_bytes(b"url\ttext\n" + _rows(5))
+    assert wit("pool", "--pool", good, "--out", build, capsys=capsys)[0] == 0
+    before = catalog.query(build, "SELECT count(*) AS n FROM pool").to_pylist()
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    code, out, err = wit("pool", "--pool", bad, "--out", build, capsys=capsys)
+    assert code == 2 and err.startswith("error: ") and message in err, err
+    assert str(bad) in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert catalog.query(build, "SELECT count(*) AS n FROM pool").to_pylist() == before == [{"n": 5}]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_bad_byte_or_a_huge_row_deep_in_a_large_tsv(build, tmp_path, capsys):
+    big = tmp_path / "big.tsv"
+    huge = b"http://example.com/huge.jpg\t" + b"x" * (3 * pool.BLOCK_BYTES) + b"\n"
+    big.write_bytes(b"url\ttext\n" + _rows(200_000) + b"http://example.com/bad.jpg\tcaf\xe9\n"
+                    + _rows(1000, 200_000) + huge + _rows(1000, 201_000))
+    code, out, err = wit("pool", "--pool", big, "--out", build, capsys=capsys)
+    assert code == 2 and f"{big} line 200002: not UTF-8 (byte 0xe9" in err, err
+    assert "--skip-broken-rows" in err
+    big.write_bytes(b"url\ttext\n" + _rows(200_000) + huge + _rows(1000, 200_000))
+    code, out, err = wit("pool", "--pool", big, "--out", build, capsys=capsys)
+    assert code == 2 and f"{big} line 200002: longer than the reader's limit of 8 MB" in err, err
+    big.write_bytes(b"url\ttext\n" + _rows(200_000) + b"http://example.com/bad.jpg\tcaf\xe9\n"
+                    + _rows(1000, 200_000) + huge + _rows(1000, 201_000))
+    code, out, err = wit("pool", "--pool", big, "--skip-broken-rows", "--out", build, capsys=capsys)
+    assert code == 0, err
+    assert "broken_rows_skipped: 2" in out and "rows: 202,000" in out.replace("202000", "202,000")
+    assert catalog.query(build, "SELECT count(*) AS n FROM pool").to_pylist() == [{"n": 202_000}]
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_deep_and_duplicate_json_lines_are_skippable(build, tmp_path, capsys):
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes(_deep_json + b'{"url": "http://example.com/3.jpg", "text": "a", "text": "b"}\n'
+                  + b'{"url": "http://example.com/4.jpg", "text": "fine"}\n')
+    code, out, err = wit("pool", "--pool", f, "--skip-broken-rows", "--out", build, capsys=capsys)
+    assert code == 0, err
+    assert "broken_rows_skipped: 2" in out
+    assert catalog.query(build, "SELECT text FROM pool ORDER BY text").to_pylist() == [
+        {"text": "fine"}, {"text": "ok"}]
