@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
 import json
 import math
 import re
@@ -293,42 +294,80 @@ class _Depth:
         return self.deepest
 
 
-def _deep_line(path, limit: int = MAX_JSON_DEPTH) -> int | None:
-    """Line number of the first JSON Lines line nested deeper than `limit`, or None.
+class _DepthScan:
+    """Finds the first JSON Lines line nested deeper than `limit` in bytes fed in blocks.
 
     Only a line longer than `limit` bytes can be; those are found with numpy and scanned
-    exactly, so ordinary files cost one pass of newline search."""
-    import numpy as np
-    line, partial, scanner = 1, b"", None   # the line the last block ended in
+    exactly, so ordinary data costs one newline search."""
+
+    def __init__(self, limit: int = MAX_JSON_DEPTH):
+        self.limit, self.line, self.partial, self.scanner = limit, 1, b"", None
+        self.deep: int | None = None   # the line number, once found
+
+    def feed(self, block: bytes) -> int | None:
+        import numpy as np
+        if self.deep is not None or not block:
+            return self.deep
+        nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+        starts = np.concatenate(([0], nl + 1))
+        ends = np.concatenate((nl, [len(block)]))
+        lengths = ends - starts
+        lengths[0] += len(self.partial)
+        todo = set(np.flatnonzero(lengths > self.limit).tolist())
+        if self.scanner is not None:
+            todo.add(0)
+        for k in sorted(todo):
+            if k > 0 or self.scanner is None:
+                self.scanner = _Depth()
+                if k == 0:
+                    self.scanner.feed(self.partial)
+            if self.scanner.feed(block[starts[k]:ends[k]]) > self.limit:
+                self.deep = self.line + k
+                return self.deep
+            if k < len(nl):
+                self.scanner = None
+        last = len(nl)
+        if last in todo:
+            self.partial = b""      # the scanner carries the open line on
+        else:
+            self.scanner = None
+            self.partial = (self.partial if last == 0 else b"") + block[starts[last]:]
+        self.line += len(nl)
+        return None
+
+
+class _Scanned(io.RawIOBase):
+    """A read-only file that feeds what it reads to a _DepthScan first and ends early
+    (an EOF) at a block holding a line nested too deep, so Arrow never parses it."""
+
+    def __init__(self, f, scan: _DepthScan):
+        self.f, self.scan = f, scan
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.scan.deep is not None:
+            return b""
+        data = self.f.read(n)
+        return b"" if self.scan.feed(data) is not None else data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _deep_line(path, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """Line number of the first JSON Lines line nested deeper than `limit`, or None."""
+    scan = _DepthScan(limit)
     with _binary(path) as f:
-        while True:
+        while scan.deep is None:   # ends at the end of the file
             block = f.read(_SCAN_BYTES)
             if not block:
-                return None
-            nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
-            starts = np.concatenate(([0], nl + 1))
-            ends = np.concatenate((nl, [len(block)]))
-            lengths = ends - starts
-            lengths[0] += len(partial)
-            todo = set(np.flatnonzero(lengths > limit).tolist())
-            if scanner is not None:
-                todo.add(0)
-            for k in sorted(todo):
-                if k > 0 or scanner is None:
-                    scanner = _Depth()
-                    if k == 0:
-                        scanner.feed(partial)
-                if scanner.feed(block[starts[k]:ends[k]]) > limit:
-                    return line + k
-                if k < len(nl):
-                    scanner = None
-            last = len(nl)
-            if last in todo:
-                partial = b""      # the scanner carries the open line on
-            else:
-                scanner = None
-                partial = (partial if last == 0 else b"") + block[starts[last]:]
-            line += len(nl)
+                break
+            scan.feed(block)
+    return scan.deep
 
 
 def _looks_like_url(value: str) -> bool:
@@ -496,22 +535,30 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
     url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
     text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
     stats["columns"] = [url, text]
-    deep = _deep_line(path)   # Arrow's parser would overflow its stack on it
-    if deep is not None:
+    # Arrow's parser would overflow its stack on a line nested 10,000s deep: the bytes it
+    # reads are scanned first, and the read ends before such a line reaches it
+    scan = _DepthScan()
+
+    def too_deep():
         if spec.skip_broken_rows:
-            raise _SlowPath()
-        raise WitError(f"{path} line {deep}: JSON nested deeper than the reader's limit of "
-                       f"{MAX_JSON_DEPTH} levels; fix or remove the line, or pass --skip-broken-rows")
+            return _SlowPath()
+        return WitError(f"{path} line {scan.deep}: JSON nested deeper than the reader's limit of "
+                        f"{MAX_JSON_DEPTH} levels; fix or remove the line, or pass --skip-broken-rows")
     try:
-        reader = pjson.open_json(
-            _input_stream(path),
-            read_options=pjson.ReadOptions(block_size=BLOCK_BYTES),
-            parse_options=pjson.ParseOptions(
-                explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
-                unexpected_field_behavior="infer"))
-        for batch in reader:
-            yield batch, url, text
+        with _binary(path) as raw:
+            reader = pjson.open_json(
+                pa.PythonFile(_Scanned(raw, scan), mode="r"),
+                read_options=pjson.ReadOptions(block_size=BLOCK_BYTES),
+                parse_options=pjson.ParseOptions(
+                    explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
+                    unexpected_field_behavior="infer"))
+            for batch in reader:
+                yield batch, url, text
+        if scan.deep is not None:
+            raise too_deep()
     except pa.ArrowInvalid as e:
+        if scan.deep is not None:
+            raise too_deep() from None
         line, problem = _bad_json_line(path)
         if line is None:
             if "straddl" in str(e):
