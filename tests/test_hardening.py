@@ -224,6 +224,12 @@ def test_sql_reads_only_the_build_and_loads_no_extension(samples_build, tmp_path
               f"SELECT * FROM read_text('{samples_build}/../../../etc/hostname')"]:
         code, out, err = wit("sql", q, "--out", samples_build, capsys=capsys)
         assert code == 2 and err.startswith("error:") and "--allow-files" in err, (q, err)
+    # files the build holds are readable by their names relative to it (docs/world.md)
+    (samples_build / "world").mkdir()
+    (samples_build / "world" / "truth.csv").write_text("k\n1\n2\n")
+    code, out, err = wit("sql", "SELECT sum(k) AS s FROM 'world/truth.csv'", "--out", samples_build,
+                         capsys=capsys)
+    assert code == 0 and out.splitlines()[2].strip() == "3", err
     settings = catalog.query(samples_build, "SELECT current_setting('autoload_known_extensions') AS l, "
                              "current_setting('autoinstall_known_extensions') AS i, "
                              "current_setting('enable_external_access') AS e").to_pylist()

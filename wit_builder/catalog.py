@@ -85,8 +85,10 @@ def _confine(con, build, allow_files) -> None:
     else:
         root = Path(build).resolve()
         dirs.append(str(root) + "/")
-        # A view's relative glob is checked as written, then each file it resolves to.
-        dirs += sorted({rel.split("/", 1)[0] + "/" for rel in _views(build).values()} | {"_stages/"})
+        # A relative name (a view's glob, `world/pool/truth.parquet`) is checked as written,
+        # then each file it resolves to: the build's own entries pass both ways.
+        for child in sorted(root.iterdir()):
+            (dirs if child.is_dir() else files).append(child.name + ("/" if child.is_dir() else ""))
     for given in allow_files:
         p = Path(given).expanduser()
         if not p.exists():
