@@ -9,6 +9,7 @@ or copied and still be queried (with the duckdb CLI: `cd wit-data && duckdb cata
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,6 @@ from .errors import WitError
 
 DB_NAME = "catalog.duckdb"
 _catalog_path: Path | None = None  # --catalog: where a remote build's catalog lives
-# Statement types `wit-build sql` accepts; everything else is refused.
-READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
 
 
 def _quote(s: str) -> str:
@@ -43,8 +42,13 @@ def db_path(build) -> Path:
     return storage.cache_dir("catalogs", key) / DB_NAME
 
 
-def connect(build, read_only: bool = False):
-    """A DuckDB connection to the build's catalog with paths resolved against it."""
+def connect(build, read_only: bool = False, allow_files=()):
+    """A DuckDB connection to the build's catalog with paths resolved against it.
+
+    `read_only` connections are for users' SQL: the catalog file is opened read-only,
+    extensions are neither installed nor loaded on demand, and DuckDB may touch no file
+    outside the build (and `allow_files`, local paths the user named with --allow-files):
+    external access is off but for those directories, which also locks the settings."""
     import duckdb
     build = storage.location(build)
     db = db_path(build)
@@ -57,8 +61,10 @@ def connect(build, read_only: bool = False):
     if read_only and not db.exists():
         raise WitError(f"{build}: no catalog here ({DB_NAME} missing); check --out, "
                        f"or run a stage first, or `wit-build catalog rebuild --out {build}`")
+    config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+              "allow_community_extensions": False} if read_only else {}
     try:
-        con = duckdb.connect(str(db), read_only=read_only)
+        con = duckdb.connect(str(db), read_only=read_only, config=config)
     except duckdb.Error as e:
         raise WitError(f"{db}: cannot open the catalog ({e}); "
                        f"`wit-build catalog rebuild --out {build}` recreates it") from None
@@ -66,7 +72,39 @@ def connect(build, read_only: bool = False):
         storage.register(con, build)
     else:
         con.execute(f"SET file_search_path = {_quote(str(Path(build).resolve()))}")
+    if read_only:
+        _confine(con, build, allow_files)
     return con
+
+
+def _confine(con, build, allow_files) -> None:
+    """Let `con` reach only the build's files (and `allow_files`); no setting changes after."""
+    dirs, files = [], []
+    if storage.is_remote(build):
+        dirs.append(str(build).rstrip("/") + "/")
+    else:
+        root = Path(build).resolve()
+        dirs.append(str(root) + "/")
+        # A relative name (a view's glob, `world/pool/truth.parquet`) is checked as written,
+        # then each file it resolves to: the build's own entries pass both ways.
+        for child in sorted(root.iterdir()):
+            (dirs if child.is_dir() else files).append(child.name + ("/" if child.is_dir() else ""))
+    for given in allow_files:
+        p = Path(given).expanduser()
+        if not p.exists():
+            con.close()
+            raise WitError(f"--allow-files {given}: no such file or folder")
+        # as written (a relative name resolves against the folder the command runs in)
+        # and resolved (what DuckDB opens)
+        for form in dict.fromkeys((os.path.normpath(given), str(p.resolve()))):
+            (dirs if p.is_dir() else files).append(form + ("/" if p.is_dir() else ""))
+    if allow_files and not storage.is_remote(build):
+        con.execute(f"SET file_search_path = {_quote(str(Path(build).resolve()) + ',' + os.getcwd())}")
+    con.execute(f"SET allowed_directories = [{', '.join(map(_quote, dirs))}]")
+    if files:
+        con.execute(f"SET allowed_paths = [{', '.join(map(_quote, files))}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")   # no setting changes from here on
 
 
 def _views(build) -> dict[str, str]:
@@ -120,7 +158,10 @@ def rebuild(build: str | Path) -> list[str]:
 
 
 def check_read_only(sql: str) -> None:
-    """Refuse anything but SELECT-like statements, naming the offending one."""
+    """Refuse anything but SELECT-like statements, naming the offending one.
+
+    What an EXPLAIN runs is checked too (`EXPLAIN ANALYZE COPY ... TO` executes the COPY),
+    and of DuckDB's multi-statements only PIVOT/UNPIVOT queries pass."""
     import duckdb
     try:
         statements = duckdb.extract_statements(sql)
@@ -129,19 +170,118 @@ def check_read_only(sql: str) -> None:
     if not statements:
         raise WitError("no SQL statement given")
     for st in statements:
-        kind = st.type.name
-        if kind not in READ_ONLY_TYPES:
-            raise WitError(f"`wit-build sql` is read-only; refusing the {kind} statement "
-                           f"`{st.query.strip()[:60]}`. Use duckdb directly to change data.")
+        problem = _write_in(st, depth=0)
+        if problem:
+            raise WitError(f"`wit-build sql` is read-only; refusing {problem} "
+                           f"`{' '.join(st.query.split())[:60]}`. Use duckdb directly to change data.")
 
 
-def query(build: str | Path, sql: str):
-    """Run a read-only query; returns a pyarrow Table."""
+def _write_in(st, depth: int) -> str | None:
+    """What in statement `st` is not a plain query ("the COPY statement"), or None."""
+    import duckdb
+    kind, text = st.type.name, st.query
+    if kind == "SELECT":
+        return None
+    i = _skip(text, 0)
+    first = _keyword(text, i)
+    if kind == "MULTI" and first != "EXPLAIN":
+        # DuckDB splits a PIVOT into several statements; so is CREATE TABLE ... AS PIVOT
+        if _keyword(text, _skip(text, 0, parens=True)) in ("PIVOT", "UNPIVOT"):
+            return None
+        return (f"the {first} statement" if first not in ("", "WITH") else
+                "a PIVOT after WITH (write it `PIVOT (WITH ... SELECT ...) ON ...`)")
+    if kind not in ("EXPLAIN", "MULTI") or depth > 4:
+        return f"the {first or kind} statement"
+    if first != "EXPLAIN":
+        return "an EXPLAIN whose inner statement cannot be told"
+    i = _skip(text, i + len("EXPLAIN"))
+    if _keyword(text, i) in ("ANALYZE", "ANALYSE"):
+        i = _skip(text, i + len("ANALYZE"))
+    # `EXPLAIN (FORMAT json) stmt` or `EXPLAIN (SELECT ...)`: every reading must be safe
+    candidates = [text[i:]]
+    if text[i:i + 1] == "(":
+        end = _close_paren(text, i)
+        if end is not None:
+            candidates.append(text[_skip(text, end + 1):])
+    parsed = 0
+    for cand in candidates:
+        try:
+            inner = duckdb.extract_statements(cand)
+        except duckdb.Error:
+            continue
+        parsed += 1
+        for sub in inner:
+            problem = _write_in(sub, depth + 1)
+            if problem:
+                return f"{problem} inside EXPLAIN"
+    return None if parsed else "an EXPLAIN whose inner statement cannot be told"
+
+
+def _skip(text: str, i: int, parens: bool = False) -> int:
+    """Index of the first character at or after `i` that is no space or comment (nor `(`)."""
+    n = len(text)
+    while i < n:
+        if text[i].isspace() or (parens and text[i] == "("):
+            i += 1
+        elif text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif text.startswith("/*", i):   # DuckDB nests block comments
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if text.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif text.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
+        else:
+            break
+    return i
+
+
+def _keyword(text: str, i: int) -> str:
+    j = i
+    while j < len(text) and (text[j].isalnum() or text[j] == "_"):
+        j += 1
+    return text[i:j].upper()
+
+
+def _close_paren(text: str, i: int) -> int | None:
+    """Index of the `)` closing the `(` at `i`, skipping strings, quoted names and comments."""
+    depth, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "'\"":
+            j = text.find(c, i + 1)
+            while j >= 0 and text.startswith(c * 2, j):   # '' and "" escape themselves
+                j = text.find(c, j + 2)
+            if j < 0:
+                return None
+            i = j + 1
+            continue
+        if text.startswith("--", i) or text.startswith("/*", i):
+            i = _skip(text, i)
+            continue
+        depth += (c == "(") - (c == ")")
+        if depth == 0:
+            return i
+        i += 1
+    return None
+
+
+def query(build: str | Path, sql: str, allow_files=()):
+    """Run a read-only query; returns a pyarrow Table. DuckDB reads only the build's
+    files and `allow_files` (see `connect`)."""
     import duckdb
     check_read_only(sql)
-    con = connect(build, read_only=True)
+    con = connect(build, read_only=True, allow_files=allow_files)
     try:
         return con.sql(sql).to_arrow_table()
+    except duckdb.PermissionException as e:
+        msg = str(e).splitlines()[0]
+        raise WitError(f"SQL error: {msg}. `wit-build sql` reads only the build's own files; "
+                       "--allow-files PATH lets it read a file or folder of yours") from None
     except duckdb.Error as e:
         msg = str(e).splitlines()[0]
         raise WitError(f"SQL error: {msg}. Tables here: {', '.join(list_views(con)) or 'none yet'}") from None

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     p.add_argument("--output", metavar="FILE", help="write the result here instead of stdout")
     p.add_argument("--max-rows", type=int, default=40, help="rows shown as a table")
+    p.add_argument("--allow-files", action="append", default=[], metavar="PATH",
+                   help="also let the query read this file or folder (repeatable); "
+                   "otherwise only the build's own files can be read")
     _common(p)
     p = sub.add_parser("stats", help="one line per stage: rows, time, status")
     _common(p)
@@ -153,7 +156,7 @@ def _write(args: argparse.Namespace, build, cmd: str, force: bool) -> int:
 def _dispatch(args: argparse.Namespace, build, cmd: str) -> int:
     if cmd == "sql":
         from .sqlcmd import run_sql
-        run_sql(build, args.sql, args.format, args.output, args.max_rows)
+        run_sql(build, args.sql, args.format, args.output, args.max_rows, args.allow_files)
     elif cmd == "stats":
         from .sqlcmd import print_stats
         print_stats(build)

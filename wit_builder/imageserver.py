@@ -71,6 +71,9 @@ DEFAULT_PX = 64
 DEFAULT_QUALITY = 90
 MAX_PX = 1024
 MAX_SLOW = 30.0          # seconds: the slow route never sleeps longer than this
+DRIP_EVERY = 0.1         # seconds between the bytes (or lines) a drip route sends
+MAX_DRIP = 120.0         # seconds: a drip route gives up on its client after this
+DRIPS = ("body", "headers", "continue")
 MAX_BOMB_PIXELS = 40_000 ** 2
 FORMATS = {"jpg": ("JPEG", "image/jpeg"), "jpeg": ("JPEG", "image/jpeg"),
            "png": ("PNG", "image/png"), "webp": ("WEBP", "image/webp")}
@@ -369,6 +372,7 @@ class Reply:
     ctype: str = "application/octet-stream"
     headers: tuple[tuple[str, str], ...] = ()
     delay: float = 0.0
+    drip: str | None = None     # "body", "headers" or "continue": sent a little at a time
 
 
 class _State:
@@ -379,6 +383,7 @@ class _State:
         self.counts: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.held: dict[str, list[float]] = {}   # drip path -> seconds until each client left
 
     def count(self, path: str) -> int:
         with self.lock:
@@ -414,6 +419,12 @@ def _route(path: str, hit: int, state: _State) -> Reply:
     if head == "slow":              # /slow/<seconds>/<path>
         reply = _route(inner, hit, state)
         reply.delay = min(float(arg), MAX_SLOW)
+        return reply
+    if head == "drip":              # /drip/<body|headers|continue>/<path>: a byte (a line) every 0.1 s
+        if arg not in DRIPS:
+            return Reply(400, b"want /drip/body|headers|continue/<path>\n", "text/plain")
+        reply = _route(inner, hit, state)
+        reply.drip = arg
         return reply
     if head == "status":            # /status/<code>/<anything>
         code = int(arg) if arg.isdigit() and 400 <= int(arg) <= 599 else 400
@@ -477,6 +488,10 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.delay and state.stopping.wait(reply.delay):
             self.close_connection = True
             return
+        if reply.drip and send_body:
+            self.close_connection = True
+            self._drip(state, path, reply)
+            return
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.ctype)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -485,6 +500,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if send_body:
             self.wfile.write(reply.body)
+
+    def _drip(self, state: _State, path: str, reply: Reply) -> None:
+        """Send `reply` a byte (or a `100 Continue` line) every DRIP_EVERY s until the client
+        hangs up (its time is recorded in state.held), MAX_DRIP passes or the server stops."""
+        start = time.monotonic()
+        head = (f"HTTP/1.0 {reply.status} OK\r\nContent-Type: {reply.ctype}\r\n"
+                f"Content-Length: {len(reply.body)}\r\n\r\n").encode()
+        if reply.drip == "body":
+            first, steps = head, (reply.body[i:i + 1] for i in range(len(reply.body)))
+        elif reply.drip == "headers":
+            first, steps = head[:head.index(b"\r\n") + 2] + b"X-Drip: ", iter(lambda: b"z", None)
+        else:
+            first, steps = b"", iter(lambda: b"HTTP/1.1 100 Continue\r\n\r\n", None)
+        try:
+            self.wfile.write(first)
+            for step in steps:
+                if state.stopping.wait(DRIP_EVERY) or time.monotonic() - start > MAX_DRIP:
+                    return
+                self.wfile.write(step)
+        except OSError:   # the client hung up: how long it stayed is what tests measure
+            with state.lock:
+                state.held.setdefault(path, []).append(time.monotonic() - start)
 
     def log_message(self, format, *args):  # noqa: A002 - quiet unless asked
         if getattr(self.server, "verbose", False):
@@ -526,6 +563,12 @@ class Server:
         path = unquote(urlsplit(path_or_url).path) if "://" in path_or_url else path_or_url
         with self._state.lock:
             return self._state.counts[path]
+
+    def held(self, path_or_url: str) -> list[float]:
+        """Seconds each client of a `/drip/...` path stayed before hanging up."""
+        path = unquote(urlsplit(path_or_url).path) if "://" in path_or_url else path_or_url
+        with self._state.lock:
+            return list(self._state.held.get(path, []))
 
     def counts(self) -> dict[str, int]:
         """Requests per path so far."""

@@ -10,6 +10,9 @@ hands img2dataset's downloader `Fetcher.fetch` instead, which
   the network policy allows private networks;
 - keeps one keep-alive connection per host and thread;
 - sends a user agent naming the project and honours X-Robots-Tag opt-outs;
+- gives every attempt a hard wall-clock deadline, connect to last byte, headers and
+  redirects included, enforced before every socket read and write (a server that drips
+  its body, its headers or endless `100 Continue` lines cannot hold a thread longer);
 - caps the response size and the image area (read from the header, before anything
   is decoded), and recognises truncated JPEG/PNG files;
 - retries only transient failures (timeouts, connection errors, 429, 5xx), with backoff.
@@ -34,6 +37,11 @@ ROBOTS_TOKENS = ("wit", "wit-build", "img2dataset")
 # Failures worth trying again later; everything else is a property of the URL.
 TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed"})
 MAX_REDIRECTS = 10
+# One attempt (connect, request, headers, body, every redirect hop) ends after this many
+# times --timeout, however steadily a server drips; each single wait is --timeout.
+DEADLINE_FACTOR = 2
+# Space, control characters and DEL: never valid in a URL, and http.client refuses them.
+_BAD_URL_CHAR = re.compile(r"[\x00-\x20\x7f]")
 _TOKEN = re.compile(r"[a-z0-9._-]+")
 _VALUED_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 _CHUNK = 1 << 16
@@ -61,19 +69,105 @@ class Policy:
     max_image_area: int = 89_478_485
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> tuple[str, ipaddress.IPv4Address] | None:
+    """(form, IPv4 address) an IPv6 address carries inside it: IPv4-mapped (::ffff:a.b.c.d),
+    6to4 (2002:aabb:ccdd::/48) or NAT64 (64:ff9b::a.b.c.d); None for any other address."""
+    if addr.ipv4_mapped is not None:
+        return "IPv4-mapped", addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return "6to4", addr.sixtofour
+    if addr in _NAT64:
+        return "NAT64", ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    return None
+
+
 def address_problem(ip: str) -> str | None:
-    """Why fetch must not connect to `ip` ("loopback", "private", ...), or None if public."""
+    """Why fetch must not connect to `ip` ("loopback", "private", ...), or None if public.
+
+    An IPv6 form that carries an IPv4 address (mapped, 6to4, NAT64) is judged by that
+    address ("loopback (6to4 of 127.0.0.1)"); deprecated site-local fec0::/10 is refused.
+    """
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = embedded_ipv4(addr)
+        if inner is not None:
+            problem = address_problem(str(inner[1]))
+            if problem is None or inner[0] == "IPv4-mapped":
+                return problem
+            return f"{problem} ({inner[0]} of {inner[1]})"
+        if addr.is_site_local:
+            return "site-local"
     for kind in ("loopback", "unspecified", "link_local", "multicast", "reserved", "private"):
         if getattr(addr, f"is_{kind}"):
             return kind.replace("_", "-")
     return None if addr.is_global else "non-global"
 
 
-def guarded_connect(host: str, port: int, timeout: float, allow_private: bool) -> socket.socket:
-    """A TCP connection to `host`, made only to addresses that passed `address_problem`."""
+class DeadlinePassed(TimeoutError):
+    """An attempt ran past its wall-clock deadline (raised from a socket read or write)."""
+
+
+class _Deadline:
+    """Socket mixin: before every read and write, the timeout becomes the smaller of the
+    per-wait timeout (`step`) and what is left until `deadline` (None: no deadline).
+
+    http.client reads headers and body through `recv_into` one buffer at a time, so a
+    server that keeps sending a little (a byte every 0.1 s, endless `100 Continue`
+    lines) meets the deadline inside the read that crosses it, not after it."""
+    deadline: float | None = None
+    step: float | None = None
+
+    def _arm(self) -> bool:
+        """Set the timeout for the next wait; True if the deadline (not `step`) bounds it."""
+        if self.deadline is None:
+            return False
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeadlinePassed("deadline passed")
+        super().settimeout(left if self.step is None else min(self.step, left))
+        return self.step is None or left <= self.step
+
+    def _wait(self, op, *a, **k):
+        by_deadline = self._arm()
+        try:
+            return op(*a, **k)
+        except TimeoutError:
+            if by_deadline:
+                raise DeadlinePassed("deadline passed") from None
+            raise
+
+    def recv(self, *a, **k):
+        return self._wait(super().recv, *a, **k)
+
+    def recv_into(self, *a, **k):
+        return self._wait(super().recv_into, *a, **k)
+
+    def send(self, *a, **k):
+        return self._wait(super().send, *a, **k)
+
+    def sendall(self, *a, **k):
+        return self._wait(super().sendall, *a, **k)
+
+
+class _DeadlineSocket(_Deadline, socket.socket):
+    pass
+
+
+class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
+    def read(self, *a, **k):
+        return self._wait(super().read, *a, **k)
+
+    def do_handshake(self, *a, **k):
+        return self._wait(super().do_handshake, *a, **k)
+
+
+def guarded_connect(host: str, port: int, timeout: float, allow_private: bool,
+                    deadline: float | None = None) -> socket.socket:
+    """A TCP connection to `host`, made only to addresses that passed `address_problem`;
+    every later read and write on it ends by `deadline` (time.monotonic()) if given."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -86,8 +180,13 @@ def guarded_connect(host: str, port: int, timeout: float, allow_private: bool) -
                               f"{problem} address (--allow-private-network fetches it)")
     error: OSError | None = None
     for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        sock.settimeout(timeout)
+        sock = _DeadlineSocket(family, kind, proto)
+        sock.step, sock.deadline = timeout, deadline
+        left = timeout if deadline is None else min(timeout, deadline - time.monotonic())
+        if left <= 0:
+            sock.close()
+            raise DeadlinePassed("deadline passed before connecting")
+        sock.settimeout(left)
         try:
             sock.connect(sockaddr)
             return sock
@@ -97,13 +196,20 @@ def guarded_connect(host: str, port: int, timeout: float, allow_private: bool) -
     raise error or OSError(f"no address for {host}")
 
 
+def _set_deadline(sock, deadline: float | None) -> None:
+    if isinstance(sock, _Deadline):
+        sock.deadline = deadline
+
+
 class _HTTP(http.client.HTTPConnection):
     def __init__(self, host, port, timeout, allow_private):
         super().__init__(host, port, timeout=timeout)
         self.allow_private = allow_private
+        self.deadline: float | None = None
 
     def connect(self):
-        self.sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private)
+        self.sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private,
+                                    self.deadline)
 
 
 class _HTTPS(http.client.HTTPSConnection):
@@ -111,10 +217,16 @@ class _HTTPS(http.client.HTTPSConnection):
         super().__init__(host, port, timeout=timeout, context=context)
         self.allow_private = allow_private
         self.tls = context
+        self.deadline: float | None = None
 
     def connect(self):
-        sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private)
-        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+        sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private,
+                               self.deadline)
+        sock.deadline = None   # the TLS socket below takes over the deadline
+        tls = self.tls.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+        tls.step, tls.deadline = self.timeout, self.deadline
+        tls.do_handshake()
+        self.sock = tls
 
 
 def is_opted_out(headers: http.client.HTTPMessage, directives: frozenset[str]) -> str | None:
@@ -199,6 +311,7 @@ class Fetcher:
         self._kept: set[http.client.HTTPConnection] = set()  # kept-alive, closed by close()
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context()
+        self._tls.sslsocket_class = _DeadlineSSLSocket
 
     def close(self) -> None:
         with self._lock:
@@ -225,12 +338,19 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def get(self, url: str) -> bytes:
-        """The body of `url` after redirects, or a Failure."""
+        """The body of `url` after redirects, or a Failure; the whole attempt (every hop,
+        connect to last byte) ends within DEADLINE_FACTOR x `policy.timeout`."""
+        limit = DEADLINE_FACTOR * self.policy.timeout
+        deadline = time.monotonic() + limit
         seen = set()
         for _ in range(MAX_REDIRECTS + 1):
             if url in seen:
                 raise Failure("redirect_loop", f"redirect loop: {url} was already visited")
             seen.add(url)
+            bad = _BAD_URL_CHAR.search(url)
+            if bad:
+                raise Failure("bad_url", f"{url[:200]!r}: a URL cannot hold {bad.group()!r} "
+                              f"(a space or control character; percent-encode it, e.g. %20)")
             try:
                 parts = urlsplit(url)
                 port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -239,7 +359,7 @@ class Fetcher:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise Failure("bad_url", f"{url[:200]!r}: only http(s) URLs with a host are fetched")
             try:
-                resp, conn, key = self._request(parts, port)
+                resp, conn, key = self._request(parts, port, deadline)
                 location = resp.getheader("Location") if 300 <= resp.status < 400 else None
                 if location:
                     self._release(key, conn, resp, drain=True)
@@ -252,11 +372,16 @@ class Fetcher:
                 return self._body(key, conn, resp, url)
             except Failure:
                 raise
+            except DeadlinePassed:
+                raise Failure("timeout", f"not received whole within {DEADLINE_FACTOR} x --timeout "
+                              f"= {limit:g} s (connect to last byte) from {url[:200]}") from None
             except (TimeoutError, socket.timeout):
                 raise Failure("timeout", f"no answer within --timeout {self.policy.timeout:g} s "
                               f"from {url[:200]}") from None
             except ssl.SSLError as e:
                 raise Failure("tls_error", f"TLS: {e}") from None
+            except http.client.InvalidURL as e:
+                raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
             except (OSError, http.client.HTTPException) as e:
                 raise Failure("connection_error", f"{type(e).__name__}: {e}") from None
             except UnicodeError as e:  # a host name IDNA cannot encode
@@ -274,7 +399,7 @@ class Fetcher:
         return (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls) if scheme == "https"
                 else _HTTP(host, port, p.timeout, p.allow_private_network))
 
-    def _request(self, parts, port: int):
+    def _request(self, parts, port: int, deadline: float):
         key = (parts.scheme, parts.hostname, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.5"}
@@ -283,6 +408,8 @@ class Fetcher:
         for reused in ((True, False) if conn is not None else (False,)):
             if not reused:
                 conn = self._connect(parts.scheme, parts.hostname, port)
+            conn.deadline = deadline
+            _set_deadline(conn.sock, deadline)
             try:
                 conn.request("GET", path, headers=headers)
                 return conn.getresponse(), conn, key
@@ -298,7 +425,11 @@ class Fetcher:
     def _release(self, key, conn, resp, drain: bool = False) -> None:
         """Keep the connection for the next request if the response was read to its end."""
         if drain and (resp.length or 0) <= _CHUNK:
-            resp.read(_CHUNK)
+            try:
+                resp.read(_CHUNK)
+            except BaseException:
+                conn.close()
+                raise
         if resp.isclosed() and not resp.will_close:
             self._pool()[key] = conn
             with self._lock:
@@ -317,10 +448,13 @@ class Fetcher:
             self._release(key, conn, resp)
             raise Failure("too_large", f"{resp.length:,} bytes announced, above "
                           f"--max-image-bytes {p.max_image_bytes:,}")
-        deadline = time.monotonic() + 3 * p.timeout
         chunks, size = [], 0
-        while True:
-            chunk = resp.read(_CHUNK)
+        while True:   # each read ends by the attempt's deadline (the socket enforces it)
+            try:
+                chunk = resp.read(_CHUNK)
+            except BaseException:
+                conn.close()   # half-read: the connection cannot serve another request
+                raise
             if not chunk:
                 break
             chunks.append(chunk)
@@ -328,8 +462,5 @@ class Fetcher:
             if size > p.max_image_bytes:
                 self._release(key, conn, resp)
                 raise Failure("too_large", f"more than --max-image-bytes {p.max_image_bytes:,} bytes")
-            if time.monotonic() > deadline:
-                self._release(key, conn, resp)
-                raise Failure("timeout", f"body not received within 3 x --timeout from {url[:200]}")
         self._release(key, conn, resp)
         return b"".join(chunks)

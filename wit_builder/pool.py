@@ -10,12 +10,16 @@ uid = hash(url, text). Writes `pool/part-*.parquet`: uid, url, text, + the rest.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
+import io
 import json
 import math
+import re
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +40,9 @@ BUCKET_BYTES = 256 << 20     # input bytes per pool part when --pool-parts is 0
 CHUNK_ROWS = 250_000         # rows buffered before a chunk is written
 ORDER, BUCKET = "_wit_order", "_wit_bucket"
 REASONS = ("no_url", "no_text", "bad_url")
+BLOCK_BYTES = 8 << 20        # the CSV/JSON readers' block: the longest row they take
+MAX_JSON_DEPTH = 1000        # deeper nesting would overflow the JSON parser's stack
+_SCAN_BYTES = 4 << 20
 
 
 @dataclass
@@ -131,12 +138,13 @@ def _pick(names: list[str], given: str | None, known: tuple[str, ...], flag: str
                    f"name it with {flag}")
 
 
-def _open_text(path):
+def _open_text(path, errors: str = "strict"):
     if storage.is_remote(path):   # small reads: only the first lines are wanted, often
         return path.fs.open(path.path, "rt", compression="infer", encoding="utf-8-sig",
-                            newline="", block_size=1 << 20)
-    return gzip.open(path, "rt", encoding="utf-8-sig", newline="") if path.name.lower().endswith(
-        ".gz") else open(path, "rt", encoding="utf-8-sig", newline="")
+                            newline="", block_size=1 << 20, errors=errors)
+    return gzip.open(path, "rt", encoding="utf-8-sig", newline="", errors=errors) if \
+        path.name.lower().endswith(".gz") else open(path, "rt", encoding="utf-8-sig", newline="",
+                                                    errors=errors)
 
 
 def _input_stream(path):
@@ -154,6 +162,212 @@ def _first_line(path: Path) -> str | None:
             if line.strip():
                 return line
     return None
+
+
+# ----------------------------------------------------------------------------------
+# Files that are not what their names say: found before the readers see them, and
+# named with the line and what to do.
+
+@contextlib.contextmanager
+def _binary(path):
+    """The file's bytes (decompressed if its name ends in .gz)."""
+    with open_input(path) as raw:
+        if path.name.lower().endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+                yield gz
+        else:
+            yield raw
+
+
+def _unreadable(path, e: BaseException) -> WitError:
+    """The WitError for an exception that reading `path` raised below the format readers."""
+    if isinstance(e, gzip.BadGzipFile):
+        return WitError(f"{path}: named .gz but not gzip data ({e}); rename it without .gz or "
+                        "compress it with gzip")
+    if isinstance(e, (EOFError, zlib.error)) or "compressed" in str(e).lower():
+        return WitError(f"{path}: the gzip data is cut short or corrupt ({e}); download or "
+                        "compress the file again")
+    if isinstance(e, UnicodeDecodeError):
+        return WitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8")
+    if isinstance(e, RecursionError):
+        return WitError(f"{path}: JSON nested deeper than {MAX_JSON_DEPTH} levels; flatten it")
+    return WitError(f"{path}: cannot be read ({type(e).__name__}: {e})")
+
+
+def _check_text_head(path, fmt: str) -> None:
+    """Refuse, naming the file, what cannot be the text file its name says: a fake or
+    broken .gz, UTF-16, binary data, bad UTF-8 in the first line (the header)."""
+    try:
+        with _binary(path) as f:
+            head = f.read(1 << 16)
+    except (OSError, EOFError, zlib.error) as e:
+        raise _unreadable(path, e) from None
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (
+            len(head) >= 4 and head.count(b"\0") * 4 >= len(head)):
+        raise WitError(f"{path}: UTF-16 text; the pool reads UTF-8 ({fmt.upper()}): convert it, "
+                       f"e.g. iconv -f UTF-16 -t UTF-8 {path.name} > utf8-{path.name}")
+    nul = head.find(b"\0")
+    if nul >= 0:
+        raise WitError(f"{path}: binary data, not {fmt.upper()} text (a NUL byte at byte {nul}); "
+                       "check the file")
+    first = head.split(b"\n", 1)[0]
+    if len(first) < len(head) or len(head) < (1 << 16):
+        try:
+            first.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise WitError(f"{path} line 1: not UTF-8 (byte 0x{first[e.start]:02x} at column "
+                           f"{e.start + 1}); save the file as UTF-8") from None
+
+
+def _bad_line(path, limit: int = BLOCK_BYTES) -> tuple[int, str] | None:
+    """(line number, what is wrong) of the first line that is not UTF-8 or is longer than
+    `limit` bytes, or None."""
+    with _binary(path) as f:
+        line = 0
+        while True:   # one line per turn; ends at the end of the file
+            piece = f.readline(limit + 1)
+            if not piece:
+                return None
+            line += 1
+            if len(piece) > limit and not piece.endswith(b"\n"):
+                return line, (f"longer than the reader's limit of {limit >> 20} MB per row")
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line, f"not UTF-8 (byte 0x{piece[e.start]:02x} at column {e.start + 1})"
+
+
+def _clean_copy(path, dest: Path, stats: dict, limit: int = BLOCK_BYTES) -> Path:
+    """--skip-broken-rows: `path` without its lines that are not UTF-8 or are over `limit`
+    bytes (counted as broken rows), written to `dest`. Line 1 (a header) must be good."""
+    with _binary(path) as f, open(dest, "wb") as out:
+        line = 0
+        while True:
+            piece = f.readline(limit + 1)
+            if not piece:
+                return dest
+            line += 1
+            bad = len(piece) > limit and not piece.endswith(b"\n")
+            while piece and not piece.endswith(b"\n") and len(piece) > limit:
+                piece = f.readline(limit + 1)   # the rest of an over-long line
+            if not bad:
+                try:
+                    piece.decode("utf-8")
+                except UnicodeDecodeError:
+                    bad = True
+            if bad:
+                if line == 1:
+                    raise WitError(f"{path} line 1: not UTF-8 or over {limit >> 20} MB; the first "
+                                   "line cannot be skipped")
+                stats["broken_rows"] += 1
+            else:
+                out.write(piece)
+
+
+_JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+
+
+class _Depth:
+    """Exact JSON nesting depth of a line fed in pieces (strings and escapes understood)."""
+
+    def __init__(self):
+        self.depth = self.deepest = 0
+        self.string = False
+        self.escaped = -1   # index in the next piece of a character a backslash escapes
+
+    def feed(self, data: bytes) -> int:
+        skip = self.escaped
+        for m in _JSON_SPECIAL.finditer(data):
+            i = m.start()
+            if i == skip:
+                continue
+            c = data[i]
+            if c == 0x5C:
+                if self.string:
+                    skip = i + 1
+            elif c == 0x22:
+                self.string = not self.string
+            elif not self.string:
+                self.depth += 1 if c in b"[{" else -1
+                self.deepest = max(self.deepest, self.depth)
+        self.escaped = 0 if skip == len(data) else -1
+        return self.deepest
+
+
+class _DepthScan:
+    """Finds the first JSON Lines line nested deeper than `limit` in bytes fed in blocks.
+
+    Only a line longer than `limit` bytes can be; those are found with numpy and scanned
+    exactly, so ordinary data costs one newline search."""
+
+    def __init__(self, limit: int = MAX_JSON_DEPTH):
+        self.limit, self.line, self.partial, self.scanner = limit, 1, b"", None
+        self.deep: int | None = None   # the line number, once found
+
+    def feed(self, block: bytes) -> int | None:
+        import numpy as np
+        if self.deep is not None or not block:
+            return self.deep
+        nl = np.flatnonzero(np.frombuffer(block, np.uint8) == 10)
+        starts = np.concatenate(([0], nl + 1))
+        ends = np.concatenate((nl, [len(block)]))
+        lengths = ends - starts
+        lengths[0] += len(self.partial)
+        todo = set(np.flatnonzero(lengths > self.limit).tolist())
+        if self.scanner is not None:
+            todo.add(0)
+        for k in sorted(todo):
+            if k > 0 or self.scanner is None:
+                self.scanner = _Depth()
+                if k == 0:
+                    self.scanner.feed(self.partial)
+            if self.scanner.feed(block[starts[k]:ends[k]]) > self.limit:
+                self.deep = self.line + k
+                return self.deep
+            if k < len(nl):
+                self.scanner = None
+        last = len(nl)
+        if last in todo:
+            self.partial = b""      # the scanner carries the open line on
+        else:
+            self.scanner = None
+            self.partial = (self.partial if last == 0 else b"") + block[starts[last]:]
+        self.line += len(nl)
+        return None
+
+
+class _Scanned(io.RawIOBase):
+    """A read-only file that feeds what it reads to a _DepthScan first and ends early
+    (an EOF) at a block holding a line nested too deep, so Arrow never parses it."""
+
+    def __init__(self, f, scan: _DepthScan):
+        self.f, self.scan = f, scan
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.scan.deep is not None:
+            return b""
+        data = self.f.read(n)
+        return b"" if self.scan.feed(data) is not None else data
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _deep_line(path, limit: int = MAX_JSON_DEPTH) -> int | None:
+    """Line number of the first JSON Lines line nested deeper than `limit`, or None."""
+    scan = _DepthScan(limit)
+    with _binary(path) as f:
+        while scan.deep is None:   # ends at the end of the file
+            block = f.read(_SCAN_BYTES)
+            if not block:
+                break
+            scan.feed(block)
+    return scan.deep
 
 
 def _looks_like_url(value: str) -> bool:
@@ -198,7 +412,7 @@ def _headerless_columns(path: Path, names: list[str], first: str, fmt: str,
 def _broken_line(path: Path, fmt: str, n_fields: int, header: bool) -> int | None:
     """Line number of the first row whose field count is not `n_fields` (None if none)."""
     delim = "\t" if fmt == "tsv" else ","
-    with _open_text(path) as f:
+    with _open_text(path, errors="replace") as f:
         if fmt == "tsv":
             for i, line in enumerate(f, start=1):
                 if (header and i == 1) or not line.strip("\r\n"):
@@ -220,6 +434,12 @@ def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[
     names, header = _delimited_columns(path, fmt, spec)
     if not names:
         return
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names, start=1):
+        if n in seen:
+            raise WitError(f"{path} line 1: the header names column {n!r} twice (columns "
+                           f"{seen[n]} and {i}); rename one")
+        seen[n] = i
     if header:
         url = _pick(names, spec.url_col, URL_NAMES, "--url-col", path, "URL")
         text = _pick(names, spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
@@ -238,6 +458,16 @@ def _read_delimited(path: Path, fmt: str, spec: _Spec, stats: dict) -> Iterator[
     try:
         yield from _csv_batches(path, fmt, names, header, on_invalid, url, text)
     except pa.ArrowInvalid as e:
+        if not broken and re.search(r"(?i)utf-?8|straddl", str(e)):
+            bad = _bad_line(path)
+            if bad and spec.skip_broken_rows:
+                raise _SlowPath() from None
+            if bad:
+                raise WitError(f"{path} line {bad[0]}: {bad[1]}; fix or remove the row, or pass "
+                               f"--skip-broken-rows") from None
+            if "straddl" in str(e):
+                raise WitError(f"{path}: a row (a quoted value across lines?) is longer than the "
+                               f"reader's limit of {BLOCK_BYTES >> 20} MB per row") from None
         if broken:
             row, expected, found = broken[0]
             line = _broken_line(path, fmt, len(names), header)
@@ -253,7 +483,7 @@ def _csv_batches(path: Path, fmt: str, names: list[str], header: bool, on_invali
     reader = pcsv.open_csv(
         _input_stream(path),
         read_options=pcsv.ReadOptions(column_names=names, skip_rows=1 if header else 0,
-                                      block_size=8 << 20, encoding="utf8"),
+                                      block_size=BLOCK_BYTES, encoding="utf8"),
         parse_options=pcsv.ParseOptions(
             delimiter="\t" if fmt == "tsv" else ",",
             quote_char=False if fmt == "tsv" else '"',
@@ -267,12 +497,22 @@ def _csv_batches(path: Path, fmt: str, names: list[str], header: bool, on_invali
 
 def _json_object(line: str) -> tuple[dict | None, str]:
     """(the object on a JSON Lines line, or None and what is wrong with the line)."""
+    dup: list[str] = []
+
+    def pairs(items):
+        keys = [k for k, _ in items]
+        dup.extend(k for i, k in enumerate(keys) if k in keys[:i])
+        return dict(items)
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, object_pairs_hook=pairs)
     except json.JSONDecodeError as e:
         return None, f"not valid JSON ({e.msg})"
+    except RecursionError:
+        return None, f"JSON nested deeper than the reader's limit of {MAX_JSON_DEPTH} levels"
     if not isinstance(obj, dict):
         return None, "not a JSON object (JSON Lines: one object per line)"
+    if dup:
+        return None, f"the key {dup[0]!r} appears twice in one object"
     return obj, ""
 
 
@@ -295,18 +535,35 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
     url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
     text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
     stats["columns"] = [url, text]
+    # Arrow's parser would overflow its stack on a line nested 10,000s deep: the bytes it
+    # reads are scanned first, and the read ends before such a line reaches it
+    scan = _DepthScan()
+
+    def too_deep():
+        if spec.skip_broken_rows:
+            return _SlowPath()
+        return WitError(f"{path} line {scan.deep}: JSON nested deeper than the reader's limit of "
+                        f"{MAX_JSON_DEPTH} levels; fix or remove the line, or pass --skip-broken-rows")
     try:
-        reader = pjson.open_json(
-            _input_stream(path),
-            read_options=pjson.ReadOptions(block_size=8 << 20),
-            parse_options=pjson.ParseOptions(
-                explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
-                unexpected_field_behavior="infer"))
-        for batch in reader:
-            yield batch, url, text
+        with _binary(path) as raw:
+            reader = pjson.open_json(
+                pa.PythonFile(_Scanned(raw, scan), mode="r"),
+                read_options=pjson.ReadOptions(block_size=BLOCK_BYTES),
+                parse_options=pjson.ParseOptions(
+                    explicit_schema=pa.schema([(url, pa.string()), (text, pa.string())]),
+                    unexpected_field_behavior="infer"))
+            for batch in reader:
+                yield batch, url, text
+        if scan.deep is not None:
+            raise too_deep()
     except pa.ArrowInvalid as e:
+        if scan.deep is not None:
+            raise too_deep() from None
         line, problem = _bad_json_line(path)
         if line is None:
+            if "straddl" in str(e):
+                raise WitError(f"{path}: a line is longer than the reader's limit of "
+                               f"{BLOCK_BYTES >> 20} MB per row") from None
             raise WitError(f"{path}: not readable as JSON Lines ({e})") from None
         if spec.skip_broken_rows:
             raise _SlowPath() from None
@@ -315,6 +572,9 @@ def _read_jsonl(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
 
 
 def _bad_json_line(path: Path) -> tuple[int | None, str]:
+    bad = _bad_line(path)
+    if bad:
+        return bad
     with _open_text(path) as f:
         for i, line in enumerate(f, start=1):
             if line.strip():
@@ -324,11 +584,13 @@ def _bad_json_line(path: Path) -> tuple[int | None, str]:
     return None, ""
 
 
-def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
-    """Slow path for --skip-broken-rows: parse line by line, skipping bad lines."""
+def _jsonl_by_line(path: Path, spec: _Spec, stats: dict, tmp: Path) -> Iterator[Any]:
+    """Slow path for --skip-broken-rows: parse line by line, skipping bad lines (not UTF-8,
+    over the row limit, not a JSON object, nested too deep)."""
     import pyarrow as pa
     rows: list[dict] = []
     url = text = None
+    shown, path = path, _clean_copy(path, tmp / "clean.jsonl", stats)
     with _open_text(path) as f:
         for line in f:
             if not line.strip():
@@ -338,8 +600,8 @@ def _jsonl_by_line(path: Path, spec: _Spec, stats: dict) -> Iterator[Any]:
                 stats["broken_rows"] += 1
                 continue
             if url is None:
-                url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", path, "URL")
-                text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", path, "caption")
+                url = _pick(list(obj), spec.url_col, URL_NAMES, "--url-col", shown, "URL")
+                text = _pick(list(obj), spec.text_col, TEXT_NAMES, "--text-col", shown, "caption")
                 stats["columns"] = [url, text]
             rows.append({k: (v if k not in (url, text) or v is None else str(v))
                          for k, v in obj.items()})
@@ -465,21 +727,37 @@ def read_file(path: str, file_index: int, spec: _Spec, out_dir: str) -> dict:
 
 def _read_any(path, file_index: int, spec: _Spec, tmp: Path) -> dict:
     try:
-        return _read_file(path, file_index, spec, tmp, slow=False)
-    except _SlowPath:
-        for stale in tmp.glob("*"):
-            stale.unlink()
-        return _read_file(path, file_index, spec, tmp, slow=True)
+        try:
+            return _read_file(path, file_index, spec, tmp, slow=False)
+        except _SlowPath:
+            for stale in tmp.glob("*"):
+                stale.unlink()
+            return _read_file(path, file_index, spec, tmp, slow=True)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, RecursionError) as e:
+        raise _unreadable(path, e) from None
+
+
+def _renamed(batches, copy: Path, path) -> Iterator[Any]:
+    """`batches`, with errors naming `path` instead of its clean `copy`."""
+    try:
+        yield from batches
+    except WitError as e:
+        raise WitError(str(e).replace(str(copy), str(path))) from None
 
 
 def _read_file(path, file_index: int, spec: _Spec, tmp: Path, slow: bool) -> dict:
     stats: dict[str, Any] = {"file": str(path), "rows_read": 0, "broken_rows": 0, "kept": 0,
                              **{r: 0 for r in REASONS}}
     fmt = fmt_of(path)
+    if fmt != "parquet":
+        _check_text_head(path, fmt)
     if fmt == "parquet":
         batches = _read_parquet(path, spec, stats, tmp)
     elif fmt == "jsonl":
-        batches = _jsonl_by_line(path, spec, stats) if slow else _read_jsonl(path, spec, stats)
+        batches = _jsonl_by_line(path, spec, stats, tmp) if slow else _read_jsonl(path, spec, stats)
+    elif slow:   # --skip-broken-rows after a bad byte or an over-long row: read a clean copy
+        batches = _renamed(_read_delimited(_clean_copy(path, tmp / f"clean.{fmt}", stats), fmt,
+                                           spec, stats), tmp / f"clean.{fmt}", path)
     else:
         batches = _read_delimited(path, fmt, spec, stats)
     pending: list = []

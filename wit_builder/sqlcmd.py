@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -10,16 +11,29 @@ from .errors import WitError
 from .stage import records
 
 
+# C0/C1 controls (ESC starts a terminal escape sequence), DEL, and the bidi overrides and
+# isolates that reorder what a terminal shows: escaped in table output.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(s: str) -> str:
+    """`s` with control characters written as escapes (`\\x1b`, `\\n`, `\\u202e`)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), s)
+
+
 def format_table(table, max_rows: int = 40, max_width: int = 60) -> str:
-    """A plain-text table of a pyarrow Table (first `max_rows` rows)."""
+    """A plain-text table of a pyarrow Table (first `max_rows` rows); control characters
+    in names and values are escaped, so a caption cannot drive the terminal."""
     names = table.column_names
     rows = table.slice(0, max_rows).to_pylist()
 
     def cell(v) -> str:
         s = "NULL" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+        s = printable(s)
         return s if len(s) <= max_width else s[: max_width - 1] + "…"
 
     cells = [[cell(r[n]) for n in names] for r in rows]
+    names = [printable(n) for n in names]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
     out = [line(names), line(["-" * w for w in widths])] + [line(c) for c in cells]
@@ -30,34 +44,75 @@ def format_table(table, max_rows: int = 40, max_width: int = 60) -> str:
     return "\n".join(out)
 
 
+def _flat(table):
+    """`table` with its list/struct/map columns as JSON text (CSV has no nested values)."""
+    import pyarrow as pa
+    for i, field in enumerate(table.schema):
+        if pa.types.is_nested(field.type):
+            values = [None if v is None else json.dumps(v, default=str, ensure_ascii=False)
+                      for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(values, pa.string()))
+    return table
+
+
+def check_output(output: str | None) -> None:
+    """--output must name a file in a folder that exists (checked before the query runs)."""
+    if not output:
+        return
+    out = Path(output)
+    if out.is_dir():
+        raise WitError(f"--output {output}: is a folder; name a file, e.g. {out / 'result.csv'}")
+    if not out.parent.is_dir():
+        raise WitError(f"--output {output}: the folder {out.parent} does not exist; create it "
+                       "first (nothing was written)")
+
+
+def _write(output: str, data) -> None:
+    try:
+        if isinstance(data, bytes):
+            Path(output).write_bytes(data)
+        else:
+            Path(output).write_text(data)
+    except OSError as e:
+        raise WitError(f"--output {output}: cannot write ({e.strerror or e})") from None
+
+
 def write_result(table, fmt: str, output: str | None) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
     if fmt == "parquet":
         if not output:
             raise WitError("--format parquet needs --output FILE")
-        pq.write_table(table, output)
+        import io
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        _write(output, buf.getvalue())
         return
     if fmt == "csv":
         import io
         buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
+        pacsv.write_csv(_flat(table), buf)
         data = buf.getvalue().decode()
     else:  # json: one object per line
         data = "".join(json.dumps(r, default=str) + "\n" for r in table.to_pylist())
     if output:
-        Path(output).write_text(data)
+        _write(output, data)
     else:
         sys.stdout.write(data)
 
 
 def run_sql(build: Path, sql: str, fmt: str = "table", output: str | None = None,
-            max_rows: int = 40) -> None:
-    table = catalog.query(build, sql)
+            max_rows: int = 40, allow_files=()) -> None:
+    """Run a read-only query and print (or write) its result; list/struct columns go
+    into CSV as JSON text."""
+    check_output(output)
+    if fmt == "parquet" and not output:
+        raise WitError("--format parquet needs --output FILE")
+    table = catalog.query(build, sql, allow_files=allow_files)
     if fmt == "table":
         text = format_table(table, max_rows=max_rows)
         if output:
-            Path(output).write_text(text + "\n")
+            _write(output, text + "\n")
         else:
             print(text)
     else:
