@@ -52,7 +52,8 @@ class Config:
                 "decoding and resizing work on large images (default: on); "
                 "--no-reduced-decode decodes every image at full size"})
     timeout: float = field(default=10.0, metadata={
-        "help": "seconds to wait for a connection or data before an image is a timeout"})
+        "help": "seconds each wait (connect, a read) may take; an image must arrive whole "
+                "within 2x this, connect to last byte, or it is a timeout"})
     retries: int = field(default=1, metadata={
         "help": "tries again per image for transient failures (timeout, connection, 429, 5xx)"})
     threads: int = field(default=64, metadata={"help": "download threads per shard"})
