@@ -65,7 +65,7 @@ def queries_command(world, out: str) -> list[str]:
 def requests(log: Path, start: int) -> tuple[Counter, int]:
     """Requests by method in the S3 server's log from byte `start` on; and the log's end."""
     text = log.read_bytes()[start:].decode("utf-8", "replace")
-    methods = Counter(m for m in re.findall(r'"(GET|PUT|POST|HEAD|DELETE) /', text))
+    methods = Counter(re.findall(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|HEAD|DELETE) /', text))
     return methods, start + len(text.encode())
 
 

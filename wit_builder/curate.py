@@ -184,7 +184,10 @@ def _open_status(con, ctx: StageContext) -> list[str]:
     build = ctx.build
     status = _quote(str(build / ctx.inputs["fetch"]["views"]["samples"]))
     fetch_dir = ctx.upstream("fetch")
-    con.execute(f"CREATE VIEW fetch_rows AS SELECT * FROM read_parquet({status}, "
+    # In an object store every statement that reads a view opens its files again (one
+    # HEAD and GETs each): read them once into the scratch database instead.
+    kind = "TABLE" if storage.is_remote(build) else "VIEW"
+    con.execute(f"CREATE {kind} fetch_rows AS SELECT * FROM read_parquet({status}, "
                 "union_by_name = true, filename = '_status_file')")
     types = dict((r[0], r[1]) for r in con.execute("DESCRIBE fetch_rows").fetchall())
     missing = [c for c in FETCH_COLUMNS if c not in types]
@@ -216,7 +219,8 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
     """View `measured` (fetch's rows with the image facts) and table `s`: only what the
     filters and dedup need, one row per uid, with its first failing filter in `reason`."""
     facts = _quote(str(facts_dir / "*.parquet"))
-    con.execute(f"CREATE VIEW facts AS SELECT * FROM read_parquet({facts}, union_by_name = true)")
+    kind = "TABLE" if storage.is_remote(facts_dir) else "VIEW"  # see _open_status
+    con.execute(f"CREATE {kind} facts AS SELECT * FROM read_parquet({facts}, union_by_name = true)")
     dups = con.execute("SELECT count(*) - count(DISTINCT uid) FROM status").fetchall()[0][0]
     if dups:
         raise WitError(f"fetch/status: {dups} rows repeat a uid (one row per selected uid "
