@@ -114,21 +114,34 @@ def write_shard(build, rows, out) -> dict[str, Any]:
     return {"shard": name, "samples": rows.num_rows}
 
 
+MAX_GAP = 512 * 1024  # images of one fetch tar closer than this come in one ranged GET
+
+
 def _ranges(build, rows, batch: int = 512) -> dict[tuple[str, int], Any]:
     """(fetch_tar, offset) -> the image bytes, read from an object store by ranged GETs
-    that the filesystem runs concurrently (fsspec's cat_ranges), `batch` at a time."""
+    that the filesystem runs concurrently (fsspec's cat_ranges), `batch` at a time;
+    nearby images of one tar share a GET (a request costs more than 512 KB of bytes)."""
     fs = build.fs
     tars, offsets = rows["fetch_tar"].to_pylist(), rows["image_offset"].to_pylist()
     sizes = rows["image_bytes"].to_pylist()
+    spans: list[list] = []  # [tar, start, end, [(offset, size), ...]], neighbours merged
+    for j in sorted(range(len(tars)), key=lambda j: (tars[j], offsets[j])):
+        end = offsets[j] + sizes[j]
+        if spans and spans[-1][0] == tars[j] and offsets[j] - spans[-1][2] <= MAX_GAP:
+            spans[-1][2] = max(spans[-1][2], end)
+        else:
+            spans.append([tars[j], offsets[j], end, []])
+        spans[-1][3].append((offsets[j], sizes[j]))
     out: dict[tuple[str, int], Any] = {}
-    for i in range(0, len(tars), batch):
-        part = range(i, min(i + batch, len(tars)))
-        got = fs.cat_ranges([(build / tars[j]).path for j in part], [offsets[j] for j in part],
-                            [offsets[j] + sizes[j] for j in part], on_error="return")
-        for j, data in zip(part, got):
+    for i in range(0, len(spans), batch):
+        part = spans[i:i + batch]
+        got = fs.cat_ranges([(build / sp[0]).path for sp in part], [sp[1] for sp in part],
+                            [sp[2] for sp in part], on_error="return")
+        for (tar, start, _end, members), data in zip(part, got):
             if isinstance(data, Exception):
-                raise OSError(f"{tars[j]} at byte {offsets[j]}: {data}")
-            out[(tars[j], offsets[j])] = data
+                raise OSError(f"{tar} at byte {start}: {data}")
+            for offset, size in members:
+                out[(tar, offset)] = data[offset - start:offset - start + size]
     return out
 
 
