@@ -80,6 +80,12 @@ def test_s3_build_equals_the_local_build_and_trains(s3_build, build, served, ray
     # a rerun skips every stage
     again = pipeline.run_stages(s3_build, SETTINGS, ["fetch", "curate", "publish"])
     assert all(r.skipped for r in again)
+    # the data card of the bucket's build lands in the bucket
+    assert cli.main(["stats", "--out", s3_build]) == 0
+    assert cli.main(["report", "--out", s3_build]) == 0
+    page = (remote / "reports" / "index.html").read_text()
+    assert "wit data card" in page and s3_build in page
+    assert (remote / "reports" / "facts.json").exists()
     # wit-train reads the s3 build and writes its run to s3, then resumes from there
     out = s3_build.rsplit("/", 1)[0] + "/train"
     cfg = dict(data=[s3_build], out=out, model="tiny", image_size=32, batch_size=4, steps=4,
