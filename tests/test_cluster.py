@@ -1,8 +1,8 @@
 """A two-node Ray cluster whose nodes share no files, on one machine.
 
 The head is started with no CPUs, so every task runs on the second node, which lives in
-its own mount namespace with a tmpfs over /tmp: it sees none of the driver's files
-(the world, the local caches, the pytest folders). The build and every input are in S3
+its own mount namespace with a tmpfs over the test session's temporary folders and
+~/.cache: it sees none of the driver's files (the world, the builds, the local caches). The build and every input are in S3
 (moto's server on loopback). The whole pipeline must complete and equal a single-node
 local build of the same world, byte for byte in its published shards.
 """
@@ -60,7 +60,7 @@ def _kill(proc):
 
 
 @pytest.fixture(scope="module")
-def two_nodes(s3_server):
+def two_nodes(s3_server, tmp_path_factory):
     """(address, head node id, worker node id) of a head with 0 CPUs and a 2-CPU node in
     its own mount namespace."""
     if not _unshare_permitted():
@@ -75,7 +75,10 @@ def two_nodes(s3_server):
                              "--temp-dir", f"/tmp/wit-ray-{port}", *common],
                             env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    hide = "mount -t tmpfs none /tmp"  # the driver's world, caches and build folders
+    # the folders that hold the driver's world, builds and caches (every test's tmp_path
+    # is under the base temp), not the code: a checkout may itself live under /tmp
+    hidden = tmp_path_factory.getbasetemp()
+    hide = f"mount -t tmpfs none '{hidden}'"
     if Path.home().joinpath(".cache").is_dir():
         hide += f" && mount -t tmpfs none {Path.home() / '.cache'}"
     node = subprocess.Popen(
