@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wit_builder import config as cfgmod
-from wit_builder import pipeline, recipe
+from wit_builder import cli, pipeline, recipe
 from wit_builder.errors import WitError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +102,17 @@ def test_demo_checks_its_minutes_before_making_the_world(tmp_path, capsys):
     assert cli.main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--minutes 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_settings_are_checked_for_what_they_are(tmp_path, capsys):
+    """true, 1.9, nan and inf are refused, naming the setting, before anything runs."""
+    from wit_builder import balance, config, fetch
+    for value, field, cls in ((True, "per_query", balance.Config), (1.9, "per_query", balance.Config),
+                              (float("nan"), "timeout", fetch.Config),
+                              (float("inf"), "shard_time_limit", fetch.Config)):
+        with pytest.raises(WitError, match=field):
+            config.from_mapping(cls, {field: value}, where="recipe [x]")
+    assert config.from_mapping(balance.Config, {"per_query": 3.0}, where="r").per_query == 3
+    build = tmp_path / "b"
+    assert cli.main(["fetch", "--timeout", "nan", "--out", str(build)]) == 2
+    assert "--timeout" in capsys.readouterr().err and not build.exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -76,11 +77,22 @@ def coerce(cls: type, name: str, value: Any, where: str) -> Any:
             if value.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(value)
+        if tp in (int, float) and isinstance(value, bool):
+            raise ValueError(value)  # `per_query = true` is not the number 1
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)  # 1.9 must not quietly become 1
         if tp in (int, float, str, bool):
-            return tp(value)
+            return _finite(name, tp(value), where)
         return value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise WitError(f"{where}: {name} = {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
+
+
+def _finite(name: str, value: Any, where: str) -> Any:
+    """NaN and infinity are no setting: a timeout of inf never fires, an lr of nan trains nothing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WitError(f"{where}: {name} = {value!r}: give a finite number")
+    return value
 
 
 def from_mapping(cls: type, values: dict[str, Any], where: str = "config") -> Any:
@@ -97,6 +109,8 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     """Build `cls` from the flags that were given on the command line."""
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
+    for k, v in given.items():
+        _finite(k, v, flag(k))
     return cls(**given)
 
 

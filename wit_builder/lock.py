@@ -90,6 +90,8 @@ def acquire(build, what: str = "wit-build") -> None:
             return
         path = build / LOCK_NAME
         remote = storage.is_remote(build)
+        if not remote and not os.path.isdir(os.fspath(build)):
+            return  # nothing to protect yet, and a mistyped --out must leave nothing behind
         rec = _record(what)
         for _ in range(2):  # a second try after removing a stale lock
             old = _read(path)
@@ -98,7 +100,6 @@ def acquire(build, what: str = "wit-build") -> None:
                     raise _refuse(build, path, old)
                 storage.remove(path)
             if not remote:
-                os.makedirs(os.fspath(build), exist_ok=True)
                 try:
                     fd = os.open(os.fspath(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 except FileExistsError:

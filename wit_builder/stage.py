@@ -166,13 +166,13 @@ def run_stage(build, stage: str, params: dict[str, Any],
     build = storage.location(build)
     storage.check_reachable(build)
     upstream = {name: require(build, name) for name in inputs}  # before creating anything
+    if not storage.is_remote(build):
+        Path(build).mkdir(parents=True, exist_ok=True)
     with lock.held(build, f"wit-build {stage}"):  # one writer per build directory
         return _run_locked(build, stage, params, work, outputs, views, upstream, force)
 
 
 def _run_locked(build, stage, params, work, outputs, views, upstream, force) -> StageResult:
-    if not storage.is_remote(build):
-        Path(build).mkdir(parents=True, exist_ok=True)
     key = {"params": params, "inputs": {n: r["run_id"] for n, r in upstream.items()}}
     phash = params_hash(key)
 
