@@ -303,16 +303,21 @@ def upload_dir(local: str | os.PathLike, dest) -> None:
     shutil.rmtree(local, ignore_errors=True)
 
 
+def _local_move(src, dest) -> None:
+    """Rename a local file into place (a copy then delete across devices)."""
+    d = Path(dest)
+    d.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, d)
+    except OSError:
+        shutil.copy2(src, d)
+        os.unlink(src)
+
+
 def upload_file(local: str | os.PathLike, dest) -> None:
     """Put one local file at `dest` (locally: a rename)."""
     if not is_remote(dest):
-        d = Path(dest)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(local, d)
-        except OSError:
-            shutil.copy2(local, d)
-            os.unlink(local)
+        _local_move(local, dest)
         return
     dest.fs.put_file(str(local), dest.path)
     os.unlink(local)
@@ -329,12 +334,10 @@ def download_file(src, local: str | os.PathLike) -> Path:
 
 
 def move(src, dest) -> None:
-    """Move one file within a store: locally a rename (or hard link + unlink), remote a
-    server-side copy then delete (no bytes through this machine)."""
+    """Move one file within a store: locally a rename, remote a server-side copy then
+    delete (no bytes through this machine)."""
     if not is_remote(src):
-        d = Path(dest)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, d)
+        _local_move(src, dest)
         return
     src.fs.mv(src.path, dest.path)
 
