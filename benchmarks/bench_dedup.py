@@ -277,8 +277,8 @@ def main() -> None:
     print(f"\nfetch's resizer with the signature: {store.seconds / n * 1e6:.0f} us CPU per image stored")
     if args.sweep:
         print("\nwit over thresholds: near-dup drop recall / hard-neg drops; eval recall / hard-neg drops")
-        for bits in (4, 6, 8, 10, 12):
-            for colour in (-1, 20, 30, 40, 50, 60, 80):
+        for bits in (4, 5, 6, 7, 8, 10, 12):
+            for colour in (-1, 16, 20, 24, 28, 32, 40):
                 r = near_dup_scores(ids, fams, order, wit_h, wit_t, ~blank & real, bits, colour)
                 e = eval_scores(ids, fams, eval_ids, eval_fams, wit_h, wit_t, ~blank, ev_h, ev_t, ~ev_blank, bits, colour)
                 print(f"  bits {bits:2d} colour {colour:3g}: near {r['drop_recall']:.3f} / {r['hard_negative_drops']:5.1%}"

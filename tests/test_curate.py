@@ -81,7 +81,8 @@ def test_fast_decoding_stays_close_to_the_full_size_hash():
     fast = phash_bytes(blobs)  # JPEGs decoded at reduced scale
     full = np.array([full_size_canonical(b) for b in blobs], dtype=np.int64)
     d = hamming(fast, full)
-    assert d.mean() <= 1.5 and d.max() <= 6, d
+    # measured: mean 1.5, max 3 (OpenCV's reduced decoding; PIL's draft: 1.4, 3)
+    assert d.mean() <= 2 and d.max() <= 6, d
 
 
 def test_phash_of_decoded_pixels_is_the_resize_and_dct_folded_together():

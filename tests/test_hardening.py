@@ -6,9 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shlex
+import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -381,3 +384,63 @@ def test_deep_and_duplicate_json_lines_are_skippable(build, tmp_path, capsys):
     assert "broken_rows_skipped: 2" in out
     assert catalog.query(build, "SELECT text FROM pool ORDER BY text").to_pylist() == [
         {"text": "fine"}, {"text": "ok"}]
+
+
+# ----------------------------------------------------------------------------------
+# 5. Recipes, build folders and disks that are not what they should be.
+
+def test_a_recipe_that_is_not_text_or_names_no_stage(tmp_path, capsys):
+    binary = tmp_path / "model.toml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    empty = tmp_path / "empty.toml"
+    empty.write_text("# nothing here yet\n[build]\nout = 'x'\n")
+    for recipe, message in ((binary, "not a text file (byte 0 is not UTF-8)"),
+                            (empty, "names no stage, so it would do nothing"),
+                            (tmp_path, "is a folder; give a .toml file")):
+        code, out, err = wit("run", recipe, "--out", tmp_path / "b", capsys=capsys)
+        assert code == 2 and err.startswith(f"error: recipe {recipe}: ") and message in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_out_that_is_a_file_is_refused_and_the_file_kept(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("my notes\n")
+    good = tmp_path / "good.tsv"
+    good.write_bytes(b"url\ttext\n" + _rows(5))
+    for argv in (("pool", "--pool", good), ("stats",), ("sql", "SELECT 1")):
+        code, out, err = wit("--out", f, *argv, capsys=capsys)
+        assert code == 2 and err == f"error: --out {f}: is a file, not a build directory; give a " \
+                                    "folder (it is created if missing)\n", err
+    assert f.read_text() == "my notes\n"
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_error_line_and_the_finished_pool_stays(tmp_path):
+    """A real full disk: a 1 MB tmpfs in a mount namespace of its own (root only)."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a private tmpfs")
+    small, big = tmp_path / "small.tsv", tmp_path / "big.tsv"
+    small.write_bytes(b"url\ttext\n" + _rows(5))
+    big.write_bytes(b"url\ttext\n" + b"".join(
+        b"http://h%d.example.com/%x.jpg\t%x %x %x\n" % (i % 500, i * 7919, i * 31, i * 131, i * 977)
+        for i in range(120_000)))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    wit_build = [sys.executable, "-m", "wit_builder.cli", "--out", str(disk / "b")]
+    script = "\n".join([
+        f"mount -t tmpfs -o size=1m tmpfs {disk} || exit 99",
+        f"{shlex.join(wit_build + ['pool', '--pool', str(small)])} >/dev/null || exit 98",
+        f"{shlex.join(wit_build + ['--force', 'pool', '--pool', str(big)])} 2>{tmp_path}/err; echo $? >{tmp_path}/rc",
+        f"{shlex.join(wit_build + ['sql', 'SELECT count(*) AS n FROM pool', '--format', 'csv'])} >{tmp_path}/after",
+    ])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, timeout=300,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    err = (tmp_path / "err").read_text()
+    assert (tmp_path / "rc").read_text().strip() == "2", err
+    assert err.startswith("error: the disk is full") and "rerun the same command" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "after").read_text().split() == ['"n"', "5"]   # the first pool is intact

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import config as cfgmod
 from . import pipeline
-from .errors import WitError, output_closed
+from .errors import WitError, disk_full, output_closed
 
 STAGE_HELP = {
     "queries": "build the query list from Wikipedia (unigrams, bigrams, titles, WordNet)",
@@ -120,6 +120,9 @@ def _run(args: argparse.Namespace) -> int:
         storage.set_options(args.storage_options)
     catalog.set_path(getattr(args, "catalog", None))
     build = storage.location(getattr(args, "out", "wit-data"))
+    if isinstance(build, Path) and build.exists() and not build.is_dir():
+        raise WitError(f"--out {build}: is a file, not a build directory; give a folder "
+                       "(it is created if missing)")
     if getattr(args, "ray_address", None):
         os.environ["RAY_ADDRESS"] = args.ray_address
     force = getattr(args, "force", False)
@@ -186,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume",

@@ -20,3 +20,17 @@ def output_closed() -> int:
     except (OSError, ValueError):
         pass
     return 141
+
+
+def disk_full(e: BaseException) -> WitError | None:
+    """The WitError for a full disk or quota (`ENOSPC`/`EDQUOT`, also as pyarrow words
+    it), or None for any other error."""
+    import errno
+    if not isinstance(e, OSError):
+        return None
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left" not in str(e) \
+            and "Disk quota exceeded" not in str(e):
+        return None
+    where = f" writing {e.filename}" if e.filename else ""
+    return WitError(f"the disk is full{where} ({e.strerror or e}); free some space and rerun "
+                    "the same command: finished work is kept and resumes")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import WitError
+from .errors import WitError, disk_full
 from . import catalog, storage
 from .io import open_input
 from .stage import StageContext, StageOutput, StageResult, run_stage
@@ -181,6 +181,9 @@ def _binary(path):
 
 def _unreadable(path, e: BaseException) -> WitError:
     """The WitError for an exception that reading `path` raised below the format readers."""
+    full = disk_full(e)  # writing the pool's own files, not the input's fault
+    if full is not None:
+        return full
     if isinstance(e, gzip.BadGzipFile):
         return WitError(f"{path}: named .gz but not gzip data ({e}); rename it without .gz or "
                         "compress it with gzip")

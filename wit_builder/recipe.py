@@ -69,9 +69,14 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     from . import storage
     path = storage.location(path, "recipe")
     try:
-        recipe = tomllib.loads(path.read_text())
+        recipe = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise WitError(f"recipe {path}: no such file") from None
+    except IsADirectoryError:
+        raise WitError(f"recipe {path}: is a folder; give a .toml file") from None
+    except UnicodeDecodeError as e:
+        raise WitError(f"recipe {path}: not a text file (byte {e.start} is not UTF-8); "
+                       "a recipe is TOML text, like pipelines/demo.toml") from None
     except tomllib.TOMLDecodeError as e:
         raise WitError(f"recipe {path}: not valid TOML ({e})") from None
     recipe = apply_overrides(recipe, list(overrides))
@@ -80,6 +85,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     if unknown:
         raise WitError(f"recipe {path}: unknown section(s) {', '.join(unknown)}; "
                        f"known: {', '.join(sorted(known))}")
+    if not set(recipe) & {*pipeline.STAGES, *AFTER}:
+        raise WitError(f"recipe {path}: names no stage, so it would do nothing; add a section "
+                       f"such as [queries] (stages: {', '.join(pipeline.STAGES)}; then: "
+                       f"{', '.join(AFTER)})")
     for section, table in recipe.items():
         if not isinstance(table, dict):
             continue
