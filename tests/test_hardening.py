@@ -444,3 +444,46 @@ def test_a_full_disk_is_one_error_line_and_the_finished_pool_stays(tmp_path):
     assert err.startswith("error: the disk is full") and "rerun the same command" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "after").read_text().split() == ['"n"', "5"]   # the first pool is intact
+
+
+def test_a_bad_memory_limit_is_refused_before_the_first_stage(tmp_path, capsys):
+    good = tmp_path / "good.tsv"
+    good.write_bytes(b"url\ttext\n" + _rows(5))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[pool]\npool = ["{good}"]\n[balance]\nmemory_limit = "lots"\n')
+    code, out, err = wit("run", recipe, "--out", tmp_path / "b", capsys=capsys)
+    assert code == 2 and err == (f"error: recipe {recipe} [balance]: memory_limit = 'lots': not a "
+                                 "size DuckDB understands (e.g. 4GB, 500MB)\n"), err
+    assert not (tmp_path / "b").exists()  # the pool stage, first in the recipe, never ran
+    code, out, err = wit("pool", "--pool", good, "--memory-limit", "12 parsecs", "--out",
+                         tmp_path / "b", capsys=capsys)
+    assert code == 2 and err.startswith("error: --memory-limit '12 parsecs': not a size"), err
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_downstream_of_a_rerun_stage_shows_as_stale(build, tmp_path, capsys):
+    from test_match import write_pool_file, write_queries
+
+    from wit_builder import balance, match, report
+    write_queries(build, ["red fox", "blue car"])
+    src = write_pool_file(tmp_path / "pool.parquet", ["a red fox", "a blue car", "red fox at dusk"])
+    pool.run(pool.Config(pool=[str(src)]), build)
+    match.run(match.Config(), build)
+    balance.run(balance.Config(), build)
+    code, out, _ = wit("stats", "--out", build, capsys=capsys)
+    assert code == 0 and "stale" not in out
+    # the pool reruns with other captions: match and balance were made from the old one
+    src2 = write_pool_file(tmp_path / "pool2.parquet", ["a red fox"])
+    pool.run(pool.Config(pool=[str(src2)]), build)
+    code, out, _ = wit("stats", "--out", build, capsys=capsys)
+    lines = {ln.split()[0]: ln.split()[1] for ln in out.splitlines()[1:5]}
+    assert lines == {"queries": "done", "pool": "done", "match": "stale", "balance": "stale"}, out
+    assert "match: pool reran after it; balance: match is stale" in out
+    status = catalog.query(build, "SELECT stage, status FROM stages ORDER BY stage").to_pylist()
+    assert status == [{"stage": "balance", "status": "stale"}, {"stage": "match", "status": "stale"},
+                      {"stage": "pool", "status": "done"}, {"stage": "queries", "status": "done"}]
+    assert "<b>Stale:</b> match, balance were made" in report.write_report(build).read_text()
+    match.run(match.Config(), build)  # rerun in order: up to date again
+    balance.run(balance.Config(), build)
+    code, out, _ = wit("stats", "--out", build, capsys=capsys)
+    assert "stale" not in out, out

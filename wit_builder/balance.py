@@ -34,8 +34,7 @@ class Config:
     mode: str = field(default="cap", metadata={
         "help": "cap: a hard per-query cap, rarest query claims a pair; metaclip: "
                 "MetaCLIP's probabilistic rule", "choices": MODES})
-    memory_limit: str = field(default="4GB", metadata={
-        "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)"})
+    memory_limit: str = catalog.memory_limit_setting()
 
 
 # ----------------------------------------------------------------------------------

@@ -132,7 +132,10 @@ def refresh(build: str | Path) -> list[str]:
                         f"{_quote(where(rel))}, union_by_name = true)")
             made.append(name)
         if (build / "_stages").exists() and list((build / "_stages").glob("*.json")):
-            con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, status, "
+            from .stage import records, stale
+            old = ", ".join(_quote(n) for n in stale(records(build))) or "NULL"
+            con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, CASE WHEN stage "
+                        f"IN ({old}) THEN 'stale' ELSE status END AS status, "
                         "params::JSON::VARCHAR AS parameters, started::TIMESTAMPTZ AS started, "
                         "finished::TIMESTAMPTZ AS finished, seconds, rows "
                         f"FROM read_json({_quote(where('_stages/*.json'))}, union_by_name = true, "
@@ -300,6 +303,27 @@ def describe(build: str | Path) -> dict[str, Any]:
         return {v: con.execute(f"SELECT count(*) FROM {v}").fetchall()[0][0] for v in list_views(con)}
     finally:
         con.close()
+
+
+def memory_limit_setting():
+    """The `memory_limit` setting of a stage that runs DuckDB, checked up front."""
+    from dataclasses import field
+    return field(default="4GB", metadata={
+        "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)",
+        "check": memory_limit_problem})
+
+
+def memory_limit_problem(value: str) -> str | None:
+    """None if DuckDB takes `value` as a memory limit, else what is wrong with it."""
+    import duckdb
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"SET memory_limit = {_quote(str(value))}")
+    except duckdb.Error:
+        return "not a size DuckDB understands (e.g. 4GB, 500MB)"
+    finally:
+        con.close()
+    return None
 
 
 def scratch(work: str | Path, memory_limit: str | None = "4GB", db: str | Path | None = None,

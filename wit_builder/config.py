@@ -102,7 +102,7 @@ def from_mapping(cls: type, values: dict[str, Any], where: str = "config") -> An
     if unknown:
         raise WitError(f"{where}: unknown setting(s) {', '.join(unknown)}; "
                        f"known: {', '.join(sorted(names))}")
-    return cls(**{k: coerce(cls, k, v, where) for k, v in values.items()})
+    return cls(**{k: _checked(cls, k, coerce(cls, k, v, where), where) for k, v in values.items()})
 
 
 def from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -110,8 +110,19 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     given = {k: v for k, v in vars(args).items() if k in names}
     for k, v in given.items():
-        _finite(k, v, flag(k))
+        _checked(cls, k, _finite(k, v, flag(k)), flag(k))
     return cls(**given)
+
+
+def _checked(cls: type, name: str, value: Any, where: str) -> Any:
+    """Run the field's own `metadata["check"]` (value -> problem or None), so a value
+    that no stage could use is refused before the first stage starts."""
+    check = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("check")
+    problem = check(value) if check and value is not None else None
+    if problem:
+        said = f"{where} {value!r}" if where == flag(name) else f"{where}: {name} = {value!r}"
+        raise WitError(f"{said}: {problem}")
+    return value
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -59,8 +59,7 @@ class Config:
         "help": "skip and count malformed CSV/TSV/JSONL rows instead of stopping at the first"})
     pool_parts: int = field(default=0, metadata={
         "help": "number of pool/ files (uid buckets); 0 = one per ~256 MB of input"})
-    memory_limit: str = field(default="4GB", metadata={
-        "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)"})
+    memory_limit: str = catalog.memory_limit_setting()
 
 
 def check(cfg: Config) -> None:

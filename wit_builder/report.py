@@ -35,7 +35,7 @@ QUERIES = {
         SELECT regexp_extract(url, '^[a-z]+://([^/:?#]+)', 1) AS domain, count(*) AS samples,
                avg(CASE WHEN status = 'success' THEN 1.0 ELSE 0.0 END) AS success_rate
         FROM samples GROUP BY 1 ORDER BY samples DESC, 1 LIMIT 25""",
-    "stages": "SELECT stage, rows, seconds, finished FROM stages ORDER BY finished",
+    "stages": "SELECT stage, status, rows, seconds, finished FROM stages ORDER BY finished",
     "pairs_matched": "SELECT count(*) AS n FROM matches WHERE len(query_ids) > 0",
     "pairs_selected": "SELECT count(*) AS n FROM selected",
     "capped": "SELECT count(*) FILTER (WHERE claimed > selected) AS n FROM balance_counts",
@@ -183,6 +183,11 @@ def write_report(build: str | Path, train_dir: str | None = None):
     stages = _fetch(build, "stages", views)
     if stages:
         parts.append("<h2>Stages</h2>" + _table(stages))
+        old = [r["stage"] for r in stages if r.get("status") == "stale"]
+        if old:  # made from upstream runs that were replaced: the figures below may disagree
+            parts.append(f"<p><b>Stale:</b> {html.escape(', '.join(old))} were made from an upstream "
+                         "run that has since been replaced; rerun them before trusting the "
+                         "figures below.</p>")
     per_query = _fetch(build, "per_query", views)
     if per_query is not None:
         from .stage import read_record

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import catalog
 from .errors import WitError
-from .stage import records
+from .stage import records, stale
 
 
 # C0/C1 controls (ESC starts a terminal escape sequence), DEL, and the bidi overrides and
@@ -129,9 +129,15 @@ def print_stats(build: Path) -> None:
     recs = records(build) if (build / "_stages").exists() else []
     if not recs:
         raise WitError(f"--out {build}: no finished stages here; run a stage first or check --out")
+    old = stale(recs)
     print(f"{'stage':10s} {'status':8s} {'rows':>12s} {'seconds':>9s}  finished")
     for r in recs:
-        print(f"{r['stage']:10s} {r['status']:8s} {r['rows']:>12,} {r['seconds']:>9.1f}  {r['finished']}")
+        status = "stale" if r["stage"] in old else r["status"]
+        print(f"{r['stage']:10s} {status:8s} {r['rows']:>12,} {r['seconds']:>9.1f}  {r['finished']}")
+    if old:
+        print("stale (made from an upstream run that has since been replaced): "
+              + "; ".join(f"{n}: {why}" for n, why in old.items())
+              + f". Rerun them in order (wit-build {' / '.join(old)}) to bring them up to date")
     work = build / "_work"
     running = sorted({p.name.split("-")[0] for p in work.iterdir()} if work.exists() else set())
     if running:

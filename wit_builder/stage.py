@@ -262,6 +262,24 @@ def records(build) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (order.get(r.get("stage"), len(order)), r.get("finished", "")))
 
 
+def stale(recs: list[dict[str, Any]]) -> dict[str, str]:
+    """{stage: why} for finished stages whose inputs are no longer the runs they read:
+    an upstream stage reran since (or is gone), or is itself stale. `recs` as
+    `records` returns them, upstream first."""
+    current = {r["stage"]: r["run_id"] for r in recs}
+    out: dict[str, str] = {}
+    for r in recs:
+        for name, run_id in (r.get("inputs") or {}).items():
+            if name in out:
+                out[r["stage"]] = f"{name} is stale"
+            elif current.get(name) != run_id:
+                out[r["stage"]] = f"{name} reran after it" if name in current else f"{name} is gone"
+            else:
+                continue
+            break
+    return out
+
+
 def committed(build, stage: str, name: str | None = None):
     """Where the finished `stage` keeps output `name` (its first by default)."""
     return output_dir(storage.location(build), require(build, stage), name)
