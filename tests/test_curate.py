@@ -659,3 +659,15 @@ def test_palette_transparency_decodes_quietly_and_on_white():
     copy = signature_bytes(encode(on_white, "PNG"))
     assert facts["error"] is None and facts["phash"] == copy["phash"]
     assert colour_distance(thumbs([facts["thumb"]]), thumbs([copy["thumb"]]))[0] == 0
+
+
+def test_eval_images_with_nothing_downloaded_skip_the_search(build, tmp_path, ray_cluster):
+    make_fetch(build, [Sample(f"http://x/{i}", "a picture", None, status="connection_error",
+                              error="refused") for i in range(3)], shards=1)
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    for i in range(3):
+        (evals / f"{i}.png").write_bytes(encode(picture(i), "PNG"))
+    res = curate.run(curate.Config(eval_images=str(evals)), build)
+    assert res.summary["eval_search"] == "skipped: no sample left to check against --eval-images"
+    assert res.rows == 3 and "eval_images" not in res.summary

@@ -315,9 +315,14 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
             _load_samples(con, facts_dir, cfg)
             hashed = dict(con.execute("SELECT phash_from, count(*) FROM facts "
                                       "WHERE phash_from IS NOT NULL GROUP BY 1").fetchall())
-            evals = _compute_eval(cfg, eval_files) if eval_files else None
             summary: dict[str, Any] = {"phash_from_fetch": hashed.get("fetch", 0),
                                        "phash_decoded": hashed.get("decoded", 0)}
+            candidates = con.execute("SELECT count(*) FROM s WHERE reason IS NULL").fetchall()[0][0]
+            evals = None
+            if eval_files and candidates:
+                evals = _compute_eval(cfg, eval_files)
+            elif eval_files:  # nothing downloaded to check: hashing the eval set is wasted work
+                summary["eval_search"] = "skipped: no sample left to check against --eval-images"
             summary.update(eval_hits(con, evals, cfg.near_dup_bits, cfg.near_dup_colour,
                                      BLANK_DETAIL))
             search = duplicates(con, cfg.near_dup_bits, cfg.near_dup_colour)
