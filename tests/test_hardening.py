@@ -487,3 +487,21 @@ def test_downstream_of_a_rerun_stage_shows_as_stale(build, tmp_path, capsys):
     balance.run(balance.Config(), build)
     code, out, _ = wit("stats", "--out", build, capsys=capsys)
     assert "stale" not in out, out
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_huge_captions_are_cut_and_counted(build, tmp_path, capsys):
+    f = tmp_path / "long.jsonl"
+    huge = "ä" * 3_000_000  # a 6 MB "caption"
+    f.write_text(json.dumps({"url": "http://example.com/1.jpg", "text": huge}, ensure_ascii=False) + "\n"
+                 + json.dumps({"url": "http://example.com/2.jpg", "text": "a short one"}) + "\n")
+    code, out, err = wit("pool", "--pool", f, "--out", build, capsys=capsys)
+    assert code == 0 and "captions_cut: 1" in out, (out, err)
+    lengths = catalog.query(build, "SELECT length(text) AS n FROM pool ORDER BY n").to_pylist()
+    assert lengths == [{"n": 11}, {"n": pool.MAX_CAPTION_CHARS}]
+    code, out, err = wit("pool", "--pool", f, "--max-caption-chars", "5", "--out", build, capsys=capsys)
+    assert code == 0 and "captions_cut: 2" in out
+    assert catalog.query(build, "SELECT text FROM pool ORDER BY text").to_pylist() == [
+        {"text": "a sho"}, {"text": "äääää"}]
+    code, out, err = wit("pool", "--pool", f, "--max-caption-chars", "-1", "--out", build, capsys=capsys)
+    assert code == 2 and "--max-caption-chars -1: must be >= 0" in err

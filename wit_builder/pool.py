@@ -40,6 +40,7 @@ BUCKET_BYTES = 256 << 20     # input bytes per pool part when --pool-parts is 0
 CHUNK_ROWS = 250_000         # rows buffered before a chunk is written
 ORDER, BUCKET = "_wit_order", "_wit_bucket"
 REASONS = ("no_url", "no_text", "bad_url")
+MAX_CAPTION_CHARS = 2000  # LAION's longest useful alt texts; a 26 MB "caption" costs the trainer GBs
 BLOCK_BYTES = 8 << 20        # the CSV/JSON readers' block: the longest row they take
 MAX_JSON_DEPTH = 1000        # deeper nesting would overflow the JSON parser's stack
 _SCAN_BYTES = 4 << 20
@@ -57,6 +58,9 @@ class Config:
         "help": "column holding the caption (default: recognised: text, caption, alt_text, ...)"})
     skip_broken_rows: bool = field(default=False, metadata={
         "help": "skip and count malformed CSV/TSV/JSONL rows instead of stopping at the first"})
+    max_caption_chars: int = field(default=MAX_CAPTION_CHARS, metadata={
+        "help": "cut captions longer than this many characters (counted as captions_cut; "
+                "0: no limit); CLIP's text encoder sees 77 tokens, a few hundred characters"})
     pool_parts: int = field(default=0, metadata={
         "help": "number of pool/ files (uid buckets); 0 = one per ~256 MB of input"})
     memory_limit: str = catalog.memory_limit_setting()
@@ -67,6 +71,8 @@ def check(cfg: Config) -> None:
     if not cfg.pool:
         raise WitError("--pool: give the candidate files (Parquet, CSV, TSV or JSONL, "
                        "optionally .gz; globs and directories work)")
+    if cfg.max_caption_chars < 0:
+        raise WitError(f"--max-caption-chars {cfg.max_caption_chars}: must be >= 0 (0 = no limit)")
     if cfg.pool_parts < 0:
         raise WitError(f"--pool-parts {cfg.pool_parts}: must be >= 0 (0 = automatic)")
     find_files(cfg.pool)
@@ -79,7 +85,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     files = find_files(cfg.pool)
     params = {"pool": file_fingerprint(files), "url_col": cfg.url_col,
               "text_col": cfg.text_col, "skip_broken_rows": cfg.skip_broken_rows,
-              "pool_parts": cfg.pool_parts}
+              "pool_parts": cfg.pool_parts, "max_caption_chars": cfg.max_caption_chars}
     return run_stage(build, "pool", params, lambda ctx: _pool(ctx, cfg, files),
                      outputs=["pool"], views={"pool": "pool/part-*.parquet"}, force=force)
 
@@ -120,6 +126,7 @@ class _Spec:
     text_col: str | None
     skip_broken_rows: bool
     buckets: int
+    max_caption_chars: int = 0
 
 
 def _pick(names: list[str], given: str | None, known: tuple[str, ...], flag: str,
@@ -659,7 +666,7 @@ def _as_text(col, name: str, path: Path):
 
 
 def _clean(batch, url_col: str, text_col: str, path: Path, stats: dict, first_row: int,
-           file_index: int, buckets: int):
+           file_index: int, buckets: int, max_chars: int = 0):
     """Rename, filter and hash one batch; returns a table with uid, url, text, extras."""
     import numpy as np
     import pyarrow as pa
@@ -677,6 +684,13 @@ def _clean(batch, url_col: str, text_col: str, path: Path, stats: dict, first_ro
     for reason, mask in zip(REASONS, (no_url, no_text, bad_url)):
         stats[reason] += int(pc.sum(mask).as_py() or 0)
     cols = {"url": url.filter(keep), "text": text.filter(keep)}
+    if max_chars:
+        long = pc.greater(pc.utf8_length(cols["text"]), max_chars)
+        cut = int(pc.sum(long).as_py() or 0)
+        if cut:
+            stats["captions_cut"] += cut
+            cols["text"] = pc.if_else(long, pc.utf8_slice_codeunits(cols["text"], 0, max_chars),
+                                      cols["text"])
     uid_list = uids(cols["url"], cols["text"])
     extras = {}
     for name in batch.schema.names:
@@ -749,7 +763,7 @@ def _renamed(batches, copy: Path, path) -> Iterator[Any]:
 
 def _read_file(path, file_index: int, spec: _Spec, tmp: Path, slow: bool) -> dict:
     stats: dict[str, Any] = {"file": str(path), "rows_read": 0, "broken_rows": 0, "kept": 0,
-                             **{r: 0 for r in REASONS}}
+                             "captions_cut": 0, **{r: 0 for r in REASONS}}
     fmt = fmt_of(path)
     if fmt != "parquet":
         _check_text_head(path, fmt)
@@ -766,7 +780,7 @@ def _read_file(path, file_index: int, spec: _Spec, tmp: Path, slow: bool) -> dic
     pending_rows = chunks = 0
     for batch, url_col, text_col in batches:
         table = _clean(batch, url_col, text_col, path, stats, stats["rows_read"], file_index,
-                       spec.buckets)
+                       spec.buckets, spec.max_caption_chars)
         stats["rows_read"] += batch.num_rows
         stats["kept"] += table.num_rows
         if table.num_rows:
@@ -797,7 +811,8 @@ def _buckets(cfg: Config, files: list) -> int:
 
 def _pool(ctx: StageContext, cfg: Config, files: list) -> StageOutput:
     from . import cluster
-    spec = _Spec(cfg.url_col, cfg.text_col, cfg.skip_broken_rows, _buckets(cfg, files))
+    spec = _Spec(cfg.url_col, cfg.text_col, cfg.skip_broken_rows, _buckets(cfg, files),
+                 cfg.max_caption_chars)
     read_dir = ctx.work / "read"
     dirs = [read_dir / f"f{i:05d}" for i in range(len(files))]
     finished = {p.parent.name for p in read_dir.glob("f*/stats.json")} if read_dir.exists() else set()
@@ -807,7 +822,8 @@ def _pool(ctx: StageContext, cfg: Config, files: list) -> StageOutput:
                           "pool: reading", total=len(todo), done=len(files) - len(todo),
                           unit="file")
     per_file = [json.loads(b) for b in storage.read_all([d / "stats.json" for d in dirs])]
-    totals = {k: sum(s[k] for s in per_file) for k in ("rows_read", "kept", "broken_rows", *REASONS)}
+    totals = {k: sum(s.get(k, 0) for s in per_file)
+              for k in ("rows_read", "kept", "broken_rows", "captions_cut", *REASONS)}
     if totals["kept"] == 0:
         raise WitError(
             f"the pool is empty: {totals['rows_read']:,} rows read from {len(files)} file(s), "
@@ -823,6 +839,7 @@ def _pool(ctx: StageContext, cfg: Config, files: list) -> StageOutput:
         "dropped_no_text": totals["no_text"],
         "dropped_bad_url": totals["bad_url"],
         "broken_rows_skipped": totals["broken_rows"],
+        "captions_cut": totals["captions_cut"],
         "duplicates": totals["kept"] - rows["rows"],
         "rows": rows["rows"],
         "pairs_per_text": round(rows["rows"] / max(rows["texts"], 1), 3),
