@@ -168,3 +168,33 @@ def test_ctrl_c_writes_a_checkpoint_to_resume_from(build, tmp_path):
     summary = json.loads(stdout[stdout.index("{"):])
     assert summary["interrupted"] and 2 <= summary["steps"] < 100000
     assert load_checkpoint(out / "checkpoint.pt")["step"] == summary["steps"]
+
+
+def test_resume_mistakes_are_refused_and_the_run_kept(build, run, tmp_path, capsys):
+    """A resumed run never records one setting and trains with another, and a damaged
+    run folder is named, not a traceback."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(run[0], out)
+    before = (out / "checkpoint.pt").read_bytes()
+    expect_error(capsys, "--lr 0.01 (started with 0.0005): the checkpoint's optimizer state carries "
+                 "the old value", "--data", build, "--out", out, "--resume", "--lr", "0.01")
+    expect_error(capsys, "--steps 3: " + str(out / "checkpoint.pt") + " has already done 4 steps",
+                 "--data", build, "--out", out, "--resume", "--steps", "3")
+    # as many steps as done: nothing to train, and a summary that is valid JSON (no NaN)
+    code, stdout, err = cli(capsys, "--data", build, "--out", out, "--resume", "--steps", "4")
+    assert code == 0, err
+    assert "already at --steps 4; nothing to train" in stdout
+    summary = stdout[stdout.index("{"):]
+    assert json.loads(summary, parse_constant=lambda c: pytest.fail(f"{c} in the summary"))["steps"] == 4
+    settings = (out / "config.json").read_text()
+    (out / "config.json").write_text(settings[: len(settings) // 2])
+    expect_error(capsys, f"{out / 'config.json'}: the run's settings are not readable",
+                 "--data", build, "--out", out, "--resume")
+    (out / "config.json").write_text(settings)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["optimizer"], ckpt["rng"]
+    torch.save(ckpt, out / "cut.pt")
+    expect_error(capsys, f"{out / 'cut.pt'}: checkpoint lacks optimizer, rng",
+                 "--data", build, "--out", out, "--resume", out / "cut.pt")
+    assert (out / "checkpoint.pt").read_bytes() != b"" and len(before) > 0

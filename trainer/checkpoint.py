@@ -27,7 +27,12 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict:
+RESUME_KEYS = ("step", "model", "model_config", "optimizer", "scheduler", "config", "tokenizer",
+               "rng", "world_size")
+MODEL_KEYS = ("model", "model_config", "tokenizer")
+
+
+def load_checkpoint(path: str | Path, need: tuple[str, ...] = MODEL_KEYS) -> dict:
     from wit_builder import storage
     if storage.is_remote(path):  # s3:// or gs://: read through a local copy
         import hashlib
@@ -45,6 +50,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise WitError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WitError(f"{path}: not a wit-train checkpoint (no '{FORMAT}' format tag)")
+    missing = [k for k in need if k not in ckpt]
+    if missing:
+        raise WitError(f"{path}: checkpoint lacks {', '.join(missing)} (cut short or edited?); "
+                       "use an earlier copy, or start a new run with another --out")
     return ckpt
 
 
@@ -55,6 +64,26 @@ def model_from_checkpoint(ckpt: dict) -> tuple[CLIP, CaptionTokenizer]:
     model.load_state_dict(ckpt["model"])
     tokenizer = CaptionTokenizer.from_str(ckpt["tokenizer"], cfg.context_length, source="checkpoint")
     return model.eval(), tokenizer
+
+
+# Settings the optimizer and scheduler states carry: a resumed run would record the new
+# value and keep training with the old one.
+PINNED = ("lr", "weight_decay", "beta1", "beta2", "eps")
+
+
+def check_resumable(ckpt: dict, cfg, path) -> None:
+    """Refuse a resume that would not do what its settings say: a changed optimizer
+    setting (PINNED), or --steps not beyond the steps already done."""
+    old = ckpt["config"]
+    changed = [k for k in PINNED if k in old and old[k] != getattr(cfg, k)]
+    if changed:
+        said = ", ".join(f"--{k.replace('_', '-')} {getattr(cfg, k)} (started with {old[k]})"
+                         for k in changed)
+        raise WitError(f"{said}: the checkpoint's optimizer state carries the old value; resume "
+                       "without changing it, or start a new run with another --out")
+    if cfg.steps < ckpt["step"]:
+        raise WitError(f"--steps {cfg.steps}: {path} has already done {ckpt['step']} steps; give "
+                       f"--steps above {ckpt['step']} to train on, or use the checkpoint as it is")
 
 
 def check_same_model(ckpt: dict, want: ModelConfig, path) -> None:

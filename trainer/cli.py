@@ -52,7 +52,14 @@ def train_command(args: argparse.Namespace) -> int:
         saved = (storage.location(out, "--out") if args.resume == "auto"
                  else Path(args.resume).parent) / "config.json"
         if saved.exists() and not getattr(args, "config", None):
-            base = argparse.Namespace(**json.loads(saved.read_text()))
+            try:
+                settings = json.loads(saved.read_text())
+                if not isinstance(settings, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise WitError(f"{saved}: the run's settings are not readable ({e}); restore the "
+                               "file, or delete it and pass every setting again with --resume") from None
+            base = argparse.Namespace(**settings)
             base.__dict__.update(vars(args))
             args = base
     summary = train(config_from_args(args))

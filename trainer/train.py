@@ -21,7 +21,8 @@ from tqdm import tqdm
 from wit_builder.errors import WitError
 
 from . import curves
-from .checkpoint import RunFolder, check_same_model, load_checkpoint, save_checkpoint
+from .checkpoint import (RESUME_KEYS, RunFolder, check_resumable, check_same_model, load_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig
 from .data import ShardStream, check_shards, count_samples, loader, normalize, read_captions, resolve_shards
 from .loss import clip_loss
@@ -135,7 +136,8 @@ def train(cfg: TrainConfig) -> dict:
             out.fetch()  # one process per machine brings a remote run's files down
         if world > 1:
             dist.barrier()
-        ckpt = load_checkpoint(resume_path)
+        ckpt = load_checkpoint(resume_path, RESUME_KEYS)
+        check_resumable(ckpt, cfg, resume_path)
     elif out.has_checkpoint():
         raise WitError(f"{out.where('checkpoint.pt')} exists: pass --resume to continue that run, "
                        "or choose another --out")
@@ -198,11 +200,14 @@ def train(cfg: TrainConfig) -> dict:
     # ---- loop
     segment = cfg.checkpoint_every or cfg.steps  # the data stream restarts, reseeded, at each checkpoint
     stop_at = min(cfg.steps, step + cfg.stop_after) if cfg.stop_after else cfg.steps
+    if step >= cfg.steps and rank == 0:
+        print(f"note: the run is already at --steps {cfg.steps}; nothing to train "
+              "(give more --steps to train on)", flush=True)
     stop = StopRequest()
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=not cfg.progress or rank != 0, dynamic_ncols=True)
     batches, first_step, saved_at, interrupted = None, step, -1, False
     run_start = window_start = time.perf_counter()
-    skipped, wait_total, loss_value, timed_start = 0, 0.0, float("nan"), None
+    skipped, wait_total, loss_value, timed_start = 0, 0.0, None, None
     new_window = lambda: {"loss": torch.zeros((), device=device),  # noqa: E731
                           "accuracy": torch.zeros((), device=device), "wait": 0.0, "steps": 0}
     window = new_window()
