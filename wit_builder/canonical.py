@@ -180,10 +180,13 @@ def signature(pixels: np.ndarray, channels: str = "BGR") -> tuple[int, bytes, fl
     return h, thumb.tobytes(), detail(small)
 
 
-_REDUCED = {1: ("IMREAD_COLOR", "IMREAD_GRAYSCALE"),
-            2: ("IMREAD_REDUCED_COLOR_2", "IMREAD_REDUCED_GRAYSCALE_2"),
-            4: ("IMREAD_REDUCED_COLOR_4", "IMREAD_REDUCED_GRAYSCALE_4"),
-            8: ("IMREAD_REDUCED_COLOR_8", "IMREAD_REDUCED_GRAYSCALE_8")}
+def reduced_flag(cv2, factor: int, gray: bool) -> int:
+    """OpenCV's imdecode flag for decoding at 1/`factor` scale (1, 2, 4 or 8; libjpeg's
+    DCT scaling for JPEGs), colour (BGR) or gray, EXIF orientation ignored (as PIL and
+    img2dataset's IMREAD_UNCHANGED do)."""
+    name = ("IMREAD_GRAYSCALE" if gray else "IMREAD_COLOR") if factor == 1 else \
+        f"IMREAD_REDUCED_{'GRAYSCALE' if gray else 'COLOR'}_{factor}"
+    return getattr(cv2, name) | cv2.IMREAD_IGNORE_ORIENTATION
 
 
 def _reduced_jpeg(data: bytes, width: int, height: int, gray: bool) -> np.ndarray | None:
@@ -194,8 +197,7 @@ def _reduced_jpeg(data: bytes, width: int, height: int, gray: bool) -> np.ndarra
     f = 8
     while f > 1 and -(-min(width, height) // f) < DRAFT_SIZE:
         f //= 2
-    flag = getattr(cv2, _REDUCED[f][gray]) | cv2.IMREAD_IGNORE_ORIENTATION
-    return cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    return cv2.imdecode(np.frombuffer(data, np.uint8), reduced_flag(cv2, f, gray))
 
 
 def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:

@@ -82,12 +82,8 @@ class CvTap:
         r = reduction(width, height, self.target, self.resize_mode)
         if r == 1:
             return None
-        cv2 = self.cv2
-        flag = {(2, False): cv2.IMREAD_REDUCED_COLOR_2, (4, False): cv2.IMREAD_REDUCED_COLOR_4,
-                (8, False): cv2.IMREAD_REDUCED_COLOR_8, (2, True): cv2.IMREAD_REDUCED_GRAYSCALE_2,
-                (4, True): cv2.IMREAD_REDUCED_GRAYSCALE_4,
-                (8, True): cv2.IMREAD_REDUCED_GRAYSCALE_8}[r, gray]
-        img = cv2.imdecode(buf, flag | cv2.IMREAD_IGNORE_ORIENTATION)
+        from .canonical import reduced_flag
+        img = self.cv2.imdecode(buf, reduced_flag(self.cv2, r, gray))
         if img is not None:
             self.original = (width, height)
         return img
