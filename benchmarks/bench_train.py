@@ -118,10 +118,12 @@ def child_open_clip(a) -> dict:
     open_clip.add_model_config(Path(a.out) / "open_clip_configs")
     logs = Path(a.out) / "open_clip_logs"
     name = f"bench-{int(time.time())}"
-    main(["--train-data", str(Path(a.out) / "build" / "shards" / "{00000..00003}.tar"),
+    # benchmarks/gpu_check.py sets the shards, precision and torch.compile (here: 4 shards, fp32)
+    main(["--train-data", getattr(a, "train_data", str(Path(a.out) / "build" / "shards" / "{00000..00003}.tar")),
           "--train-num-samples", str(a.steps * a.batch_size), "--dataset-type", "webdataset",
-          "--model", model,
-          "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--precision", "fp32",
+          "--model", model, *(["--torchcompile"] if getattr(a, "compile", False) else []),
+          "--batch-size", str(a.batch_size), "--workers", str(a.workers),
+          "--precision", getattr(a, "precision", "fp32"), *getattr(a, "open_clip_extra", ()),
           "--epochs", "1", "--lr", "5e-4", "--warmup", "10", "--wd", "0.2", "--grad-clip-norm", "1.0",
           "--log-every-n-steps", "10", "--logs", str(logs), "--name", name, "--save-frequency", "0",
           "--report-to", "", "--seed", "0"])
