@@ -69,6 +69,34 @@ def test_the_loader_pins_batches_for_cuda(shards):
     assert on_gpu.shape == (16, 3, 32, 32) and on_gpu.dtype == torch.uint8
 
 
+def test_a_training_step_never_waits_for_the_gpu():
+    """No host-device synchronisation between log steps: the data path and a bf16 step run
+    under torch's sync debug mode, which raises on any synchronising call."""
+    from trainer.data import normalize
+    cfg = model_config("tiny", vocab_size=300, eot_id=2, image_size=32)
+    model = CLIP(cfg).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    images = torch.randint(0, 255, (8, 3, 32, 32), dtype=torch.uint8).pin_memory()
+    tokens = torch.randint(3, 300, (8, 12)).pin_memory()
+    tokens[:, -1] = 2
+    normalize(images, torch.device("cuda"))        # first call: the statistics go over once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            x, t = normalize(images, torch.device("cuda")), tokens.to("cuda", non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                feats = model(x, t)
+            loss, _ = clip_loss(*(f.float() for f in feats))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            model.clamp_logit_scale()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def _nccl_worker(rank: int, world: int, port: int, data: str, out: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
