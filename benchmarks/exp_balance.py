@@ -60,7 +60,7 @@ class Setting:
     batch_size: int = 64
     image_size: int = 32
     lr: float = 1e-3
-    eval_per_class: int = 40
+    eval_per_class: int = 60
     shard_size: int = 2000
     world_seed: int = 0
     threads: int = 1

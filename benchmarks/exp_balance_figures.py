@@ -96,33 +96,44 @@ def _arm_label(arm: str, p: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    """Per-thing accuracy and pairs against pool frequency, one line per arm."""
+    """Against pool frequency: per-thing accuracy, its difference from the uniform arm, and
+    pairs per thing, one series per arm."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     pc, arms, p = results["pool_counts"], results["summary"]["arms"], results["plan"]
     things = sorted(pc, key=lambda t: -pc[t])
     x = np.array([pc[t] for t in things])
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm, a in arms.items():
-        label = _arm_label(arm, p)
-        left.plot(x, [100 * a["per_thing_accuracy"][t] for t in things], "o-", ms=4, label=label)
-        right.plot(x, [max(a["pairs_per_thing"][t], 0.5) for t in things], "o-", ms=4, label=label)
-    right.plot(x, x, "k:", lw=1, label="the whole pool")
+    fig, (acc, diff, pairs) = plt.subplots(1, 3, figsize=(15, 4.4))
+    base = arms.get("uniform")
+    for i, (arm, a) in enumerate(arms.items()):
+        label, y = _arm_label(arm, p), np.array([100 * a["per_thing_accuracy"][t] for t in things])
+        acc.plot(x * (1 + 0.04 * (i - 1)), y, "o", ms=5, alpha=0.8, label=label, color=f"C{i}")
+        if base is not None and arm != "uniform":
+            d = y - np.array([100 * base["per_thing_accuracy"][t] for t in things])
+            diff.plot(x, d, "o", ms=5, alpha=0.8, color=f"C{i}", label=f"{arm} - uniform")
+            for g, group in results["summary"]["terciles"].items():
+                xs = [pc[t] for t in group]
+                diff.hlines(100 * a["vs_uniform"][g]["mean"], min(xs), max(xs), color=f"C{i}", lw=2)
+        pairs.plot(x, [max(a["pairs_per_thing"][t], 0.5) for t in things], "o-", ms=4, label=label,
+                   color=f"C{i}")
+    pairs.plot(x, x, "k:", lw=1, label="the whole pool")
+    diff.axhline(0, color="k", lw=0.8)
     cuts = [pc[g[-1]] for g in results["summary"]["terciles"].values()][:2]
-    for ax in (left, right):
+    for ax in (acc, diff, pairs):
         ax.set_xscale("log")
         ax.set_xlabel("pairs of the thing in the pool (log)")
         for c in cuts:
-            ax.axvline(c * 0.9, color="gray", lw=0.5, ls="--")
-    left.set_ylabel("zero-shot accuracy, % (mean over seeds)")
-    left.set_title("per-thing accuracy (dashed: tercile cuts)")
-    right.set_yscale("log")
-    right.set_ylabel("pairs in the arm (log)")
-    right.set_title("pairs per thing in each arm")
-    left.legend(fontsize=8)
-    right.legend(fontsize=8)
+            ax.axvline(c * 0.95, color="gray", lw=0.5, ls="--")
+        ax.legend(fontsize=8)
+    acc.set_ylabel("zero-shot accuracy, % (mean over seeds)")
+    acc.set_title("per-thing accuracy (dashed: tercile cuts)")
+    diff.set_ylabel("points")
+    diff.set_title("difference from uniform (bars: tercile means)")
+    pairs.set_yscale("log")
+    pairs.set_ylabel("pairs in the arm (log)")
+    pairs.set_title("pairs per thing in each arm")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
