@@ -14,6 +14,7 @@ Then the data pipeline alone, in samples/s per worker.
 
 import argparse
 import gzip
+import inspect
 import json
 import re
 import shutil
@@ -111,8 +112,10 @@ def child_open_clip(a) -> dict:
     from webdataset.tariterators import tar_file_expander
 
     # open_clip 3.3 with webdataset >= 0.2.96 (img2dataset pins < 0.3) dies on the end-of-shard
-    # marker (open_clip#935, webdataset#384); its own suggested fix, applied from outside:
-    open_clip_train.data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    # marker (open_clip#935, webdataset#384); its own suggested fix, applied from outside
+    # (older webdataset, 0.2.86 say, has no eof_value and needs none):
+    if "eof_value" in inspect.signature(tar_file_expander).parameters:
+        open_clip_train.data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
     torch.set_num_threads(a.threads)
     model = open_clip_config(a.model, Path(a.out) / "open_clip_configs")
     open_clip.add_model_config(Path(a.out) / "open_clip_configs")

@@ -104,7 +104,11 @@ def flops_per_sample(model: str, device: str, batch: int = 2) -> float:
     with FlopCounterMode(display=False) as counter:
         loss, _ = clip_loss(*net(images, tokens))
         loss.backward()
-    return counter.get_total_flops() / batch
+    flops = counter.get_total_flops() / batch
+    del net, images, tokens, loss
+    if device == "cuda":
+        torch.cuda.empty_cache()   # the runs below are other processes: leave them the memory
+    return flops
 
 
 def largest_batch(model: str, candidates: list[int]) -> int:
@@ -138,6 +142,8 @@ def largest_batch(model: str, candidates: list[int]) -> int:
         finally:
             images = tokens = feats = loss = None
             torch.cuda.empty_cache()
+    del net, opt
+    torch.cuda.empty_cache()
     return best
 
 
@@ -152,7 +158,7 @@ def child_wit(a) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     s = train(TrainConfig(data=[a.train_data], out=str(out), model=a.model, tokenizer=a.tokenizer,
                           batch_size=a.batch_size, steps=a.steps, warmup=10, lr=5e-4, workers=a.workers,
-                          device="cuda", precision="bf16", compile=a.compile, log_every=10,
+                          device=a.device, precision="bf16", compile=a.compile, log_every=10,
                           checkpoint_every=0, progress=False))
     records = [json.loads(line) for line in Path(s["log"]).read_text().splitlines()]
     windows = [r["samples_per_s"] for r in records[2:]] or [r["samples_per_s"] for r in records]
@@ -163,18 +169,24 @@ def child_wit(a) -> dict:
 
 def child_open_clip(a) -> dict:
     import torch
-    a.precision, a.open_clip_extra = "amp_bf16", ["--dataset-resampled"]
+    a.precision, a.open_clip_extra, a.threads = "amp_bf16", ["--dataset-resampled"], 4
     r = bench_train.child_open_clip(a)
     rates = r["rates"][1:] or r["rates"]
     return {"samples_per_s": statistics.mean(rates), "median_window": statistics.median(rates),
-            "data_wait": r["data_wait"], "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30,
+            "data_wait": r["data_wait"],
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if a.device == "cuda" else 0.0,
             "final_loss": r["final_loss"], "steps": a.steps}
 
 
 def run_child(kind: str, a, batch: int, steps: int, compile_: bool, timeout: int) -> dict:
+    left = a.budget - (time.perf_counter() - T0)   # the whole check stays inside --budget
+    if left < 45:
+        return {"error": f"skipped: {left:.0f} s left of --budget {a.budget:.0f}"}
+    timeout = int(min(timeout, left - 15))
     cmd = [sys.executable, __file__, "--child", kind, "--model", a.model, "--batch-size", str(batch),
            "--steps", str(steps), "--workers", str(a.workers), "--out", str(a.out),
-           "--tokenizer", a.tokenizer, "--train-data", a.train_data, *(["--compile"] if compile_ else [])]
+           "--tokenizer", a.tokenizer, "--train-data", a.train_data, "--device", a.device,
+           *(["--compile"] if compile_ else [])]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -192,7 +204,7 @@ def report(label: str, r: dict, flops: float, peak_tflops: float) -> str:
         return f"{label:34s} FAILED: {r['error'].splitlines()[-1] if r['error'] else '?'}"
     r["mfu"] = flops * r["samples_per_s"] / (peak_tflops * 1e12)
     return (f"{label:34s} {r['samples_per_s']:8.0f} samples/s (median window {r['median_window']:.0f})"
-            f"  data wait {100 * r['data_wait']:4.1f}%  peak {r['peak_memory_gb']:5.1f} GiB"
+            f"  data wait {100 * r['data_wait']:4.1f}%  peak {r['peak_memory_gb'] or 0:5.1f} GiB"
             f"  MFU {100 * r['mfu']:4.1f}%  loss {r['final_loss']:.3f}  ({r['wall_s']:.0f} s)")
 
 
@@ -206,7 +218,10 @@ def main(argv=None) -> int:
     p.add_argument("--shards", type=int, default=32)
     p.add_argument("--per-shard", type=int, default=512)
     p.add_argument("--peak-tflops", type=float, default=989.0, help="the chip's dense bf16 peak")
+    p.add_argument("--budget", type=float, default=540.0,
+                   help="seconds for the whole check: runs that would end later are cut or skipped")
     p.add_argument("--out", default=os.environ.get("OUT") or "/tmp/wit-gpu-check")
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a smoke test of the runs
     p.add_argument("--child", choices=("wit", "open_clip"), help=argparse.SUPPRESS)
     p.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
@@ -225,7 +240,7 @@ def main(argv=None) -> int:
     if missing:
         say(f"stop: {', '.join(missing)} not installed (bash benchmarks/gpu_check.sh installs them)")
         return 2
-    if not env["cuda"] and not a.dry_run:
+    if not env["cuda"] and not a.dry_run and a.device == "cuda":
         say("stop: no CUDA device visible (torch.cuda.is_available() is False): blocked, no GPU figures")
         return 3
     work = Path(os.environ.get("WIT_GPU_SCRATCH", "/tmp/wit-gpu-scratch"))
@@ -251,11 +266,12 @@ def main(argv=None) -> int:
     runs = results["runs"] = {}
     for kind, batch, steps, comp in plan:
         label = f"{kind} batch {batch} bf16{' compile' if comp else ''}"
-        runs[label] = run_child(kind, a, batch, steps, comp, timeout=150)
+        runs[label] = run_child(kind, a, batch, steps, comp, timeout=240 if comp else 150)
         say(report(label, runs[label], flops, a.peak_tflops))
     say("largest batch (bf16, eager, synthetic tensors):")
-    big = results["largest_batch"] = largest_batch(a.model, [512, 1024, 2048, 4096, 8192, 12288])
-    if big > a.batch_size:
+    big = results["largest_batch"] = (largest_batch(a.model, [512, 1024, 2048, 4096, 8192, 12288])
+                                      if a.device == "cuda" else 0)
+    if big > a.batch_size:  # as many samples as the batch-256 runs, at least 30 steps
         label = f"wit batch {big} bf16"
         runs[label] = run_child("wit", a, big, max(30, a.steps * a.batch_size // big), False, timeout=150)
         say(report(label, runs[label], flops, a.peak_tflops))
