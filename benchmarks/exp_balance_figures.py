@@ -91,8 +91,10 @@ def table(results: dict) -> str:
 
 
 def _arm_label(arm: str, p: dict) -> str:
+    used = sorted(set(p.get("thresholds_used", {}).values()) - {p["threshold"]})
+    extra = f" (used: {', '.join(map(str, sorted(p['thresholds_used'].values())))})" if used else ""
     return {"uniform": "uniform sample", "cap": f"cap, --per-query {p['per_query']}",
-            "metaclip": f"metaclip, threshold {p['threshold']}"}.get(arm, arm)
+            "metaclip": f"metaclip, threshold {p['threshold']}{extra}"}.get(arm, arm)
 
 
 def plot(results: dict, path: Path) -> Path:
