@@ -14,6 +14,7 @@ Then the data pipeline alone, in samples/s per worker.
 
 import argparse
 import gzip
+import inspect
 import json
 import re
 import shutil
@@ -111,17 +112,21 @@ def child_open_clip(a) -> dict:
     from webdataset.tariterators import tar_file_expander
 
     # open_clip 3.3 with webdataset >= 0.2.96 (img2dataset pins < 0.3) dies on the end-of-shard
-    # marker (open_clip#935, webdataset#384); its own suggested fix, applied from outside:
-    open_clip_train.data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
+    # marker (open_clip#935, webdataset#384); its own suggested fix, applied from outside
+    # (older webdataset, 0.2.86 say, has no eof_value and needs none):
+    if "eof_value" in inspect.signature(tar_file_expander).parameters:
+        open_clip_train.data.tar_file_expander = functools.partial(tar_file_expander, eof_value=None)
     torch.set_num_threads(a.threads)
     model = open_clip_config(a.model, Path(a.out) / "open_clip_configs")
     open_clip.add_model_config(Path(a.out) / "open_clip_configs")
     logs = Path(a.out) / "open_clip_logs"
     name = f"bench-{int(time.time())}"
-    main(["--train-data", str(Path(a.out) / "build" / "shards" / "{00000..00003}.tar"),
+    # benchmarks/gpu_check.py sets the shards, precision and torch.compile (here: 4 shards, fp32)
+    main(["--train-data", getattr(a, "train_data", str(Path(a.out) / "build" / "shards" / "{00000..00003}.tar")),
           "--train-num-samples", str(a.steps * a.batch_size), "--dataset-type", "webdataset",
-          "--model", model,
-          "--batch-size", str(a.batch_size), "--workers", str(a.workers), "--precision", "fp32",
+          "--model", model, *(["--torchcompile"] if getattr(a, "compile", False) else []),
+          "--batch-size", str(a.batch_size), "--workers", str(a.workers),
+          "--precision", getattr(a, "precision", "fp32"), *getattr(a, "open_clip_extra", ()),
           "--epochs", "1", "--lr", "5e-4", "--warmup", "10", "--wd", "0.2", "--grad-clip-norm", "1.0",
           "--log-every-n-steps", "10", "--logs", str(logs), "--name", name, "--save-frequency", "0",
           "--report-to", "", "--seed", "0"])

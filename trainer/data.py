@@ -213,11 +213,17 @@ def eval_image(im: Image.Image, size: int) -> torch.Tensor:
     return TF.pil_to_tensor(im)
 
 
+_STATS: dict = {}  # device -> (mean, std), made once: a fresh host->GPU copy would sync every step
+
+
 def normalize(images: torch.Tensor, device) -> torch.Tensor:
     """uint8 batch -> float, normalised with CLIP's statistics, on `device`."""
     images = images.to(device, non_blocking=True).float().div_(255)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    device = images.device
+    if device not in _STATS:
+        _STATS[device] = (torch.tensor(MEAN, device=device).view(1, 3, 1, 1),
+                          torch.tensor(STD, device=device).view(1, 3, 1, 1))
+    mean, std = _STATS[device]
     return images.sub_(mean).div_(std)
 
 

@@ -124,6 +124,8 @@ def train(cfg: TrainConfig) -> dict:
     cfg = cfg.validate()
     # ---- setup
     device, rank, world = setup_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -307,5 +309,6 @@ def train(cfg: TrainConfig) -> dict:
         "samples_per_s": timed_steps * cfg.batch_size * world / elapsed if timed_steps else None,
         "data_wait": wait_total / elapsed if timed_steps else None, "skipped": skipped,
         "interrupted": interrupted, "model": mcfg.name, "params": raw.num_params(),
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "samples_in_shards": count_samples(urls),
     }
