@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wit_builder.errors import WitError, output_closed
 
-COMMANDS = ("train", "eval", "sizes", "plot")
+COMMANDS = ("train", "eval", "export", "sizes", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shards", nargs="+", help="held-out shards for image<->text retrieval recall@1/5/10")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", parents=[common], help="write a checkpoint in another library's "
+                       "format (open_clip: config JSON + safetensors, loadable with local-dir:OUT)")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by wit-train")
+    p.add_argument("out", help="the folder to write (new or empty)")
+    p.add_argument("--format", default="open_clip", choices=("open_clip",))
 
     sub.add_parser("sizes", parents=[common], help="list the named model sizes")
     p = sub.add_parser("plot", parents=[common], help="redraw RUN_DIR/curves.png from RUN_DIR/log.jsonl")
@@ -78,6 +84,14 @@ def eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_command(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.checkpoint, args.out, args.format)
+    print(f"wrote {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
+
+
 def sizes_command(args: argparse.Namespace) -> int:
     import torch
 
@@ -116,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"train": train_command, "eval": eval_command, "sizes": sizes_command,
+        return {"train": train_command, "eval": eval_command, "export": export_command, "sizes": sizes_command,
                 "plot": plot_command}[args.command](args)
     except WitError as e:
         if args.verbose:
