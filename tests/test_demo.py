@@ -57,6 +57,16 @@ def test_the_demo_model_scores_the_same_in_open_clip(demo_run, tmp_path):
     assert accuracy == pytest.approx(zs["accuracy"])
 
 
+def test_the_hf_card_reports_the_build_s_facts(demo_run, tmp_path):
+    out, _, _ = demo_run
+    assert cli.main(["export", "hf", str(tmp_path / "hf"), "--out", str(out)]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    balance = json.loads((out / "_stages" / "balance.json").read_text())["summary"]
+    assert f"{balance['pairs_matched']:,} matched pairs, {balance['pairs_selected']:,} selected" in card
+    assert "| before balancing |" in card and "| wiki_unigram |" in card
+    assert str(out) not in card  # link-free
+
+
 def test_eval_images_never_reach_the_shards(demo_run):
     out, _, _ = demo_run
     leaked = catalog.query(out, "SELECT count(*) AS n FROM samples WHERE keep AND "

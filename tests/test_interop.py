@@ -59,3 +59,35 @@ def test_open_clip_trains_on_the_published_shards(pub, tmp_path, capsys):
     assert len(losses) == 4  # 15 samples from sizes.json, batches of 4: 4 steps
     assert all(0 < x < 10 for x in losses)
     assert "[16/16 (100%)]" in log
+
+
+def front_matter(readme) -> dict:
+    import yaml
+    text = readme.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_export_hf_loads_with_load_dataset_and_no_configuration(pub, tmp_path, capsys):
+    import datasets
+    out = tmp_path / "hf"
+    assert cli.main(["export", "hf", str(out), "--out", str(pub)]) == 0
+    assert sorted(p.name for p in (out / "train").iterdir()) == [f"0000{i}.tar" for i in range(4)]
+    meta = front_matter(out / "README.md")
+    assert meta["configs"] == [{"config_name": "default",
+                                "data_files": [{"split": "train", "path": "train/*.tar"}]}]
+    assert meta["size_categories"] == ["n<1K"] and "license" in meta
+    assert meta["dataset_info"]["splits"] == [{"name": "train", "num_examples": 15}]
+    ds = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))["train"]
+    assert ds.num_rows == 15
+    assert set(ds.features) == {"__key__", "__url__", "jpg", "txt", "json"}
+    rows = list(ds)
+    assert len({r["json"]["uid"] for r in rows}) == 15
+    fox = next(r for r in rows if r["json"]["source_uid"] == "laion-123")
+    assert fox["json"]["query"] == "snow" and fox["jpg"].size == (400, 300)
+    card = (out / "README.md").read_text()
+    assert "| exact_duplicate | 1 |" in card and "`shard_size` = 4" in card
+    assert "://" not in card.split("## Settings", 1)[1]  # no paths or URLs in the settings
+    capsys.readouterr()
+    assert cli.main(["export", "hf", str(out), "--out", str(pub)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
