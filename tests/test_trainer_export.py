@@ -3,34 +3,16 @@
 import pytest
 import torch
 
-from trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from trainer.cli import main
 from trainer.evaluate import zero_shot
 from trainer.export import WEIGHTS
-from trainer.model import CLIP, model_config
 from trainer.tokenizer import CaptionTokenizer, clip_bpe, train_bpe
-from trainer_fixtures import PHRASES, make_image_folder, open_clip_zero_shot
+from trainer_fixtures import PHRASES, checkpoint_of, make_image_folder, open_clip_zero_shot
 
 torch.set_num_threads(2)
 CAPTIONS = ["a photo of a red circle", "the square is blue", "a picture showing one green cross",
             "Ein Fuchs im Schnee — 狐狸", ""]
-
-
-def checkpoint_of(path, name: str, tokenizer: CaptionTokenizer, seed: int = 0, **overrides):
-    """A wit checkpoint of a `name` model whose every weight and BatchNorm statistic is
-    random (a fresh init leaves the ResNet's blocks as identities and its statistics at 0/1)."""
-    torch.manual_seed(seed)
-    cfg = model_config(name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.end_id, **overrides)
-    model = CLIP(cfg)
-    with torch.no_grad():
-        for key, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.add_(torch.randn_like(t) * 0.05)
-                if key.endswith("running_var"):
-                    t.abs_().add_(0.5)
-    save_checkpoint(path, {"model": model.state_dict(), "model_config": cfg.to_dict(),
-                           "tokenizer": tokenizer.to_str(), "tokenizer_kind": tokenizer.kind})
-    return path
 
 
 def export(ckpt, out) -> None:

@@ -121,3 +121,23 @@ def open_clip_zero_shot(model_dir, image_dir, tokenize, templates) -> tuple[floa
                 x = preprocess(Image.open(f).convert("RGB")).unsqueeze(0)
                 correct.append(int((model.encode_image(x, normalize=True) @ weights.T).argmax()) == label)
     return sum(correct) / len(correct), text
+
+
+def checkpoint_of(path, name: str, tokenizer, seed: int = 0, **overrides):
+    """A wit checkpoint of a `name` model whose every weight and BatchNorm statistic is
+    random (a fresh init leaves the ResNet's blocks as identities and its statistics at 0/1)."""
+    import torch
+    from trainer.checkpoint import save_checkpoint
+    from trainer.model import CLIP, model_config
+    torch.manual_seed(seed)
+    cfg = model_config(name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.end_id, **overrides)
+    model = CLIP(cfg)
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.05)
+                if key.endswith("running_var"):
+                    t.abs_().add_(0.5)
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": cfg.to_dict(),
+                           "tokenizer": tokenizer.to_str(), "tokenizer_kind": tokenizer.kind})
+    return path
