@@ -838,7 +838,8 @@ def _dedupe(ctx: StageContext, dirs: list, buckets: int, memory_limit: str) -> d
 
     Distinct pairs whose uids collide (the same uid lands in the same bucket) are all
     kept: the first in input order keeps its uid, the n-th gets md5(uid:n), 32 hex digits
-    as well. The count is in work/parts/part-B.json, written before the part."""
+    as well. The count (pairs kept less distinct uids read) is in work/parts/part-B.json,
+    written after the part; a part counts as finished only with it."""
     import pyarrow.parquet as pq
     names = {d.name for d in dirs}
     chunks = sorted((c for c in dirs[0].parent.glob("f*/chunk-*.parquet") if c.parent.name in names),
@@ -853,21 +854,26 @@ def _dedupe(ctx: StageContext, dirs: list, buckets: int, memory_limit: str) -> d
             dest = done_dir / f"part-{b:05d}.parquet"
             if dest.name in finished:
                 continue
-            con.execute(f"""
-                CREATE OR REPLACE TEMP TABLE part AS
-                SELECT *, row_number() OVER (PARTITION BY uid ORDER BY {ORDER}) AS _wit_n
-                FROM (SELECT * EXCLUDE ({BUCKET}) FROM read_parquet({files}, union_by_name = true)
-                      WHERE {BUCKET} = {b}
-                      QUALIFY row_number() OVER (PARTITION BY uid, url, text ORDER BY {ORDER}) = 1)""")
-            collided = con.execute("SELECT count(*) FROM part WHERE _wit_n > 1").fetchall()[0][0]
-            storage.write_json(done_dir / f"part-{b:05d}.json", {"uid_collisions": int(collided)})
+            bucket = (f"SELECT * FROM read_parquet({files}, union_by_name = true) "
+                      f"WHERE {BUCKET} = {b} QUALIFY row_number() OVER "
+                      f"(PARTITION BY uid, url, text ORDER BY {ORDER}) = 1")
             with storage.writing(dest) as tmp:
-                con.execute(f"""
-                    COPY (SELECT * EXCLUDE ({ORDER}, _wit_n) REPLACE (
-                                 CASE WHEN _wit_n = 1 THEN uid ELSE md5(uid || ':' || _wit_n) END AS uid)
-                          FROM part ORDER BY {ORDER})
-                    TO {storage.sql_path(tmp)} (FORMAT parquet)""")
-            con.execute("DROP TABLE part")
+                con.execute(f"COPY (SELECT * EXCLUDE ({ORDER}, {BUCKET}) FROM ({bucket}) "
+                            f"ORDER BY {ORDER}) TO {storage.sql_path(tmp)} (FORMAT parquet)")
+                with open(tmp, "rb") as f:
+                    kept_rows = pq.ParquetFile(f).metadata.num_rows
+                # distinct pairs kept less distinct uids read (the uid column alone): collisions
+                uids = con.execute(f"SELECT count(DISTINCT uid) FROM read_parquet({files}, "
+                                   f"union_by_name = true) WHERE {BUCKET} = {b}").fetchall()[0][0]
+                if kept_rows > uids:  # rare: write the bucket again, later pairs renamed
+                    con.execute(f"""
+                        COPY (SELECT * EXCLUDE ({ORDER}, {BUCKET}, _wit_n) REPLACE (
+                                     CASE WHEN _wit_n = 1 THEN uid ELSE md5(uid || ':' || _wit_n) END AS uid)
+                              FROM (SELECT *, row_number() OVER (PARTITION BY uid ORDER BY {ORDER}) AS _wit_n
+                                    FROM ({bucket}))
+                              ORDER BY {ORDER})
+                        TO {storage.sql_path(tmp)} (FORMAT parquet)""")
+            storage.write_json(done_dir / f"part-{b:05d}.json", {"uid_collisions": int(kept_rows - uids)})
         rows = parts = 0
         kept = []
         for b in range(buckets):
