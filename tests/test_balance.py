@@ -29,7 +29,7 @@ def _mix(x: int) -> int:
 
 def ref_priority(seed: int, uid: str, q: int) -> int:
     salt = _mix(((q + 1) * 0x9E3779B97F4A7C15 + (seed & _MASK) * 0xD1B54A32D192ED03) & _MASK)
-    return _mix(int(uid, 16) ^ salt) >> 1
+    return _mix(int(uid[:16], 16) ^ salt) >> 1
 
 
 def ref_cap(matches: dict[str, list[int]], k: int, seed: int) -> dict[str, int]:

@@ -27,7 +27,7 @@ from wit_builder.phash import (hamming, keepers, near_pairs, phash_array,
 REPO = Path(__file__).resolve().parents[1]
 FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
 FOX_TEXT = "red fox (Vulpes vulpes) in snow"
-FOX_UID = "52028369f8892d49"  # the uid docs/curate.md's examples ask about
+FOX_UID = "597b5e388d5875be1a87875db95e9716"  # the uid docs/curate.md's examples ask about
 
 
 # ---------------------------------------------------------------------------------

@@ -43,6 +43,30 @@ def test_demo_model_beats_chance(demo_run):
     assert zs["accuracy"] > 2 * zs["chance"], zs
 
 
+def test_the_demo_model_scores_the_same_in_open_clip(demo_run, tmp_path):
+    """Exported to open_clip, the demo's model classifies the held-out images as wit did."""
+    from trainer.cli import main as wit_train
+    from trainer.evaluate import TEMPLATES
+    from trainer.tokenizer import CaptionTokenizer
+    from trainer_fixtures import open_clip_zero_shot
+    out, _, _ = demo_run
+    zs = json.loads((out / "reports" / "eval.json").read_text())["zero_shot"]
+    assert wit_train(["export", str(out / "train" / "checkpoint.pt"), str(tmp_path / "oc")]) == 0
+    tokenizer = CaptionTokenizer.from_file(tmp_path / "oc" / "tokenizer.json")  # the demo's: build
+    accuracy, _ = open_clip_zero_shot(tmp_path / "oc", out / "world" / "eval", tokenizer, TEMPLATES)
+    assert accuracy == pytest.approx(zs["accuracy"])
+
+
+def test_the_hf_card_reports_the_build_s_facts(demo_run, tmp_path):
+    out, _, _ = demo_run
+    assert cli.main(["export", "hf", str(tmp_path / "hf"), "--out", str(out)]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    balance = json.loads((out / "_stages" / "balance.json").read_text())["summary"]
+    assert f"{balance['pairs_matched']:,} matched pairs, {balance['pairs_selected']:,} selected" in card
+    assert "| before balancing |" in card and "| wiki_unigram |" in card
+    assert str(out) not in card  # link-free
+
+
 def test_eval_images_never_reach_the_shards(demo_run):
     out, _, _ = demo_run
     leaked = catalog.query(out, "SELECT count(*) AS n FROM samples WHERE keep AND "

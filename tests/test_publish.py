@@ -10,40 +10,21 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from fetch_fixture import Sample, encode, make_fetch, make_queries, picture
+from fetch_fixture import Sample, encode, make_fetch, picture
+from publish_fixture import FOX_URL, SHARD_SIZE, make_published
 from wit_builder import storage
 from wit_builder.stage import committed
-from wit_builder import catalog, cli, curate, pipeline, publish
+from wit_builder import catalog, cli, pipeline, publish
 from wit_builder.errors import WitError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 pytestmark = pytest.mark.slow  # Ray, and a curated build to publish
 REPO = Path(__file__).resolve().parents[1]
-FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
-FOX_TEXT = "red fox (Vulpes vulpes) in snow"
-SHARD_SIZE = 4
-
-
-def world_samples() -> list[Sample]:
-    """14 distinct pictures (one with a non-ASCII caption) plus 3 to be dropped.
-
-    All JPEG, as fetch stores them (one --encode-format per build).
-    """
-    fox = encode(picture(1, 400, 300))
-    out = [Sample(FOX_URL, FOX_TEXT, fox, selected_by=1, query_ids=[1, 2]),
-           Sample("http://x/fox-copy", "the same fox, copied elsewhere", fox, selected_by=2),
-           Sample("http://x/junk", "an image that does not decode", b"junk"),
-           Sample("http://x/404", "never downloaded at all", None, status="not_found"),
-           Sample("http://x/png", "a lossless picture of a meadow", encode(picture(300, 500, 300))),
-           Sample("http://x/unicode", "Ein Fuchs im Schnee — ünïcödé 狐狸", encode(picture(301)),
-                  selected_by=2, query_ids=[2, 0])]
-    out += [Sample(f"http://x/{i}", f"a photo of scene number {i}", encode(picture(400 + i)),
-                   selected_by=i % 3, query_ids=[i % 3]) for i in range(12)]
-    return out
 
 
 def kept_rows(build: Path) -> dict[str, dict]:
@@ -64,15 +45,20 @@ def file_digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
+def expected_meta(src: dict, key: str) -> dict:
+    """What the sample's .json holds: img2dataset's fields, then wit's."""
+    return {"url": src["url"], "caption": src["text"], "key": key, "status": "success",
+            "error_message": None, "width": src["width"], "height": src["height"],
+            "original_width": src["original_width"], "original_height": src["original_height"],
+            "sha256": src["sha256"], "uid": src["uid"],
+            "source_uid": "laion-123" if src["url"] == FOX_URL else "",
+            "selected_by": src["selected_by"], "query_ids": src["query_ids"],
+            "query": ["fox", "snow", "meadow"][src["selected_by"]]}
+
+
 @pytest.fixture(scope="module")
 def pub(tmp_path_factory, ray_cluster):
-    build = tmp_path_factory.mktemp("publish") / "wit-data"
-    make_queries(build, ["fox", "snow", "meadow"])
-    make_fetch(build, world_samples(), shards=3)
-    curate.run(curate.Config(), build)
-    assert cli.main(["publish", "--out", str(build), "--shard-size", str(SHARD_SIZE),
-                     "--seed", "7"]) == 0
-    return build
+    return make_published(tmp_path_factory.mktemp("publish") / "wit-data")
 
 
 def test_sizes_manifest_and_tars_agree(pub):
@@ -80,6 +66,8 @@ def test_sizes_manifest_and_tars_agree(pub):
     assert len(kept) == 15  # 18 selected: one exact copy, one undecodable, one failed
     sizes = json.loads((committed(pub, "publish", "shards") / "sizes.json").read_text())
     tars = sorted((committed(pub, "publish", "shards")).glob("*.tar"))
+    assert sorted(p.name for p in committed(pub, "publish", "shards").iterdir()) == sorted(
+        ["sizes.json"] + [f"0000{i}{ext}" for i in range(4) for ext in (".tar", ".parquet", "_stats.json")])
     assert list(sizes) == [t.name for t in tars] == ["00000.tar", "00001.tar", "00002.tar", "00003.tar"]
     assert list(sizes.values()) == [4, 4, 4, 3]
     manifest = pq.read_table(committed(pub, "publish", "manifest")).to_pylist()
@@ -97,13 +85,41 @@ def test_sizes_manifest_and_tars_agree(pub):
             image = files[src["image_format"]]
             assert hashlib.sha256(image).hexdigest() == src["image_sha256"]
             assert files["txt"].decode() == src["text"]
-            assert meta == {k: src[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
-                                                 "height", "sha256")} | {"key": key}
+            assert meta == expected_meta(src, key)
     assert seen == Counter(list(kept))  # every kept uid in exactly one shard
     assert {m["uid"]: (m["url"], m["text"], m["selected_by"]) for m in manifest} == {
         u: (r["url"], r["text"], r["selected_by"]) for u, r in kept.items()}
     n = catalog.query(pub, "SELECT count(*) AS n, count(DISTINCT key) AS keys FROM shards").to_pylist()
     assert n == [{"n": 15, "keys": 15}]
+
+
+def test_side_files_are_img2dataset_s_and_datacomp_reads_the_uids(pub):
+    """NNNNN.parquet holds the .json of each sample in tar order; NNNNN_stats.json has
+    img2dataset's keys; the uids parse as DataComp's resharder parses them (two u64)."""
+    import pandas as pd
+    folder = committed(pub, "publish", "shards")
+    sizes = json.loads((folder / "sizes.json").read_text())
+    frames = []
+    for tar in sorted(folder.glob("*.tar")):
+        metas = [json.loads(files["json"]) for files in tar_samples(tar).values()]
+        assert pq.read_table(tar.with_suffix(".parquet")).to_pylist() == metas
+        df = pd.read_parquet(tar.with_suffix(".parquet"))  # as img2dataset users read them
+        stats = json.loads((folder / f"{tar.stem}_stats.json").read_text())
+        assert set(stats) == {"count", "successes", "failed_to_download", "failed_to_resize",
+                              "duration", "start_time", "end_time", "status_dict"}
+        assert stats["count"] == stats["successes"] == sizes[tar.name] == len(df)
+        assert stats["status_dict"] == {"success": len(df)}
+        frames.append(df)
+    df = pd.concat(frames)
+    assert set(df["uid"]) == set(kept_rows(pub)) and (df["status"] == "success").all()
+    assert df.columns.tolist()[:10] == ["url", "caption", "key", "status", "error_message", "width",
+                                        "height", "original_width", "original_height", "sha256"]
+    # datacomp/resharder.py: np.array((int(uid[:16], 16), int(uid[16:32], 16)), np.dtype("u8,u8"))
+    uids = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in df["uid"]], np.dtype("u8,u8"))
+    assert all(len(u) == 32 for u in df["uid"]) and len(np.unique(uids)) == len(df)
+    fox = df[df["url"] == FOX_URL].iloc[0]
+    assert (fox["source_uid"], fox["query"]) == ("laion-123", "snow")
+    assert (fox["width"], fox["height"], fox["original_width"], fox["original_height"]) == (400, 300, 400, 300)
 
 
 def test_order_is_the_seeded_shuffle_across_the_build(pub):

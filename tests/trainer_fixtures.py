@@ -98,3 +98,46 @@ def make_image_folder(folder, per_class: int = 10, size: int = 32, seed: int = 1
             shape = name if by == "shape" else rng.choice(SHAPES)
             draw(color, shape, size, rng).save(root / name / f"{i}.png")
     return root
+
+
+def open_clip_zero_shot(model_dir, image_dir, tokenize, templates) -> tuple[float, "object"]:
+    """Zero-shot accuracy on image_dir/<class>/<image> computed entirely by open_clip (its
+    model loaded from `local-dir:model_dir`, its preprocessing), prompts tokenized by
+    `tokenize`; returns (accuracy, the per-template class embeddings)."""
+    import open_clip
+    import torch
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{model_dir}")
+    model.eval()
+    root = Path(image_dir)
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    classes = [d.name.replace("_", " ") for d in folders]
+    with torch.no_grad():
+        text = torch.stack([model.encode_text(tokenize([t.format(c) for c in classes]), normalize=True)
+                            for t in templates])
+        weights = torch.nn.functional.normalize(text.mean(0), dim=-1)
+        correct = []
+        for label, folder in enumerate(folders):
+            for f in sorted(folder.iterdir()):
+                x = preprocess(Image.open(f).convert("RGB")).unsqueeze(0)
+                correct.append(int((model.encode_image(x, normalize=True) @ weights.T).argmax()) == label)
+    return sum(correct) / len(correct), text
+
+
+def checkpoint_of(path, name: str, tokenizer, seed: int = 0, **overrides):
+    """A wit checkpoint of a `name` model whose every weight and BatchNorm statistic is
+    random (a fresh init leaves the ResNet's blocks as identities and its statistics at 0/1)."""
+    import torch
+    from trainer.checkpoint import save_checkpoint
+    from trainer.model import CLIP, model_config
+    torch.manual_seed(seed)
+    cfg = model_config(name, vocab_size=tokenizer.vocab_size, eot_id=tokenizer.end_id, **overrides)
+    model = CLIP(cfg)
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.add_(torch.randn_like(t) * 0.05)
+                if key.endswith("running_var"):
+                    t.abs_().add_(0.5)
+    save_checkpoint(path, {"model": model.state_dict(), "model_config": cfg.to_dict(),
+                           "tokenizer": tokenizer.to_str(), "tokenizer_kind": tokenizer.kind})
+    return path

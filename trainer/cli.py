@@ -8,7 +8,7 @@ from pathlib import Path
 
 from wit_builder.errors import WitError, output_closed
 
-COMMANDS = ("train", "eval", "sizes", "plot")
+COMMANDS = ("train", "eval", "export", "sizes", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by wit-train")
     p.add_argument("--images", help="image_dir/<class>/<image> for zero-shot classification")
     p.add_argument("--classnames", help="class names, one a line in sorted folder order (default: folder names)")
-    p.add_argument("--templates", help="prompt templates with '{}', one a line (default: an 18-prompt ensemble)")
+    p.add_argument("--templates", help="clip80 (CLIP's 80 ImageNet templates), or a file of prompt "
+                   "templates with '{}', one a line (default: an 18-prompt ensemble)")
     p.add_argument("--shards", nargs="+", help="held-out shards for image<->text retrieval recall@1/5/10")
+    p.add_argument("--retrieval-images", metavar="DIR", help="images with a caption beside each "
+                   "(NAME.jpg + NAME.txt, any folder layout) for retrieval recall@1/5/10")
+    p.add_argument("--output", metavar="TEMPLATE", help="also write CLIP_benchmark's JSON, one file "
+                   "per task: a path with {dataset}, {model}, {task} (default: "
+                   "CHECKPOINT_DIR/benchmark_{dataset}_{task}.json)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("export", parents=[common], help="write a checkpoint in another library's "
+                       "format (open_clip: config JSON + safetensors, loadable with local-dir:OUT)")
+    p.add_argument("checkpoint", help="a checkpoint.pt written by wit-train")
+    p.add_argument("out", help="the folder to write (new or empty)")
+    p.add_argument("--format", default="open_clip", choices=("open_clip",))
 
     sub.add_parser("sizes", parents=[common], help="list the named model sizes")
     p = sub.add_parser("plot", parents=[common], help="redraw RUN_DIR/curves.png from RUN_DIR/log.jsonl")
@@ -68,20 +80,42 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from .evaluate import retrieval, zero_shot
+    from .benchmark import clip_benchmark_records, folder_retrieval, write_records
+    from .evaluate import load, pick_device, retrieval, zero_shot
 
-    if not args.images and not args.shards:
-        raise WitError("wit-train eval: give --images DIR (zero-shot) and/or --shards ... (retrieval)")
-    result = {}
+    if not args.images and not args.shards and not args.retrieval_images:
+        raise WitError("wit-train eval: give --images DIR (zero-shot), --shards ... and/or "
+                       "--retrieval-images DIR (retrieval)")
+    result, names = {}, {}
     if args.images:
         result["zero_shot"] = zero_shot(args.checkpoint, args.images, args.classnames, args.templates,
                                         batch_size=args.batch_size, device=args.device)
+        names["zero_shot"] = Path(args.images).resolve().name
     if args.shards:
         result["retrieval"] = retrieval(args.checkpoint, args.shards, batch_size=args.batch_size,
                                         device=args.device)
+        names["retrieval"] = "wds_" + Path(args.shards[0]).resolve().parent.name
+    if args.retrieval_images:
+        device = pick_device(args.device)
+        model, tokenizer = load(args.checkpoint, device)
+        result["folder_retrieval"] = folder_retrieval(model, tokenizer, args.retrieval_images,
+                                                      args.batch_size, device)
+        names["folder_retrieval"] = Path(args.retrieval_images).resolve().name
     out = Path(args.checkpoint).parent / "eval.json"  # where `wit-build report` looks for it
     out.write_text(json.dumps(result, indent=2, default=str))
+    from .checkpoint import load_checkpoint
+    model_name = load_checkpoint(args.checkpoint)["model_config"]["name"]
+    template = args.output or str(Path(args.checkpoint).parent / "benchmark_{dataset}_{task}.json")
+    write_records(clip_benchmark_records(result, model_name, args.checkpoint, names), template)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from .export import export
+
+    out = export(args.checkpoint, args.out, args.format)
+    print(f"wrote {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
     return 0
 
 
@@ -123,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"train": train_command, "eval": eval_command, "sizes": sizes_command,
+        return {"train": train_command, "eval": eval_command, "export": export_command, "sizes": sizes_command,
                 "plot": plot_command}[args.command](args)
     except WitError as e:
         if args.verbose:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from wit_builder.errors import WitError
 
-from .model import MODEL_SIZES
+from .model import CLIP_SIZES, MODEL_SIZES
 
 
 def _f(default, help, **kw):
@@ -25,8 +25,11 @@ class TrainConfig:
     out: str = _f("wit-train", "run directory: checkpoint.pt, tokenizer.json, log.jsonl, curves.png")
     model: str = _f("tiny", "model size: " + ", ".join(MODEL_SIZES))
     image_size: int = _f(0, "image side in pixels; 0 = the model size's own")
-    tokenizer: str = _f("", "an existing tokenizer.json; empty = train a byte-level BPE on the captions")
-    vocab_size: int = _f(49408, "BPE vocabulary size when training the tokenizer")
+    tokenizer: str = _f("", "clip: CLIP's 49,408-token BPE (comparable with other CLIP models); "
+                            "build: a byte-level BPE trained on the captions; or a tokenizer.json; "
+                            "empty = clip for the paper's sizes (" + ", ".join(CLIP_SIZES) + "), "
+                            "build for the others")
+    vocab_size: int = _f(49408, "BPE vocabulary size when training the tokenizer (--tokenizer build)")
     tokenizer_captions: int = _f(1_000_000, "captions read to train the tokenizer, at most")
     batch_size: int = _f(32, "pairs per step on each process (the global batch is this x processes)")
     steps: int = _f(1000, "optimizer steps; the schedule spans them")
@@ -77,6 +80,8 @@ class TrainConfig:
                            "(256 bytes, 3 special tokens and some merges)")
         if self.device != "auto" and self.device != "cpu" and not self.device.startswith("cuda"):
             raise WitError(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
+        if not self.tokenizer:
+            self.tokenizer = "clip" if self.model in CLIP_SIZES else "build"
         if isinstance(self.data, str):
             self.data = [self.data]
         self.data = [str(d) for d in self.data]

@@ -19,6 +19,12 @@ TEMPLATES = (
 )
 
 
+def clip80() -> list[str]:
+    """The 80 prompt templates of CLIP's ImageNet evaluation (as open_clip ships them)."""
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+
+
 def pick_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise WitError(f"--device {device}: no CUDA device is visible here; use --device cpu or auto")
@@ -75,6 +81,8 @@ def zero_shot(checkpoint, image_dir, classnames=None, templates=None, batch_size
                        "give one name per folder, in sorted folder order")
     if templates is None:
         templates = TEMPLATES
+    elif templates == "clip80":
+        templates = clip80()
     elif isinstance(templates, (str, Path)):
         templates = read_lines(templates, "--templates")
     if not templates or any("{}" not in t for t in templates):
@@ -84,7 +92,7 @@ def zero_shot(checkpoint, image_dir, classnames=None, templates=None, batch_size
     per_template = class_embeddings(model, tokenizer, list(classnames), templates, device)
     ensemble = torch.nn.functional.normalize(per_template.mean(0), dim=-1)
     size = model.cfg.image_size
-    predictions, single, labels, unreadable = [], [], [], []
+    predictions, single, labels, unreadable, top5 = [], [], [], [], []
     with torch.no_grad():
         for i in range(0, len(files), batch_size):
             chunk, images = [], []
@@ -97,7 +105,9 @@ def zero_shot(checkpoint, image_dir, classnames=None, templates=None, batch_size
             if not chunk:
                 continue
             features = model.encode_image(normalize(torch.stack(images), device))
-            predictions.append((features @ ensemble.T).argmax(-1).cpu())
+            logits = features @ ensemble.T
+            predictions.append(logits.argmax(-1).cpu())
+            top5.append(logits.topk(min(5, logits.shape[1]), dim=-1).indices.cpu())
             single.append((features @ per_template[0].T).argmax(-1).cpu())
             labels.append(torch.tensor([c for c, _ in chunk]))
     if not labels:
@@ -106,7 +116,10 @@ def zero_shot(checkpoint, image_dir, classnames=None, templates=None, batch_size
     correct = predictions == labels
     per_class = {name: correct[labels == c].float().mean().item() if (labels == c).any() else None
                  for c, name in enumerate(classnames)}
+    recalls = [v for v in per_class.values() if v is not None]
     return {"accuracy": correct.float().mean().item(),
+            "accuracy_top5": (torch.cat(top5) == labels[:, None]).any(1).float().mean().item(),
+            "mean_per_class_recall": sum(recalls) / len(recalls),
             "accuracy_single_template": (single == labels).float().mean().item(),
             "chance": 1 / len(classnames), "per_class": per_class, "n": len(labels),
             "classes": len(classnames), "templates": len(templates), "unreadable": unreadable}

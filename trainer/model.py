@@ -63,6 +63,11 @@ MODEL_SIZES = {
 }
 
 
+# the paper's shapes: trained with CLIP's own tokenizer unless told otherwise, so that
+# their numbers compare with other CLIP models'
+CLIP_SIZES = ("vit-b-32", "vit-b-16", "rn50", "rn101")
+
+
 def model_config(name: str, **overrides) -> ModelConfig:
     """The named size with `overrides` (e.g. vocab_size, image_size) applied."""
     return replace(MODEL_SIZES[name], **overrides)

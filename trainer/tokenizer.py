@@ -31,13 +31,17 @@ class CaptionTokenizer:
             raise WitError(f"{source}: no end-of-text token (one of {', '.join(END_NAMES)}); "
                            "the text tower pools at that token, so the tokenizer must have one")
         self.pad_id = next((vocab[t] for t in PAD_NAMES if t in vocab), 0)
+        from .clip_tokenizer import clean, is_clip
+        self.kind = "clip" if is_clip(tokenizer) else "bpe"
+        self.clean = clean if self.kind == "clip" else None  # CLIP's: as open_clip cleans
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        texts = [self.clean(t) for t in texts] if self.clean else list(texts)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
         start = [] if self.start_id is None else [self.start_id]
         room = self.context_length - len(start) - 1
         out = torch.full((len(encodings), self.context_length), self.pad_id, dtype=torch.long)
@@ -67,6 +71,26 @@ class CaptionTokenizer:
         except Exception as e:
             raise WitError(f"--tokenizer {path}: not a `tokenizers` tokenizer.json ({e})") from None
         return cls(tok, context_length, source=str(path))
+
+
+def tokenizer_kind(setting: str) -> str:
+    """What a checkpoint records of --tokenizer: clip, build or file."""
+    return setting if setting in ("clip", "build") else "file"
+
+
+def check_same_tokenizer(ckpt: dict, setting: str) -> None:
+    """A run resumes with the tokenizer it started with."""
+    have = ckpt.get("tokenizer_kind")
+    if have and have != "file" and tokenizer_kind(setting) != "file" and have != setting:
+        raise WitError(f"the checkpoint was trained with --tokenizer {have}, this run asks for "
+                       f"--tokenizer {setting}; pass --tokenizer {have} to resume it, or choose "
+                       "another --out to start afresh")
+
+
+def clip_bpe(context_length: int = 77) -> CaptionTokenizer:
+    """CLIP's own 49,408-token BPE (open_clip's bundled vocabulary): ids as open_clip gives them."""
+    from .clip_tokenizer import clip_tokenizer
+    return CaptionTokenizer(clip_tokenizer(), context_length, source="CLIP's BPE")
 
 
 def train_bpe(captions: Iterable[str], vocab_size: int, context_length: int = 77) -> CaptionTokenizer:

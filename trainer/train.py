@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import ShardStream, check_shards, count_samples, loader, normalize, read_captions, resolve_shards
 from .loss import clip_loss
 from .model import CLIP, model_config
-from .tokenizer import CaptionTokenizer, train_bpe
+from .tokenizer import CaptionTokenizer, check_same_tokenizer, clip_bpe, tokenizer_kind, train_bpe
 
 __all__ = ["TrainConfig", "train"]
 
@@ -55,10 +55,14 @@ def setup_device(cfg: TrainConfig):
 
 
 def get_tokenizer(cfg: TrainConfig, urls: list[str], ckpt: dict | None, rank: int, world: int):
-    """The checkpoint's tokenizer when resuming, a given tokenizer.json, or a BPE trained on the captions."""
+    """The checkpoint's tokenizer when resuming, CLIP's BPE (--tokenizer clip), a given
+    tokenizer.json, or a BPE trained on the captions (--tokenizer build)."""
     if ckpt is not None:
+        check_same_tokenizer(ckpt, cfg.tokenizer)
         return CaptionTokenizer.from_str(ckpt["tokenizer"], source="checkpoint")
-    if cfg.tokenizer:
+    if cfg.tokenizer == "clip":
+        return clip_bpe()
+    if cfg.tokenizer != "build":
         return CaptionTokenizer.from_file(cfg.tokenizer)
     text = [None]
     if rank == 0:  # one process trains it, the others receive it
@@ -193,7 +197,8 @@ def train(cfg: TrainConfig) -> dict:
             save_checkpoint(ckpt_path, {
                 "step": step, "model": raw.state_dict(), "model_config": mcfg.to_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "config": cfg.to_dict(), "tokenizer": tokenizer.to_str(), "rng": rng_state(device),
+                "config": cfg.to_dict(), "tokenizer": tokenizer.to_str(),
+                "tokenizer_kind": tokenizer_kind(cfg.tokenizer), "rng": rng_state(device),
                 "world_size": world,
             })
             curves.plot(log_path, plot_path)

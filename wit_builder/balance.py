@@ -60,30 +60,32 @@ def priority(seed: int, uid64, query_ids):
 
 
 def uid_numbers(uids) -> "Any":
-    """The 64-bit numbers behind 16-hex-digit uids (a pyarrow string array)."""
+    """The 64-bit numbers behind uids (a pyarrow string array): their first 16 hex digits
+    (all of a 16-digit uid of an older build, half of a 32-digit one)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
     n = len(uids)
     arr = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
     arr = arr.cast(pa.string())                      # int32 offsets below
-    if n and arr.null_count == 0 and pc.all(pc.equal(pc.binary_length(arr), 16)).as_py():
+    width = 32 if n and pc.all(pc.equal(pc.binary_length(arr), 32)).as_py() else 16
+    if n and arr.null_count == 0 and pc.all(pc.equal(pc.binary_length(arr), width)).as_py():
         offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + 1]
-        raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[0] + 16 * n]
+        raw = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[0] + width * n]
         lut = np.full(256, 255, np.uint8)
         lut[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
         lut[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
         lut[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
-        nib = lut[raw.reshape(n, 16)]
+        nib = lut[raw.reshape(n, width)[:, :16]]
         if (nib != 255).all():
             out = np.zeros(n, np.uint64)
             for i in range(16):
                 out = (out << np.uint64(4)) | nib[:, i].astype(np.uint64)
             return out
     try:
-        return np.array([int(u, 16) for u in arr.to_pylist()], dtype=np.uint64)
+        return np.array([int(u[:16], 16) for u in arr.to_pylist()], dtype=np.uint64)
     except (TypeError, ValueError):
-        raise WitError("the pool's uid column holds values that are not 16 hex digits; "
+        raise WitError("the pool's uid column holds values that are not 32 hex digits; "
                        "rerun `wit-build pool --force`") from None
 
 
@@ -228,8 +230,12 @@ def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
             kept = "SELECT uid, query_ids, selected_by FROM cand WHERE selected_by IS NOT NULL"
 
         out = ctx.output("selected")
+        # the pool's own `uid` column (renamed source_uid by pool) travels to the shards
+        pool_cols = [r[0] for r in con.execute(
+            f"DESCRIBE SELECT * FROM read_parquet({pool}, union_by_name = true)").fetchall()]
+        source = ", p.source_uid::VARCHAR AS source_uid" if "source_uid" in pool_cols else ""
         con.execute(f"""
-            COPY (SELECT p.uid, p.url, p.text, k.query_ids, k.selected_by
+            COPY (SELECT p.uid, p.url, p.text, k.query_ids, k.selected_by{source}
                   FROM ({kept}) k JOIN read_parquet({pool}, union_by_name = true) p
                   ON p.uid = k.uid)
             TO '{out}' (FORMAT parquet, PER_THREAD_OUTPUT true, FILENAME_PATTERN 'part-{{i}}',

@@ -28,6 +28,8 @@ EXTRA = {
     "demo": ("wit_builder.demo", "run everything offline on a generated world"),
     "run": ("wit_builder.recipe", "run a pipeline recipe (pipelines/*.toml)"),
     "report": ("wit_builder.report", "write the HTML data card with plots"),
+    "export": ("wit_builder.export", "hand the shards to other tools: a Hugging Face "
+               "datasets folder, open_clip_train's flags"),
 }
 
 

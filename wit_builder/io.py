@@ -123,11 +123,16 @@ def read_parquet_checked(path: str | os.PathLike, columns: list[str] | None = No
         raise WitError(f"{path}: missing column {e}") from None
 
 
+UID_BYTES = 16
+
+
 def uid_of(url: str, text: str) -> str:
-    """The stable id of a (url, text) pair: 16 hex chars of blake2b over both."""
+    """The stable id of a (url, text) pair: 32 hex chars (128 bits, DataComp's width) of
+    blake2b over both. 64 bits collided about three times in 10^10 pairs; 128 bits do not
+    within any pool, and the pool stage still gives a colliding pair a fresh uid."""
     import hashlib
     return hashlib.blake2b(f"{url}\x00{text}".encode("utf-8", "surrogatepass"),
-                           digest_size=8).hexdigest()
+                           digest_size=UID_BYTES).hexdigest()
 
 
 def uids(urls, texts) -> "list[str]":

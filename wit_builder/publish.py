@@ -4,7 +4,10 @@ The kept samples of `samples/` are put in one seeded random order across the who
 build (sorted by md5(seed:uid), so the order does not depend on how curate laid out
 its files), then cut into shards of --shard-size samples: `shards/NNNNN.tar` with
 `key.jpg` (the image bytes exactly as fetched), `key.txt` (the caption) and
-`key.json` (uid, url, selected_by, query_ids, width, height, sha256, key), plus
+`key.json` (img2dataset's fields — url, caption, key, status, width, height,
+original_width, original_height, sha256 — and uid, source_uid, selected_by, query_ids,
+query), and beside each tar `NNNNN.parquet` (those fields, one row per sample) and
+`NNNNN_stats.json`, as img2dataset writes them (`wit_builder.shardmeta`); plus
 `shards/sizes.json` ({"00000.tar": n, ...}, as open_clip reads it). The manifest
 (`manifest/`, view `shards`) has one row per published sample with its shard and key.
 Shards are written by Ray tasks; finished shards survive a killed run.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import catalog, cluster, stage, storage
+from . import catalog, cluster, shardmeta, stage, storage
 from .errors import WitError
 from .storage import write_json
 from .stage import StageContext, StageOutput, StageResult
@@ -86,6 +89,8 @@ def write_shard(build, rows, out) -> dict[str, Any]:
     name = out.name
     fd, tmp = tempfile.mkstemp(prefix=f"wit-publish-{name}-")
     os.close(fd)
+    side = tmp + ".parquet"
+    metas = []
     try:
         # Plain tarfile, as webdataset's TarWriter does (importing webdataset pulls in
         # torch: seconds per Ray worker for nothing).
@@ -95,22 +100,27 @@ def write_shard(build, rows, out) -> dict[str, Any]:
                 if hashlib.sha256(data).hexdigest() != r["image_sha256"]:
                     return {"shard": name, "error": f"the image of uid {r['uid']} in "
                             f"{r['fetch_tar']} no longer matches what curate recorded"}
-                meta = {k: r[k] for k in ("uid", "url", "selected_by", "query_ids", "width",
-                                          "height", "sha256", "key")}
+                metas.append(shardmeta.sample_meta(r))
                 for ext, blob in ((r["image_format"], data),
                                   ("txt", (r["text"] or "").encode("utf-8")),
-                                  ("json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))):
+                                  ("json", json.dumps(metas[-1], ensure_ascii=False).encode("utf-8"))):
                     info = tarfile.TarInfo(f"{r['key']}.{ext}")
                     info.size, info.mtime, info.mode = len(blob), TAR_MTIME, 0o444
                     sink.addfile(info, io.BytesIO(blob))
+        # img2dataset's side files first, the tar last: its presence says the shard is done
+        shardmeta.write_parquet(metas, side)
+        storage.upload_file(side, out.with_name(out.name[:-4] + ".parquet"))
+        storage.write_bytes(out.with_name(out.name[:-4] + "_stats.json"),
+                            shardmeta.stats_bytes(len(metas)))
         storage.upload_file(tmp, out)
     except (OSError, tarfile.TarError) as e:
         return {"shard": name, "error": f"{type(e).__name__}: {e}"}
     finally:
         for f in handles.values():
             f.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (tmp, side):
+            if os.path.exists(path):
+                os.unlink(path)
     return {"shard": name, "samples": rows.num_rows}
 
 
@@ -153,14 +163,42 @@ def _samples(ctx: StageContext) -> str:
 
 def _ordered(con, ctx: StageContext, cfg: Config, batch: int = 65536):
     """Kept samples in the seeded order, as a stream of Arrow record batches."""
+    query, source_uid = _lookups(con, ctx)
     return con.sql(f"""
-        SELECT uid, url, text, selected_by::INTEGER AS selected_by,
+        SELECT s.uid, url, text, selected_by::INTEGER AS selected_by,
                query_ids::INTEGER[] AS query_ids, width::INTEGER AS width,
-               height::INTEGER AS height, sha256, image_sha256, fetch_tar, image_offset, image_bytes, image_format
-        FROM {_samples(ctx)}
+               height::INTEGER AS height, original_width::INTEGER AS original_width,
+               original_height::INTEGER AS original_height, sha256, image_sha256, fetch_tar,
+               image_offset, image_bytes, image_format, {query} AS query,
+               {source_uid} AS source_uid
+        FROM {_samples(ctx)} s
         WHERE keep
-        ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || uid), uid
+        ORDER BY md5_number({int(cfg.seed)}::VARCHAR || ':' || s.uid), s.uid
         """).to_arrow_reader(batch)
+
+
+def _lookups(con, ctx: StageContext) -> tuple[str, str]:
+    """SQL for the text of the query that selected each sample and the uid its pool row
+    carried from its source (balance's `source_uid`), NULL where the build has neither
+    (then the .json leaves source_uid out)."""
+    query = source = "NULL::VARCHAR"
+    rec = stage.read_record(ctx.build, "queries")
+    if rec and "queries" in rec.get("views", {}):
+        con.execute("CREATE OR REPLACE TEMP TABLE q AS SELECT query_id, any_value(query) AS query "
+                    f"FROM read_parquet({storage.sql_path(ctx.build / rec['views']['queries'])}) "
+                    "GROUP BY ALL")
+        query = "(SELECT q.query FROM q WHERE q.query_id = s.selected_by)"
+    rec = stage.read_record(ctx.build, "balance")
+    if rec and "selected" in rec.get("views", {}):
+        sel = f"read_parquet({storage.sql_path(ctx.build / rec['views']['selected'])}, union_by_name = true)"
+        names = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {sel}").fetchall()]
+        if "source_uid" in names:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE src AS SELECT uid, any_value(source_uid) "
+                        f"AS source_uid FROM {sel} WHERE source_uid IS NOT NULL GROUP BY ALL")
+            # '' rather than NULL for a row without one: readers that infer a type from
+            # the first samples (Hugging Face datasets) then see a string throughout
+            source = "coalesce((SELECT src.source_uid FROM src WHERE src.uid = s.uid), '')"
+    return query, source
 
 
 def _kept(con, ctx: StageContext) -> int:
@@ -224,7 +262,8 @@ def _work(cfg: Config):
                            f"--force --out {ctx.build}`, then publish (finished shards are kept)")
         out = ctx.output("shards")
         for name in sizes:
-            ctx.adopt(done_dir / name, f"shards/{name}")
+            for f in (name, name[:-4] + ".parquet", name[:-4] + "_stats.json"):
+                ctx.adopt(done_dir / f, f"shards/{f}")
         write_json(out / "sizes.json", sizes)
         total = sum(sizes.values())
         return StageOutput(rows=total, summary={

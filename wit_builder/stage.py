@@ -166,10 +166,28 @@ def run_stage(build, stage: str, params: dict[str, Any],
     build = storage.location(build)
     storage.check_reachable(build)
     upstream = {name: require(build, name) for name in inputs}  # before creating anything
+    if stage in UID_STAGES:
+        check_uid_width(build)
     if not storage.is_remote(build):
         Path(build).mkdir(parents=True, exist_ok=True)
     with lock.held(build, f"wit-build {stage}"):  # one writer per build directory
         return _run_locked(build, stage, params, work, outputs, views, upstream, force)
+
+
+UID_STAGES = ("match", "balance", "fetch", "curate", "publish")  # they join on the pool's uids
+UID_BITS = 128
+
+
+def check_uid_width(build) -> None:
+    """A build whose pool has 64-bit uids (an earlier wit's) must be rebuilt from the pool:
+    128-bit uids (DataComp's width) cannot be mixed with them."""
+    rec = read_record(build, "pool")
+    if rec is None or (rec.get("summary") or {}).get("uid_bits") == UID_BITS:
+        return
+    raise WitError(f"{build} was built by an earlier wit with 64-bit uids (16 hex digits); uids are "
+                   f"now {UID_BITS}-bit (32 hex digits, DataComp's width) and cannot be mixed: "
+                   f"rebuild from the pool with `wit-build download --force --pool ... --out {build}` "
+                   "(or `wit-build pool --force` and each later stage)")
 
 
 def _run_locked(build, stage, params, work, outputs, views, upstream, force) -> StageResult:
