@@ -27,7 +27,8 @@ def plant_read(build, cfg: pool.Config, rows: list[dict]) -> None:
     (`_work/pool-<hash>/read/f00000/`: chunk files, stats.json last), with uids as given."""
     files = pool.find_files(cfg.pool)
     params = {"pool": file_fingerprint(files), "url_col": cfg.url_col, "text_col": cfg.text_col,
-              "skip_broken_rows": cfg.skip_broken_rows, "pool_parts": cfg.pool_parts}
+              "skip_broken_rows": cfg.skip_broken_rows, "pool_parts": cfg.pool_parts,
+              "max_caption_chars": cfg.max_caption_chars}
     assert set(params) == {f.name for f in dataclasses.fields(cfg)} - {"memory_limit"}
     work = build / stage.WORK_DIR / f"pool-{stage.params_hash({'params': params, 'inputs': {}})}"
     read = work / "read" / "f00000"
