@@ -196,7 +196,8 @@ def test_reduced_decoding_stores_what_full_decoding_stores(tmp_path, ray_cluster
             build = tmp_path / f"{resize_mode}-{reduced}"
             write_selected(build, [srv.url(f"/files/{n}") for n in pics])
             fetch.run(fetch.Config(image_size=128, resize_mode=resize_mode, reduced_decode=reduced,
-                                   timeout=5.0, retries=0, allow_private_network=True), build)
+                                   timeout=5.0, retries=0, allow_private_network=True,
+                                   per_host_rps=0), build)
             builds[reduced] = build
     rows = {k: {r["url"].rsplit("/", 1)[-1]: r for r in status_rows(b)} for k, b in builds.items()}
     images = {k: stored_images(b) for k, b in builds.items()}

@@ -28,6 +28,8 @@ EXTRA = {
     "demo": ("wit_builder.demo", "run everything offline on a generated world"),
     "run": ("wit_builder.recipe", "run a pipeline recipe (pipelines/*.toml)"),
     "report": ("wit_builder.report", "write the HTML data card with plots"),
+    "takedown": ("wit_builder.takedown", "remove samples from the published shards (takedown "
+                 "requests), rewriting only the shards that held them"),
 }
 
 

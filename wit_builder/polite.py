@@ -40,13 +40,8 @@ def exclude(con, domains: list[str], urls: list[str], where: dict[str, str]) -> 
     if urls:
         con.executemany("INSERT INTO ex_urls VALUES (?)", [[u] for u in sorted(set(urls))])
     dom, url = where.get("exclude_domains", ""), where.get("exclude_urls", "")
-    # every suffix of every distinct host, joined to the list: no host x domain loop
     con.execute(f"""CREATE TEMP TABLE excluded AS
-        WITH s AS (SELECT host, array_to_string(parts[i:], '.') AS suffix FROM (
-                     SELECT host, string_split(host, '.') AS parts,
-                            unnest(generate_series(1, len(string_split(host, '.')))) AS i
-                     FROM (SELECT DISTINCT host FROM pairs WHERE host <> ''))),
-             hit AS (SELECT host, min(suffix) AS domain FROM s JOIN ex_domains ON suffix = d GROUP BY 1)
+        WITH hit AS ({domain_hits("pairs", "ex_domains", "d")})
         SELECT p.*, CASE WHEN u.u IS NOT NULL THEN 'excluded by --exclude-urls {_esc(url)}'
                          ELSE 'excluded by --exclude-domains {_esc(dom)} (' || hit.domain || ')' END
                     AS error
@@ -56,6 +51,18 @@ def exclude(con, domains: list[str], urls: list[str], where: dict[str, str]) -> 
     if n:
         con.execute("DELETE FROM pairs WHERE uid IN (SELECT uid FROM excluded)")
     return n
+
+
+def domain_hits(table: str, domains: str, column: str) -> str:
+    """SQL: (host, domain) for the hosts of `table` that are `domains`.`column` or a
+    subdomain of one. Every suffix of every distinct host is joined to the list: no
+    host x domain loop, so millions of hosts and long lists stay a hash join."""
+    return f"""SELECT host, min(suffix) AS domain FROM (
+                 SELECT host, array_to_string(parts[i:], '.') AS suffix FROM (
+                   SELECT host, string_split(host, '.') AS parts,
+                          unnest(generate_series(1, len(string_split(host, '.')))) AS i
+                   FROM (SELECT DISTINCT host FROM {table} WHERE host <> '')))
+               JOIN {domains} ON suffix = {column} GROUP BY 1"""
 
 
 def _esc(s: str) -> str:
