@@ -197,6 +197,12 @@ def test_exclusion_lists_and_dns_errors(build, ray_cluster, tmp_path):
     assert res.summary["dns_failure_rate"] == round(2 / 3, 4)
     got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'excluded'")
     assert got["n"].to_pylist() == [4]
+    # the data card shows the per-host figures and the DNS failure rate
+    from wit_builder.report import write_report
+    page = write_report(build).read_text()
+    facts = json.loads((build / "reports" / "facts.json").read_text())
+    assert facts["dns_failure_rate"] == round(2 / 3, 4) and facts["hosts"] == 3
+    assert "<h2>Hosts</h2>" in page and "nowhere0.test" in page
 
 
 def test_resolver_answers_each_name_once_for_all_threads():
