@@ -179,8 +179,8 @@ def test_exclusion_lists_and_dns_errors(build, ray_cluster, tmp_path):
         keep = [url(name, srv, f"/img/{SCENE.format(i)}.jpg") for i in range(3)]
         dropped_url = url(name, srv, f"/img/{SCENE.format(9)}.jpg")
         urls_file.write_text(dropped_url + "\n")
-        by_domain = [f"http://optedout.test/a.jpg", f"http://img.optedout.test/b.jpg",
-                     f"http://x.gone.test/c.jpg"]
+        by_domain = ["http://optedout.test/a.jpg", "http://img.optedout.test/b.jpg",
+                     "http://x.gone.test/c.jpg"]
         unknown = [f"http://nowhere{i % 2}.test/{i}.jpg" for i in range(6)]  # not in --resolve
         write_selected(build, keep + [dropped_url] + by_domain + unknown)
         res = fetch.run(fast(per_host_rps=0, resolve=resolve, robots_txt=False, fetch_shard_size=100,

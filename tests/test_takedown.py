@@ -6,7 +6,6 @@ import json
 import tarfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from fetch_fixture import Sample, encode, make_fetch, picture
 

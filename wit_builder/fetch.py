@@ -1,14 +1,19 @@
 """Download the selected pairs with img2dataset's downloader, shard by shard, from Ray tasks.
 
-The selected pairs are split into download shards with every host spread evenly over
-the shards (no shard hammers one host). Each shard is one Ray task that runs
-img2dataset's `Downloader` (its thread pool, resizer and WebDataset writer) with
-`netguard.Fetcher` in place of its bare urllib call. At most --shards-in-flight
-shards run at once; a shard that fails or outlives --shard-time-limit is tried
-again. A shard task downloads into its own machine's temporary folder and puts the
-finished shard into the stage's work prefix in the build (summary.json last), so a
-killed run resumes where it stopped, from any machine, and no node needs another's disk. Every selected uid ends with exactly one row in
-fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar.
+The plan drops the pairs the opt-out lists name (`excluded`) and lays the rest out
+over the download shards with each host's URLs in few consecutive shards
+(`polite.deal`); a robots.txt pass fetches every origin's robots.txt once
+(`robots.py`). Each shard is one Ray task that runs img2dataset's `Downloader` (its
+thread pool, resizer and WebDataset writer) with `netguard.Fetcher` in place of its
+bare urllib call, under the shard's share of each host's limits and with a DNS cache
+its threads share (`polite.Shard`). At most --shards-in-flight shards run at once
+(never two holding the same slot class of a big host); a shard that fails or
+outlives --shard-time-limit is tried again. A shard task downloads into its own
+machine's temporary folder and puts the finished shard into the stage's work prefix
+in the build (summary.json last), so a killed run resumes where it stopped, from any
+machine, and no node needs another's disk. Every selected uid ends with exactly one
+row in fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar,
+per-host counts in fetch/hosts/ and robots.txt in fetch/robots/.
 """
 from __future__ import annotations
 
@@ -258,31 +263,11 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None, lists: dict[str, li
 
 
 def _robots(ctx: StageContext, cfg: Config, plan: dict, prev: Path | None) -> None:
-    """Every origin's robots.txt into work/robots/ (buckets of origins, Ray tasks)."""
-    import pyarrow.parquet as pq
-
+    """Every origin's robots.txt into work/robots/ (robots.fetch_all)."""
     from . import robots
-    with (ctx.work / "plan" / "origins.parquet").open("rb") as f:
-        table = pq.read_table(f)
-    buckets: dict[int, list[str]] = {}
-    for origin, b in zip(table["origin"].to_pylist(), table["robots_bucket"].to_pylist()):
-        buckets.setdefault(b, []).append(origin)
-    out = ctx.work / "robots"
-    first = plan["shards"][0] if plan["shards"] else 0
-    todo = [b for b in sorted(buckets) if not (out / _robots_name(first, b)).exists()]
-    if not todo:
-        return
-    previous = sorted((prev / "robots").glob("*.parquet"), key=str) if prev and (prev / "robots").exists() else None
-    settings = _task_settings(cfg, plan["oom_shard_count"])
-    cluster.ensure_ray()
-    cluster.run_units(robots.fetch_bucket,
-                      ((buckets[b], out / _robots_name(first, b), settings, previous) for b in todo),
-                      "fetch: robots.txt", total=len(todo), done=len(buckets) - len(todo),
-                      retries=cfg.shard_retries, time_limit=cfg.shard_time_limit, unit="bucket")
-
-
-def _robots_name(first_shard: int, bucket: int) -> str:
-    return f"{first_shard:05d}-{bucket:05d}.parquet"  # a retry's files do not clash with the last
+    robots.fetch_all(ctx.work, plan["shards"][0] if plan["shards"] else 0,
+                     _task_settings(cfg, plan["oom_shard_count"]), prev,
+                     retries=cfg.shard_retries, time_limit=cfg.shard_time_limit)
 
 
 def _download(work, plan: dict, cfg: Config) -> tuple[dict, dict[int, str]]:
@@ -364,6 +349,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
 
     from .netguard import Fetcher, Policy
     from .polite import Shard
+    from .robots import shard_rows
     from .resizing import CvTap, Download, hashing_resizer
 
     oom = settings["oom_shard_count"]
@@ -382,7 +368,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
 
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
-        manners = Shard(plan, settings, _robots_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [])
+        manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [])
         fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}),
                           manners.resolver, manners.limits, manners.request)
         outcomes: dict[int, tuple] = {}
@@ -432,15 +418,6 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
             storage.upload_file(out / f, final / f)
         storage.write_json(final / "summary.json", summary)
     return summary
-
-
-def _robots_rows(plan, robots_dir) -> list[dict]:
-    """The robots rows of the shard's origins (work/robots/, written by fetch's robots pass)."""
-    from .robots import read_rows
-    buckets = set(plan["robots_bucket"].to_pylist())
-    files = [f for f in sorted(robots_dir.glob("*.parquet"), key=str)
-             if int(f.stem.split("-")[1]) in buckets]
-    return read_rows(files, set(plan["origin"].to_pylist()))
 
 
 def _status_table(plan, i2d_parquet: Path, outcomes: dict, stored: dict, shard: int,

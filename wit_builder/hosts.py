@@ -20,7 +20,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import WitError
 
@@ -120,6 +119,10 @@ class Resolver:
             ttl = self.ttl
         except socket.gaierror as e:
             answer, ttl = e, self.negative_ttl
+        except BaseException:  # not a DNS answer (a name IDNA cannot encode): let waiters retry
+            with self._lock:
+                self._pending.pop(key).set()
+            raise
         with self._lock:
             self.lookups += 1
             if isinstance(answer, socket.gaierror):
@@ -284,16 +287,3 @@ def digest(entries: list[str]) -> str:
     fetches again."""
     import hashlib
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
-
-
-def figures(counts: dict[str, Counter], top: int = 10) -> dict:
-    """Per-host figures for a summary: totals and the hosts with most failures."""
-    rows = []
-    for host, c in counts.items():
-        failed = c["requests"] - c["success"]
-        rows.append({"host": host, "requests": c["requests"], "success": c["success"],
-                     "rate_limited": c["rate_limited"], "robots_disallowed": c["robots_disallowed"],
-                     "failed": failed})
-    rows.sort(key=lambda r: (-r["failed"], r["host"]))
-    return {"hosts": len(rows), "top_failing_hosts": [r for r in rows[:top] if r["failed"]]}
-

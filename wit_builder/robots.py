@@ -78,6 +78,39 @@ def _classify(origin: str, fetcher) -> dict:
             "crawl_delay": None if delay is None else float(delay)}
 
 
+def fetch_all(work, first_shard: int, settings: dict, prev, retries: int, time_limit: float) -> None:
+    """The robots pass of a fetch run: the origins of work/plan/origins.parquet, a Ray
+    task per bucket, into work/robots/FFFFF-BBBBB.parquet (F: the run's first shard, so
+    a retry's files do not clash with the last run's). Finished buckets are kept."""
+    import pyarrow.parquet as pq
+
+    from . import cluster
+    with (work / "plan" / "origins.parquet").open("rb") as f:
+        table = pq.read_table(f)
+    buckets: dict[int, list[str]] = {}
+    for origin, b in zip(table["origin"].to_pylist(), table["robots_bucket"].to_pylist()):
+        buckets.setdefault(b, []).append(origin)
+    out = work / "robots"
+    todo = [b for b in sorted(buckets) if not (out / f"{first_shard:05d}-{b:05d}.parquet").exists()]
+    if not todo:
+        return
+    previous = sorted((prev / "robots").glob("*.parquet"), key=str) \
+        if prev is not None and (prev / "robots").exists() else None
+    cluster.ensure_ray()
+    cluster.run_units(fetch_bucket, ((buckets[b], out / f"{first_shard:05d}-{b:05d}.parquet", settings,
+                                      previous) for b in todo),
+                      "fetch: robots.txt", total=len(todo), done=len(buckets) - len(todo),
+                      retries=retries, time_limit=time_limit, unit="bucket")
+
+
+def shard_rows(plan, robots_dir) -> list[dict]:
+    """The robots rows of a download shard's origins (its plan rows name their buckets)."""
+    buckets = set(plan["robots_bucket"].to_pylist())
+    files = [f for f in sorted(robots_dir.glob("*.parquet"), key=str)
+             if int(f.stem.split("-")[1]) in buckets]
+    return read_rows(files, set(plan["origin"].to_pylist()))
+
+
 def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None = None) -> dict:
     """Ray task: the robots rows of `origins` into `out` (a Parquet file in the build).
     Rows of `previous` (fetch/robots files of the fetch being retried) that still hold
