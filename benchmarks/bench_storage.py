@@ -48,7 +48,7 @@ def commands(pool: str, out: str) -> dict[str, list[str]]:
         "balance": ["balance", "--per-query", "150", "--seed", "0", "--mode", "cap"],
         "fetch": ["fetch", "--image-size", "64", "--resize-mode", "border", "--encode-quality",
                   "90", "--timeout", "2", "--retries", "0", "--threads", "16",
-                  "--fetch-shard-size", "500", "--allow-private-network"],
+                  "--fetch-shard-size", "500", "--allow-private-network", "--per-host-rps", "0"],
         "curate": ["curate", "--min-side", "32", "--max-aspect", "3", "--min-caption-words", "3",
                    "--near-dup-bits", "10"],
         "publish": ["publish", "--shard-size", "500", "--seed", "0"],

@@ -25,7 +25,7 @@ from wit_builder.stage import committed, read_record
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green", "black") for t in ("circle", "star", "square", "heart"))]
 FETCH = dict(image_size=32, timeout=5.0, retries=0, threads=4, fetch_shard_size=5,
-             shards_in_flight=2, allow_private_network=True)
+             shards_in_flight=2, allow_private_network=True, per_host_rps=0)
 SETTINGS = {"fetch": FETCH, "curate": {"min_side": 16}, "publish": {"shard_size": 4, "seed": 3}}
 
 
