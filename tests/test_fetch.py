@@ -70,7 +70,8 @@ def check_one_row_per_uid_and_shards(build: Path, uids: list[str]) -> list[dict]
 
 def fast(**kw) -> fetch.Config:
     base = dict(image_size=32, timeout=2.0, retries=0, threads=4, fetch_shard_size=6,
-                shards_in_flight=2, allow_private_network=True, per_host_rps=0)
+                shards_in_flight=2, allow_private_network=True, per_host_rps=0,
+                host_give_up_after=0)
     return fetch.Config(**{**base, **kw})
 
 
@@ -381,7 +382,7 @@ def test_sigkill_mid_run_then_rerun_completes(build, ray_cluster):
         uids = write_selected(build, urls)
         cmd = [sys.executable, "-m", "wit_builder.cli", "fetch", "--out", str(build),
                "--allow-private-network", "--fetch-shard-size", "4", "--shards-in-flight", "1",
-               "--threads", "2", "--image-size", "32", "--timeout", "5"]
+               "--threads", "2", "--image-size", "32", "--timeout", "5", "--per-host-rps", "0"]
         # the CLI joins the session's Ray (its own job: its workers go when it is killed)
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
         proc = subprocess.Popen(cmd, env=env, start_new_session=True,

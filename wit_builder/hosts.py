@@ -162,8 +162,8 @@ class HostBudget:
 
 @dataclass
 class _Host:
-    budget: HostBudget
-    gate: threading.BoundedSemaphore
+    budget: HostBudget | None        # None: not limited (only its failures are counted)
+    gate: threading.BoundedSemaphore | None
     next_slot: int = 0
     backoff: int = 1                 # use every backoff-th of this shard's slots
     paused_until: float = 0.0        # wall-clock time (Retry-After)
@@ -174,14 +174,14 @@ class _Host:
 
 class HostLimits:
     """One shard's per-host limits. `budgets` gives each host's share (hosts not in
-    it are unlimited); `deadline` (wall clock) is when a request that has not started
-    is no longer worth waiting for: it fails `host_deferred` so the shard ends in time."""
+    it are not limited, but still given up on after `give_up_after` failures in a
+    row); `deadline` (wall clock) is when a request that has not started is no longer
+    worth waiting for: it fails `host_deferred` so the shard ends in time."""
 
     def __init__(self, budgets: dict[str, HostBudget], give_up_after: int = 0,
                  deadline: float | None = None):
         self._hosts = {h: _Host(b, threading.BoundedSemaphore(b.connections))
                        for h, b in budgets.items()}
-        self._free: dict[str, Counter] = {}
         self.give_up_after = give_up_after
         self.deadline = deadline
         self._lock = threading.Lock()
@@ -190,11 +190,11 @@ class HostLimits:
         """Wait for a connection and a time slot of `host`; raises netguard.Failure if
         the host was given up on or its next slot is past the deadline."""
         from .netguard import Failure
-        h = self._hosts.get(host)
-        if h is None:
-            return _Held(self, host, None)
+        h = self._host(host)
         if h.given_up:
             raise Failure("host_given_up", h.given_up)
+        if h.budget is None or h.gate is None:
+            return _Held(self, host, None)
         h.gate.acquire()
         try:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
@@ -220,19 +220,30 @@ class HostLimits:
             raise
         return _Held(self, host, h)
 
-    def record(self, host: str, status: str, retry_after: float | None = None) -> None:
-        """Adapt to what one request to `host` gave."""
+    def _host(self, host: str) -> _Host:
         h = self._hosts.get(host)
         if h is None:
-            return
+            with self._lock:
+                h = self._hosts.setdefault(host, _Host(None, None))
+        return h
+
+    def limited(self, host: str) -> bool:
+        """True if `host`'s requests are spaced by a budget (retries need no pause of their own)."""
+        h = self._hosts.get(host)
+        return h is not None and h.budget is not None
+
+    def record(self, host: str, status: str, retry_after: float | None = None) -> None:
+        """Adapt to what one request to `host` gave."""
+        h = self._host(host)
         with self._lock:
             h.counts["requests"] += 1
             h.counts[status] += 1
-            if status in ("rate_limited", "server_error"):
+            slowed = status in ("rate_limited", "server_error")
+            if h.budget is not None and slowed:
                 h.backoff = min(MAX_BACKOFF, h.backoff * 2)
                 if retry_after:
                     h.paused_until = max(h.paused_until, time.time() + min(retry_after, MAX_PAUSE))
-            elif h.backoff > 1:
+            elif h.budget is not None and h.backoff > 1:
                 h.backoff -= 1          # recover slowly: one step per answer that was not 429/5xx
             if status in HOST_FAILURES:
                 h.failures_in_a_row += 1

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from .hosts import host_of
+
 DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
                       "honours X-Robots-Tag noai/noimageai; uses img2dataset)")
 # X-Robots-Tag directives addressed to these tokens (or to no token) apply to us.
@@ -357,7 +359,8 @@ class Fetcher:
                 if f.status not in RETRY_NOW or attempt == self.policy.retries or f is last:
                     return None, f.status, str(f)
                 last = f
-                if self.limits is None:  # the limits space a host's requests themselves
+                if self.limits is None or not self.limits.limited(host_of(url)):
+                    # (a limited host's slots and back-off space its tries themselves)
                     time.sleep(min(10.0, f.retry_after if f.retry_after is not None
                                    else 0.25 * 2 ** attempt))
             except Exception as e:  # one odd URL must not take its shard down
@@ -368,7 +371,6 @@ class Fetcher:
         """get(url) on one of its host's slots; the limits and the observer hear how it went."""
         if self.limits is None and self.observer is None:
             return self.get(url)
-        from .hosts import host_of
         host = host_of(url)
         held = self.limits.acquire(host) if self.limits is not None else None
         status, retry_after = "success", None

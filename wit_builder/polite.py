@@ -152,7 +152,8 @@ class Shard:
             delays[host_of(origin)] = max(delay, delays.get(host_of(origin), 0.0))
         budgets = shard_budgets(plan, p["per_host_rps"], p["per_host_connections"], delays)
         deadline = time.time() + 0.8 * p["shard_time_limit"]
-        self.limits = HostLimits(budgets, p["host_give_up_after"], deadline) if budgets else None
+        self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline)
+                       if budgets or p["host_give_up_after"] else None)
         self.counts: dict[str, Counter] = {}
         self._lock = threading.Lock()
 
