@@ -71,18 +71,18 @@ def _esc(s: str) -> str:
 
 def layout(n_rows: int, shard_size: int) -> tuple[int, int]:
     """(shards, block): rows in host order go block by block to shards 0, 1, ..., n-1,
-    0, 1, ...; no shard gets more than `shard_size` rows."""
+    0, 1, ...; n = ceil(rows / shard_size), as many shards as whole shards need (an
+    extra, part-empty shard would leave CPUs idle in the last wave), and the largest
+    block up to about shard_size / BLOCKS_PER_SHARD with which no shard gets more than
+    `shard_size` rows (block 1 always fits)."""
     if n_rows == 0:
         return 0, 1
     rounds = max(1, min(BLOCKS_PER_SHARD, shard_size // 8))
     n = math.ceil(n_rows / shard_size)
-    for _ in range(n_rows + 1):  # bounded: n = n_rows always fits (one row a shard)
-        block = math.ceil(n_rows / (n * rounds))
-        blocks = math.ceil(n_rows / block)
-        if math.ceil(blocks / n) * block <= shard_size:
+    for block in range(math.ceil(n_rows / (n * rounds)), 0, -1):  # bounded by the first block
+        if math.ceil(math.ceil(n_rows / block) / n) * block <= shard_size:
             return n, block
-        n += 1
-    return n_rows, 1
+    return n, 1
 
 
 def deal(con, n_shards: int, block: int, offset: int, dest: str) -> None:
