@@ -96,6 +96,9 @@ def fetch_all(work, first_shard: int, settings: dict, prev, retries: int, time_l
         return
     previous = sorted((prev / "robots").glob("*.parquet"), key=str) \
         if prev is not None and (prev / "robots").exists() else None
+    if len(todo) == 1:  # one bucket (up to 2,000 origins): here, without a round of Ray tasks
+        fetch_bucket(buckets[todo[0]], out / f"{first_shard:05d}-{todo[0]:05d}.parquet", settings, previous)
+        return
     cluster.ensure_ray()
     cluster.run_units(fetch_bucket, ((buckets[b], out / f"{first_shard:05d}-{b:05d}.parquet", settings,
                                       previous) for b in todo),
