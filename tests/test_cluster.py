@@ -130,7 +130,8 @@ def _commands(world, src: dict, out: str) -> list[list[str]]:
         ["match", "--out", out],
         ["balance", "--per-query", "30", "--seed", "1", "--out", out],
         ["fetch", "--allow-private-network", "--image-size", "32", "--timeout", "1.5",
-         "--retries", "0", "--threads", "8", "--fetch-shard-size", "150", "--out", out],
+         "--retries", "0", "--threads", "8", "--fetch-shard-size", "150", "--out", out,
+         "--per-host-rps", "0", "--host-give-up-after", "0"],   # the world's one server is ours
         ["curate", "--min-side", "16", "--eval-images", src["eval"], "--out", out],
         ["publish", "--shard-size", "100", "--seed", "2", "--out", out],
     ]

@@ -590,7 +590,7 @@ def test_curate_reuses_fetch_phash_and_decodes_changed_bytes(build, tmp_path, ra
     with imageserver.serve(root=files) as srv:
         write_selected(build, [srv.url(f"/files/{n}") for n in pics])
         fetch.run(fetch.Config(image_size=128, timeout=5.0, retries=0, fetch_shard_size=4,
-                               allow_private_network=True), build)
+                               allow_private_network=True, per_host_rps=0), build)
     cfg = curate.Config(min_side=100)
     res = curate.run(cfg, build)
     rows = {r["url"].rsplit("/", 1)[-1]: r for r in pq.read_table(committed(build, "curate")).to_pylist()}

@@ -25,7 +25,7 @@ from wit_builder.stage import committed, read_record
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green", "black") for t in ("circle", "star", "square", "heart"))]
 FETCH = dict(image_size=32, timeout=5.0, retries=0, threads=4, fetch_shard_size=5,
-             shards_in_flight=2, allow_private_network=True)
+             shards_in_flight=2, allow_private_network=True, per_host_rps=0, host_give_up_after=0)
 SETTINGS = {"fetch": FETCH, "curate": {"min_side": 16}, "publish": {"shard_size": 4, "seed": 3}}
 
 
@@ -122,7 +122,7 @@ def test_sigkill_mid_fetch_and_mid_curate_on_s3(s3_build, served, ray_cluster):
     base = [sys.executable, "-m", "wit_builder.cli"]
     fetch_cmd = base + ["fetch", "--out", s3_build, "--allow-private-network",
                         "--fetch-shard-size", "3", "--shards-in-flight", "1", "--threads", "1",
-                        "--image-size", "32", "--timeout", "5"]
+                        "--image-size", "32", "--timeout", "5", "--per-host-rps", "0"]
     proc = subprocess.Popen(fetch_cmd, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = lambda: list(build.glob("_work/fetch-*/done/*/summary.json"))  # noqa: E731

@@ -30,6 +30,8 @@ EXTRA = {
     "report": ("wit_builder.report", "write the HTML data card with plots"),
     "export": ("wit_builder.export", "hand the shards to other tools: a Hugging Face "
                "datasets folder, open_clip_train's flags"),
+    "takedown": ("wit_builder.takedown", "remove samples from the published shards (takedown "
+                 "requests), rewriting only the shards that held them"),
 }
 
 

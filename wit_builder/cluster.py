@@ -119,7 +119,7 @@ def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | N
               in_flight: int | None = None, retries: int = 2, time_limit: float | None = None,
               num_cpus: float = 1.0, done: int = 0, raise_failed: bool = True,
               on_result: Callable[[Any], str | None] | None = None,
-              unit: str = "task") -> Outcome:
+              unit: str = "task", tokens: Callable[[tuple], Iterable[str]] | None = None) -> Outcome:
     """Run `fn(*args)` as a Ray task for every args tuple in `units`.
 
     The stage passes only the units that are not done yet (`done` counts the others,
@@ -129,7 +129,9 @@ def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | N
     again up to `retries` times; a WitError it raises is the user's mistake and is
     raised here at once. With `raise_failed`, a unit that failed every try raises
     RuntimeError; otherwise it is reported in `Outcome.failed`. `on_result` may
-    return a progress-bar postfix.
+    return a progress-bar postfix. `tokens(args)` names what a unit holds exclusively
+    while it runs: a unit waits (later ones may start first) while another in flight
+    holds one of its tokens.
     """
     import ray
     from tqdm import tqdm
@@ -140,20 +142,41 @@ def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | N
     again: deque = deque()
     inflight: dict = {}
     stopped: set = set()
+    busy: dict[str, int] = {}   # tokens held by units in flight
+    waiting: deque = deque()    # units drawn from `units` whose tokens were busy
     out = Outcome()
     total = None if total is None else total + done
     with tqdm(total=total, initial=done, desc=desc, unit=unit, disable=None,
               mininterval=0.5) as bar:
+        def held(args) -> list[str]:
+            return list(tokens(args)) if tokens is not None else []
+
+        def start(index, args, tries) -> None:
+            for t in held(args):
+                busy[t] = busy.get(t, 0) + 1
+            inflight[remote.remote(*args)] = (index, args, tries, time.monotonic())
+
+        def finish(args) -> None:
+            for t in held(args):
+                busy[t] -= 1
+
         def submit() -> bool:
-            if again:
-                index, args, tries = again.popleft()
-            else:
+            for queue in (again, waiting):
+                for i, (index, args, tries) in enumerate(queue):
+                    if not any(busy.get(t) for t in held(args)):
+                        del queue[i]
+                        start(index, args, tries)
+                        return True
+            while len(waiting) < 4 * limit:  # bounded look-ahead past units that must wait
                 nxt = next(source, None)
                 if nxt is None:
                     return False
-                (index, args), tries = nxt, 0
-            inflight[remote.remote(*args)] = (index, args, tries, time.monotonic())
-            return True
+                index, args = nxt
+                if not any(busy.get(t) for t in held(args)):
+                    start(index, args, 0)
+                    return True
+                waiting.append((index, args, 0))
+            return False
 
         try:
             while True:
@@ -165,6 +188,7 @@ def run_units(fn: Callable, units: Iterable[tuple], desc: str, *, total: int | N
                                     timeout=1.0 if time_limit else None)
                 for ref in ready:
                     index, args, tries, _t = inflight.pop(ref)
+                    finish(args)
                     try:
                         res = ray.get(ref)
                     except Exception as e:  # crashed, killed or stopped: try the unit again

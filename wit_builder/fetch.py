@@ -1,14 +1,19 @@
 """Download the selected pairs with img2dataset's downloader, shard by shard, from Ray tasks.
 
-The selected pairs are split into download shards with every host spread evenly over
-the shards (no shard hammers one host). Each shard is one Ray task that runs
-img2dataset's `Downloader` (its thread pool, resizer and WebDataset writer) with
-`netguard.Fetcher` in place of its bare urllib call. At most --shards-in-flight
-shards run at once; a shard that fails or outlives --shard-time-limit is tried
-again. A shard task downloads into its own machine's temporary folder and puts the
-finished shard into the stage's work prefix in the build (summary.json last), so a
-killed run resumes where it stopped, from any machine, and no node needs another's disk. Every selected uid ends with exactly one row in
-fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar.
+The plan drops the pairs the opt-out lists name (`excluded`) and lays the rest out
+over the download shards with each host's URLs in few consecutive shards
+(`polite.deal`); a robots.txt pass fetches every origin's robots.txt once
+(`robots.py`). Each shard is one Ray task that runs img2dataset's `Downloader` (its
+thread pool, resizer and WebDataset writer) with `netguard.Fetcher` in place of its
+bare urllib call, under the shard's share of each host's limits and with a DNS cache
+its threads share (`polite.Shard`). At most --shards-in-flight shards run at once
+(never two holding the same slot class of a big host); a shard that fails or
+outlives --shard-time-limit is tried again. A shard task downloads into its own
+machine's temporary folder and puts the finished shard into the stage's work prefix
+in the build (summary.json last), so a killed run resumes where it stopped, from any
+machine, and no node needs another's disk. Every selected uid ends with exactly one
+row in fetch/status/ (the `samples` view); images are in fetch/shards/NNNNN.tar,
+per-host counts in fetch/hosts/ and robots.txt in fetch/robots/.
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalog, cluster, storage
+from . import catalog, cluster, polite, storage
 from . import config as cfgmod
 from .errors import WitError
+from .hosts import digest, parse_overrides, read_list
 from .netguard import DEFAULT_USER_AGENT, TRANSIENT
 from .stage import (StageContext, StageOutput, StageResult, output_dir, params_hash, read_record,
                     require, run_stage)
@@ -69,6 +75,32 @@ class Config:
                 "reasons (timeouts, connection errors, 429, 5xx; not 404) and update their rows"})
     allow_private_network: bool = field(default=False, metadata={
         "help": "fetch from loopback/private/link-local/reserved addresses (tests, intranets)"})
+    robots_txt: bool = field(default=True, metadata={
+        "help": "fetch each origin's /robots.txt once and skip what it disallows for "
+                "wit-build (robots_disallowed), honouring Crawl-delay; an unreachable or 5xx "
+                "robots.txt disallows the origin for now (robots_unavailable, RFC 9309)"})
+    exclude_domains: str | None = field(default=None, metadata={
+        "help": "plain list of domains (one a line) whose URLs are never requested, "
+                "subdomains included (status excluded)", "metavar": "FILE"})
+    exclude_urls: str | None = field(default=None, metadata={
+        "help": "plain list of URLs (one a line) that are never requested (status excluded)",
+        "metavar": "FILE"})
+    per_host_rps: float = field(default=2.0, metadata={
+        "help": "requests per second to any one host, across the whole cluster "
+                "(0: no per-host limits)"})
+    per_host_connections: int = field(default=2, metadata={
+        "help": "connections open to any one host at once, across the whole cluster"})
+    host_give_up_after: int = field(default=10, metadata={
+        "help": "a host failing this many requests in a row (timeouts, refusals, 429, 5xx) "
+                "is given up on for the shard: its other URLs are host_given_up (0: never)"})
+    dns_cache_ttl: float = field(default=300.0, metadata={
+        "help": "seconds a shard keeps a host's DNS answer (a failure: 60 s)"})
+    resolve: list[str] = field(default_factory=list, metadata={
+        "help": "NAME=ADDRESS pairs used instead of DNS for these names, as curl's --resolve "
+                "(tests, pinned mirrors); the address guard still applies", "metavar": "NAME=ADDR"})
+    resolve_only: bool = field(default=False, metadata={
+        "help": "look host names up only in --resolve, never in DNS (sealed networks, tests): "
+                "any other name is dns_error"})
     robots_tag: bool = field(default=True, metadata={
         "help": "honour X-Robots-Tag opt-outs (--robots-directives) sent with images"})
     robots_directives: list[str] = field(default_factory=lambda: [
@@ -83,15 +115,17 @@ class Config:
 
 def check(cfg: Config) -> None:
     """The flag values' own mistakes, found before anything runs."""
+    zero_ok = ("retries", "shards_in_flight", "shard_retries", "per_host_rps", "host_give_up_after")
     for name in ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
-                 "max_image_area", "max_image_bytes", "retries", "shards_in_flight", "shard_retries"):
-        least = 0 if name in ("retries", "shards_in_flight", "shard_retries") else 1e-9
+                 "max_image_area", "max_image_bytes", "per_host_connections", "dns_cache_ttl") + zero_ok:
+        least = 0 if name in zero_ok else 1e-9
         if getattr(cfg, name) < least:
             raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be "
                            f"{'0 or more' if least == 0 else 'above 0'}")
     for name, choices in (("resize_mode", RESIZE_MODES), ("encode_format", ENCODE_FORMATS)):
         if getattr(cfg, name) not in choices:
             raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: choose one of {', '.join(choices)}")
+    parse_overrides(cfg.resolve)
     top = 9 if cfg.encode_format == "png" else 100
     if not 0 <= cfg.encode_quality <= top:
         raise WitError(f"--encode-quality {cfg.encode_quality}: must be 0-{top} for {cfg.encode_format}")
@@ -102,6 +136,10 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     check(cfg)
     build = storage.location(build)
     base = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "retry_failed"}
+    lists = {name: read_list(getattr(cfg, name), cfgmod.flag(name), name == "exclude_domains")
+             for name in ("exclude_domains", "exclude_urls") if getattr(cfg, name)}
+    for name, entries in lists.items():  # a changed list fetches again
+        base[f"{name}_sha256"] = digest(entries)
     old = read_record(build, "fetch")
     if cfg.retry_failed:
         params = _retry_params(build, base, old)
@@ -112,8 +150,10 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
         params = old["params"]  # the retried output of this very fetch is complete: keep it
     else:
         params = base
-    return run_stage(build, "fetch", params, lambda ctx: _work(ctx, cfg),
-                     outputs=["fetch"], views={"samples": "fetch/status/*.parquet"},
+    return run_stage(build, "fetch", params, lambda ctx: _work(ctx, cfg, lists),
+                     outputs=["fetch"], views={"samples": "fetch/status/*.parquet",
+                                               "hosts": "fetch/hosts/*.parquet",
+                                               "robots": "fetch/robots/*.parquet"},
                      inputs=("balance",), force=force)
 
 
@@ -143,11 +183,13 @@ def _transient_rows(build) -> int:
                        f"WHERE status IN {IN_TRANSIENT}").fetchall()[0][0]
 
 
-def _work(ctx: StageContext, cfg: Config) -> StageOutput:
+def _work(ctx: StageContext, cfg: Config, lists: dict[str, list[str]]) -> StageOutput:
     prev = output_dir(ctx.build, read_record(ctx.build, "fetch")) if "retry_of" in ctx.params else None
-    plan = _plan(ctx, cfg, prev)
+    plan = _plan(ctx, cfg, prev, lists)
     t0 = time.time()
-    run_stats, failed = _download(ctx.work, plan["shards"], cfg, plan["oom_shard_count"])
+    if cfg.robots_txt:
+        _robots(ctx, cfg, plan, prev)
+    run_stats, failed = _download(ctx.work, plan, cfg)
     seconds = time.time() - t0
     return _assemble(ctx, plan, failed, prev, run_stats, seconds)
 
@@ -159,11 +201,12 @@ def _shard_name(shard: int, oom: int) -> str:
     return f"{shard:0{oom}d}"
 
 
-def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
+def _plan(ctx: StageContext, cfg: Config, prev: Path | None, lists: dict[str, list[str]]) -> dict:
     """Split the pairs into download shards under work/plan/ (once; reused on resume).
 
-    Rows sorted by host are dealt round-robin over the shards, so a host with k pairs
-    has at most ceil(k / shards) in any shard; inside a shard hosts alternate.
+    Pairs the opt-out lists name go to plan/excluded.parquet; the rest are laid out
+    by polite.deal (each host in few consecutive shards; inside a shard hosts
+    alternate); plan/origins.parquet lists the robots.txt origins in buckets.
     """
     import duckdb
     done = ctx.work / "plan" / "plan.json"
@@ -185,38 +228,52 @@ def _plan(ctx: StageContext, cfg: Config, prev: Path | None) -> dict:
                 f"WHERE status IN {IN_TRANSIENT}")
     try:
         con.execute(f"CREATE TEMP TABLE pairs AS {rows}")
-        n = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
-        given = n if prev else con.execute(f"SELECT count(*) FROM read_parquet({_sql(src)})").fetchall()[0][0]
+        given = None if prev else con.execute(f"SELECT count(*) FROM read_parquet({_sql(src)})").fetchall()[0][0]
     except duckdb.Error as e:
         raise WitError(f"{src}: cannot read the pairs to fetch ({str(e).splitlines()[0]}); "
                        "rerun the stage that wrote them") from None
-    n_shards = math.ceil(n / cfg.fetch_shard_size)
+    polite.add_host_columns(con)
+    where = {k: getattr(cfg, k) for k in lists}
+    excluded = polite.exclude(con, lists.get("exclude_domains", []), lists.get("exclude_urls", []), where)
+    polite.origins(con)
+    n = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
+    n_shards, block = polite.layout(n, cfg.fetch_shard_size)
     if n:
-        con.execute(f"""COPY (
-            WITH h AS (SELECT *, lower(coalesce(regexp_extract(url,
-                         '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\\[[^\\]]*\\]|[^:/?#]*)', 1), ''))
-                         AS host FROM pairs),
-                 d AS (SELECT *, (row_number() OVER (ORDER BY host, uid) - 1) % {n_shards}
-                         AS shard FROM h),
-                 e AS (SELECT *, row_number() OVER (PARTITION BY shard, host ORDER BY uid)
-                         AS host_rank FROM d)
-            SELECT uid, url, text, selected_by, query_ids, ({offset} + shard)::INTEGER AS fetch_shard,
-                   row_number() OVER (PARTITION BY shard ORDER BY host_rank, hash(host), host, uid)
-                     AS ord
-            FROM e) TO {_sql(tmp)} (FORMAT parquet, PARTITION_BY (fetch_shard))""")
+        polite.deal(con, n_shards, block, offset, _sql(tmp))
+    con.execute(f"COPY (SELECT uid, url, text, selected_by, query_ids, error FROM excluded) "
+                f"TO {_sql(tmp / 'excluded.parquet')} (FORMAT parquet)")
+    con.execute(f"COPY (SELECT * FROM origins ORDER BY origin) TO {_sql(tmp / 'origins.parquet')} "
+                "(FORMAT parquet)")
     shards = list(range(offset, offset + n_shards))
-    plan = {"rows": n, "duplicate_uids": given - n, "shards": shards,
+    exclusive = (polite.exclusive(con, _sql(tmp / "fetch_shard=*" / "*.parquet"), cfg.per_host_connections)
+                 if n and cfg.per_host_rps > 0 else {})
+    plan = {"rows": n, "excluded": excluded, "shards": shards, "block": block,
+            "duplicate_uids": 0 if prev else given - n - excluded,
+            "robots_buckets": con.execute("SELECT count(DISTINCT robots_bucket) FROM origins").fetchall()[0][0],
+            "exclusive": {str(k): v for k, v in exclusive.items()},
             "oom_shard_count": max(5, len(str(shards[-1])) if shards else 0)}
+    con.close()
     for part in sorted(tmp.glob("fetch_shard=*/*.parquet")):
         storage.upload_file(part, ctx.work / "plan" / f"{part.parent.name}.parquet")
+    for name in ("excluded.parquet", "origins.parquet"):
+        storage.upload_file(tmp / name, ctx.work / "plan" / name)
     storage.write_json(done, plan)
     shutil.rmtree(tmp, ignore_errors=True)
     return plan
 
 
-def _download(work, shards: list[int], cfg: Config, oom: int) -> tuple[dict, dict[int, str]]:
+def _robots(ctx: StageContext, cfg: Config, plan: dict, prev: Path | None) -> None:
+    """Every origin's robots.txt into work/robots/ (robots.fetch_all)."""
+    from . import robots
+    robots.fetch_all(ctx.work, plan["shards"][0] if plan["shards"] else 0,
+                     _task_settings(cfg, plan["oom_shard_count"]), prev,
+                     retries=cfg.shard_retries, time_limit=cfg.shard_time_limit)
+
+
+def _download(work, plan: dict, cfg: Config) -> tuple[dict, dict[int, str]]:
     """Run the unfinished shards as Ray tasks; returns this run's counts and the shards
     that failed every try (shard -> reason)."""
+    shards, oom = plan["shards"], plan["oom_shard_count"]
     done_dir = work / "done"
     finished = {s for s in shards if (done_dir / _shard_name(s, oom) / "summary.json").exists()}
     seen = [storage.read_json(done_dir / _shard_name(s, oom) / "summary.json") for s in finished]
@@ -237,13 +294,15 @@ def _download(work, shards: list[int], cfg: Config, oom: int) -> tuple[dict, dic
 
     # more shards than CPUs share them (downloads wait on the network), so every shard
     # in flight is running and --shard-time-limit counts from its start
+    # two shards holding the same slot class of a host never run at once (polite.exclusive)
+    exclusive = plan.get("exclusive", {})
     outcome = cluster.run_units(
-        _fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings)
-                       for s in todo),
+        _fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings,
+                        work / "robots") for s in todo),
         "fetch", total=len(todo), done=len(finished), in_flight=limit,
         retries=cfg.shard_retries, time_limit=cfg.shard_time_limit,
         num_cpus=min(1.0, cluster.cpus() / limit), raise_failed=False, on_result=progress,
-        unit="shard")
+        unit="shard", tokens=lambda args: exclusive.get(str(args[0]), ()))
     failed = {todo[i]: f"shard {todo[i]} {why}".replace(
         "its time limit of", "--shard-time-limit") for i, why in outcome.failed.items()}
     return run_stats, failed
@@ -258,16 +317,22 @@ def _task_settings(cfg: Config, oom: int) -> dict:
         "resize": {"image_size": cfg.image_size, "resize_mode": cfg.resize_mode,
                    "encode_format": cfg.encode_format, "encode_quality": cfg.encode_quality,
                    "max_image_area": cfg.max_image_area, "reduced_decode": cfg.reduced_decode},
+        "polite": {"robots_txt": cfg.robots_txt, "per_host_rps": cfg.per_host_rps,
+                   "per_host_connections": cfg.per_host_connections,
+                   "host_give_up_after": cfg.host_give_up_after, "dns_cache_ttl": cfg.dns_cache_ttl,
+                   "resolve": parse_overrides(cfg.resolve), "resolve_only": cfg.resolve_only,
+                   "shard_time_limit": cfg.shard_time_limit},
         "threads": cfg.threads, "shard_size": cfg.fetch_shard_size, "oom_shard_count": oom,
     }
 
 
-def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
+def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> dict:
     """Ray task: download one shard with img2dataset into done_dir/NNNNN/ in the build.
 
     It works in a temporary folder of the machine it runs on and puts NNNNN.tar and
-    NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status)
-    and, last, summary.json (the proof that the shard is done) into done_dir/NNNNN/.
+    NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status),
+    hosts.parquet (its per-host counts) and, last, summary.json (the proof that the
+    shard is done) into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -283,6 +348,8 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
     from PIL import Image
 
     from .netguard import Fetcher, Policy
+    from .polite import Shard
+    from .robots import shard_rows
     from .resizing import CvTap, Download, hashing_resizer
 
     oom = settings["oom_shard_count"]
@@ -301,12 +368,16 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
 
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
-        fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}))
+        manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [])
+        fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}),
+                          manners.resolver, manners.limits, manners.request)
         outcomes: dict[int, tuple] = {}
 
         def fetch(row, **_img2dataset_options):
             index, url = row
-            data, status, error = fetcher.fetch(url)
+            refused = manners.refuse(url)  # robots.txt (or its host's DNS) says no: not requested
+            data, status, error = (None, *refused) if refused else fetcher.fetch(url)
+            manners.outcome(url, status)
             outcomes[index] = (status, error, None if data is None else len(data))
             return index, (None if data is None else Download(index, data)), error
 
@@ -340,8 +411,10 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict) -> dict:
         for st in statuses:
             counts[st] = counts.get(st, 0) + 1
         summary = {"shard": shard, "rows": len(statuses), "success": counts.get("success", 0),
-                   "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b)}
-        for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet"):
+                   "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b),
+                   "dns": manners.dns()}
+        pq.write_table(manners.table(), out / "hosts.parquet")
+        for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet", "hosts.parquet"):
             storage.upload_file(out / f, final / f)
         storage.write_json(final / "summary.json", summary)
     return summary
@@ -418,6 +491,7 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_s
     settings = {"shard_size": ctx.params["fetch_shard_size"], "oom_shard_count": oom}
     counts: dict[str, int] = {}
     total_bytes = 0
+    dns_lookups = 0
 
     def add(statuses: dict[str, int], size: int = 0) -> None:
         nonlocal total_bytes
@@ -431,8 +505,10 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_s
         if shard not in failed:
             summary = storage.read_json(done / "summary.json")
             add(summary["statuses"], summary["bytes"])
+            dns_lookups += summary.get("dns", {}).get("lookups", 0)
             for f in (f"{name}.tar", f"{name}_stats.json"):
                 ctx.adopt(done / f, f"fetch/shards/{f}")
+            ctx.adopt(done / "hosts.parquet", f"fetch/hosts/{name}.parquet")
             ctx.adopt(done / "status.parquet", f"fetch/status/{name}.parquet")
             continue
         with (ctx.work / "plan" / f"fetch_shard={shard}.parquet").open("rb") as f:
@@ -442,6 +518,7 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_s
             "status": ["shard_failed"] * n, "error": [failed[shard]] * n, "fetch_shard": [shard] * n,
             "key": [_key(i, shard, settings) for i in range(n)]}), status_out / f"{name}.parquet")
         add({"shard_failed": n})
+    add(polite.adopt(ctx, plan, prev, status_out, _with_status))
     if prev is not None:  # keep the previous rows that were not retried, and all its images
         con = catalog.scratch(ctx.scratch, remote=ctx.build)
         for f in sorted((prev / "status").glob("*.parquet"), key=str):
@@ -469,6 +546,8 @@ def _assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_s
         "bytes": int(total_bytes), "shards": len(plan["shards"]),
         "shards_resumed": run_stats["resumed"], "shards_failed": len(failed),
     }
+    summary.update(polite.figures(ctx.work / "done" / "*" / "hosts.parquet", dns_lookups,
+                                  remote=ctx.build, scratch=ctx.scratch))
     if plan["duplicate_uids"]:
         summary["duplicate_uids_dropped"] = plan["duplicate_uids"]
     if prev is not None:

@@ -378,9 +378,11 @@ class Reply:
 class _State:
     """What the handler threads share: the counts and the stop signal."""
 
-    def __init__(self, root: Path | None):
+    def __init__(self, root: Path | None, robots: str | int | None = None):
         self.root = root
+        self.robots = robots
         self.counts: Counter[str] = Counter()
+        self.log: list[tuple[float, float, str]] = []   # (start, end, path) of every request
         self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.held: dict[str, list[float]] = {}   # drip path -> seconds until each client left
@@ -396,6 +398,10 @@ def _route(path: str, hit: int, state: _State) -> Reply:
     parts = path.lstrip("/").split("/", 2)
     head = parts[0]
     rest = "/" + "/".join(parts[1:])
+    if path == "/robots.txt" and state.robots is not None:   # the server's robots.txt, if given
+        if isinstance(state.robots, int):
+            return Reply(state.robots, f"status {state.robots}\n".encode(), "text/plain")
+        return Reply(200, state.robots.encode(), "text/plain")
     if head == "img" and len(parts) == 2:
         m = IMG_NAME.match(parts[1])
         if not m:
@@ -475,6 +481,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self, send_body: bool):
         state: _State = self.server.state  # type: ignore[attr-defined]
+        start = time.time()
+        try:
+            self._reply(state, send_body)
+        finally:
+            with state.lock:
+                state.log.append((start, time.time(), unquote(urlsplit(self.path).path)))
+
+    def _reply(self, state: "_State", send_body: bool):
         path = unquote(urlsplit(self.path).path)
         if path == "/_stats":      # not counted: lets another process read the counts
             with state.lock:
@@ -543,13 +557,17 @@ class _HTTPServer(ThreadingHTTPServer):
 class Server:
     """A running image server. Use as a context manager or call `stop()`."""
 
-    def __init__(self, port: int = 0, root: str | Path | None = None, verbose: bool = False):
-        self._state = _State(Path(root).resolve() if root else None)
-        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
+    def __init__(self, port: int = 0, root: str | Path | None = None, verbose: bool = False,
+                 host: str = "127.0.0.1", robots: str | int | None = None):
+        import ipaddress
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"{host}: the image server listens on loopback addresses only")
+        self._state = _State(Path(root).resolve() if root else None, robots)
+        self._httpd = _HTTPServer((host, port), _Handler)
         self._httpd.state = self._state  # type: ignore[attr-defined]
         self._httpd.verbose = verbose    # type: ignore[attr-defined]
         self.port: int = self._httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"imageserver-{self.port}", daemon=True)
         self._thread.start()
@@ -569,6 +587,12 @@ class Server:
         path = unquote(urlsplit(path_or_url).path) if "://" in path_or_url else path_or_url
         with self._state.lock:
             return list(self._state.held.get(path, []))
+
+    def requests(self) -> list[tuple[float, float, str]]:
+        """(start, end, path) of every request so far: wall-clock seconds from the request
+        line read to the reply sent."""
+        with self._state.lock:
+            return list(self._state.log)
 
     def counts(self) -> dict[str, int]:
         """Requests per path so far."""
@@ -599,13 +623,16 @@ class Server:
         self.stop()
 
 
-def serve(port: int = 0, root: str | Path | None = None, verbose: bool = False) -> Server:
-    """Start a server on 127.0.0.1:`port` (0: a free port) in a background thread.
+def serve(port: int = 0, root: str | Path | None = None, verbose: bool = False,
+          host: str = "127.0.0.1", robots: str | int | None = None) -> Server:
+    """Start a server on `host`:`port` (a loopback address; port 0: a free one) in a
+    background thread.
 
-    `root`, if given, is served read-only under `/files/`. The returned Server is a
+    `root`, if given, is served read-only under `/files/`; `robots` is its /robots.txt
+    (text, or an HTTP status to answer with; None: 404). The returned Server is a
     context manager: `with serve() as srv: ...` stops it on exit.
     """
-    return Server(port, root, verbose)
+    return Server(port, root, verbose, host, robots)
 
 
 class ServerProcess:

@@ -8,7 +8,9 @@ hands img2dataset's downloader `Fetcher.fetch` instead, which
   a DNS answer cannot change between the check and the connection): loopback,
   private, link-local, multicast and reserved addresses are `blocked_address` unless
   the network policy allows private networks;
-- keeps one keep-alive connection per host and thread;
+- resolves each host through a shared `hosts.Resolver` (once per shard; `dns_error`)
+  and keeps a shared pool of keep-alive connections per host (no more than the host's
+  connection budget when `hosts.HostLimits` are given);
 - sends a user agent naming the project and honours X-Robots-Tag opt-outs;
 - gives every attempt a hard wall-clock deadline, connect to last byte, headers and
   redirects included, enforced before every socket read and write (a server that drips
@@ -30,12 +32,18 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from .hosts import host_of
+
 DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
                       "honours X-Robots-Tag noai/noimageai; uses img2dataset)")
 # X-Robots-Tag directives addressed to these tokens (or to no token) apply to us.
 ROBOTS_TOKENS = ("wit", "wit-build", "img2dataset")
 # Failures worth trying again later; everything else is a property of the URL.
-TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed"})
+TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed",
+                       "dns_error", "robots_unavailable", "host_given_up", "host_deferred"})
+# Of those, what is worth trying again within the same shard (a DNS failure is cached
+# for the shard, a given-up host stays given up).
+RETRY_NOW = frozenset({"timeout", "connection_error", "rate_limited", "server_error"})
 MAX_REDIRECTS = 10
 # One attempt (connect, request, headers, body, every redirect hop) ends after this many
 # times --timeout, however steadily a server drips; each single wait is --timeout.
@@ -164,14 +172,20 @@ class _DeadlineSSLSocket(_Deadline, ssl.SSLSocket):
         return self._wait(super().do_handshake, *a, **k)
 
 
+def _getaddrinfo(host: str, port: int) -> list:
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
 def guarded_connect(host: str, port: int, timeout: float, allow_private: bool,
-                    deadline: float | None = None) -> socket.socket:
+                    deadline: float | None = None, resolve=_getaddrinfo) -> socket.socket:
     """A TCP connection to `host`, made only to addresses that passed `address_problem`;
-    every later read and write on it ends by `deadline` (time.monotonic()) if given."""
+    every later read and write on it ends by `deadline` (time.monotonic()) if given.
+    `resolve(host, port)` gives the addresses (getaddrinfo's form): the ones checked
+    are the ones connected to."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = resolve(host, port)
     except socket.gaierror as e:
-        raise Failure("connection_error", f"cannot resolve {host}: {e.strerror or e}") from None
+        raise Failure("dns_error", f"cannot resolve {host}: {e.strerror or e}") from None
     if not allow_private:
         for *_, sockaddr in infos:
             problem = address_problem(sockaddr[0])
@@ -202,26 +216,28 @@ def _set_deadline(sock, deadline: float | None) -> None:
 
 
 class _HTTP(http.client.HTTPConnection):
-    def __init__(self, host, port, timeout, allow_private):
+    def __init__(self, host, port, timeout, allow_private, resolve=_getaddrinfo):
         super().__init__(host, port, timeout=timeout)
         self.allow_private = allow_private
+        self.resolve = resolve
         self.deadline: float | None = None
 
     def connect(self):
         self.sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private,
-                                    self.deadline)
+                                    self.deadline, self.resolve)
 
 
 class _HTTPS(http.client.HTTPSConnection):
-    def __init__(self, host, port, timeout, allow_private, context):
+    def __init__(self, host, port, timeout, allow_private, context, resolve=_getaddrinfo):
         super().__init__(host, port, timeout=timeout, context=context)
         self.allow_private = allow_private
+        self.resolve = resolve
         self.tls = context
         self.deadline: float | None = None
 
     def connect(self):
         sock = guarded_connect(self.host, self.port, self.timeout, self.allow_private,
-                               self.deadline)
+                               self.deadline, self.resolve)
         sock.deadline = None   # the TLS socket below takes over the deadline
         tls = self.tls.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
         tls.step, tls.deadline = self.timeout, self.deadline
@@ -303,11 +319,17 @@ def _status_failure(resp: http.client.HTTPResponse, url: str) -> Failure:
 
 
 class Fetcher:
-    """Fetch image bytes under a `Policy`; thread-safe, one connection per host and thread."""
+    """Fetch image bytes under a `Policy`; thread-safe. Connections are kept alive in a
+    pool per host shared by the threads. `resolver` (a hosts.Resolver) answers DNS for
+    every thread; `limits` (a hosts.HostLimits) spaces and bounds the requests to each
+    host and is told how each went; `observer(host, status)` hears of every request."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, resolver=None, limits=None, observer=None):
         self.policy = policy
-        self._local = threading.local()
+        self.resolver = resolver
+        self.limits = limits
+        self.observer = observer
+        self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
         self._kept: set[http.client.HTTPConnection] = set()  # kept-alive, closed by close()
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context()
@@ -318,24 +340,51 @@ class Fetcher:
             for conn in self._kept:
                 conn.close()
             self._kept.clear()
+            self._idle.clear()
 
     def fetch(self, url: str) -> tuple[bytes | None, str, str | None]:
         """(image bytes, "success", None) or (None, status, error message), retried
         `policy.retries` times for transient failures."""
+        last: Failure | None = None
         for attempt in range(self.policy.retries + 1):
             try:
-                data = self.get(url)
+                data = self._limited(url)
                 problem = image_problem(data, self.policy.max_image_area)
                 if problem:
                     return None, problem[0], problem[1]
                 return data, "success", None
             except Failure as f:
-                if f.status not in TRANSIENT or attempt == self.policy.retries:
+                if f.status in ("host_given_up", "host_deferred") and last is not None:
+                    f = last   # the host's own answer says more than the limits' verdict
+                if f.status not in RETRY_NOW or attempt == self.policy.retries or f is last:
                     return None, f.status, str(f)
-                time.sleep(min(10.0, f.retry_after if f.retry_after is not None else 0.25 * 2 ** attempt))
+                last = f
+                if self.limits is None or not self.limits.limited(host_of(url)):
+                    # (a limited host's slots and back-off space its tries themselves)
+                    time.sleep(min(10.0, f.retry_after if f.retry_after is not None
+                                   else 0.25 * 2 ** attempt))
             except Exception as e:  # one odd URL must not take its shard down
                 return None, "failed", f"{type(e).__name__}: {e}"
         raise AssertionError("unreachable")
+
+    def _limited(self, url: str) -> bytes:
+        """get(url) on one of its host's slots; the limits and the observer hear how it went."""
+        if self.limits is None and self.observer is None:
+            return self.get(url)
+        host = host_of(url)
+        held = self.limits.acquire(host) if self.limits is not None else None
+        status, retry_after = "success", None
+        try:
+            return self.get(url)
+        except Failure as f:
+            status, retry_after = f.status, f.retry_after
+            raise
+        finally:
+            if held is not None:
+                self.limits.record(host, status, retry_after)
+                held.release()
+            if self.observer is not None:
+                self.observer(host, status)
 
     def get(self, url: str) -> bytes:
         """The body of `url` after redirects, or a Failure; the whole attempt (every hop,
@@ -388,23 +437,19 @@ class Fetcher:
                 raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
         raise Failure("redirect_loop", f"more than {MAX_REDIRECTS} redirects")
 
-    def _pool(self) -> dict:
-        pool = getattr(self._local, "pool", None)
-        if pool is None:
-            pool = self._local.pool = {}
-        return pool
-
     def _connect(self, scheme: str, host: str, port: int):
         p = self.policy
-        return (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls) if scheme == "https"
-                else _HTTP(host, port, p.timeout, p.allow_private_network))
+        resolve = _getaddrinfo if self.resolver is None else self.resolver.resolve
+        return (_HTTPS(host, port, p.timeout, p.allow_private_network, self._tls, resolve)
+                if scheme == "https" else _HTTP(host, port, p.timeout, p.allow_private_network, resolve))
 
     def _request(self, parts, port: int, deadline: float):
         key = (parts.scheme, parts.hostname, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         headers = {"User-Agent": self.policy.user_agent, "Accept": "image/*,*/*;q=0.5"}
-        pool = self._pool()
-        conn = pool.pop(key, None)
+        with self._lock:
+            idle = self._idle.get(key)
+            conn = idle.pop() if idle else None
         for reused in ((True, False) if conn is not None else (False,)):
             if not reused:
                 conn = self._connect(parts.scheme, parts.hostname, port)
@@ -431,8 +476,8 @@ class Fetcher:
                 conn.close()
                 raise
         if resp.isclosed() and not resp.will_close:
-            self._pool()[key] = conn
             with self._lock:
+                self._idle.setdefault(key, []).append(conn)
                 self._kept.add(conn)
         else:
             conn.close()

@@ -156,9 +156,12 @@ def _ranges(build, rows, batch: int = 512) -> dict[tuple[str, int], Any]:
 
 
 def _samples(ctx: StageContext) -> str:
-    """SQL reading curate's samples."""
+    """SQL reading curate's samples, less those `wit-build takedown` removed."""
+    from .takedown import taken_down_sql
     glob = ctx.build / ctx.inputs["curate"]["views"]["samples"]
-    return f"read_parquet({storage.sql_path(glob)}, union_by_name = true)"
+    gone = taken_down_sql(ctx.build)
+    return (f"(SELECT * FROM read_parquet({storage.sql_path(glob)}, union_by_name = true)"
+            + (f" WHERE uid NOT IN {gone})" if gone else ")"))
 
 
 def _ordered(con, ctx: StageContext, cfg: Config, batch: int = 65536):

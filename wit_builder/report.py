@@ -1,7 +1,8 @@
 """`wit-build report`: an HTML data card with PNG plots, readable offline.
 
 Sections appear when their data exists: stages, per-query counts before and after
-balancing, drop reasons, image sizes, success rate by domain, training curves and
+balancing, drop reasons, image sizes, success rate by domain, per-host fetch figures
+(requests, 429s, robots.txt refusals, DNS failure rate), training curves and
 evaluation results. The HTML references only files beside it in `reports/`.
 """
 from __future__ import annotations
@@ -35,6 +36,18 @@ QUERIES = {
         SELECT regexp_extract(url, '^[a-z]+://([^/:?#]+)', 1) AS domain, count(*) AS samples,
                avg(CASE WHEN status = 'success' THEN 1.0 ELSE 0.0 END) AS success_rate
         FROM samples GROUP BY 1 ORDER BY samples DESC, 1 LIMIT 25""",
+    # fetch's per-host figures: the hosts that failed most, and the build's totals
+    "hosts": """
+        SELECT host, sum(requests) AS requests, sum(success) AS success,
+               sum(rate_limited) AS "429s", sum(robots_disallowed) AS robots_refusals,
+               sum(dns_error) AS dns_errors, sum(failed) AS failed
+        FROM hosts GROUP BY host ORDER BY failed DESC, requests DESC, host LIMIT 20""",
+    "host_totals": """
+        SELECT count(*) AS hosts, sum(requests) AS requests, sum(r429) AS responses_429,
+               sum(robots) AS robots_refusals,
+               round(count(*) FILTER (WHERE dns > 0) / greatest(count(*), 1), 4) AS dns_failure_rate
+        FROM (SELECT host, sum(requests) AS requests, sum(rate_limited) AS r429,
+                     sum(robots_disallowed) AS robots, sum(dns_error) AS dns FROM hosts GROUP BY 1)""",
     "stages": "SELECT stage, status, rows, seconds, finished FROM stages ORDER BY finished",
     "pairs_matched": "SELECT count(*) AS n FROM matches WHERE len(query_ids) > 0",
     "pairs_selected": "SELECT count(*) AS n FROM selected",
@@ -45,6 +58,7 @@ QUERIES = {
 }
 NEEDS = {"per_query": {"match_counts", "selected"}, "drop_reasons": {"samples"},
          "sizes": {"samples"}, "domains": {"samples"}, "stages": {"stages"},
+         "hosts": {"hosts"}, "host_totals": {"hosts"},
          "pairs_matched": {"matches"}, "pairs_selected": {"selected"},
          "capped": {"balance_counts"}, "kept": {"samples"}, "published": {"shards"}}
 
@@ -225,6 +239,12 @@ def write_report(build: str | Path, train_dir: str | None = None):
                   out / "domains.png", "Download success rate by domain", "success rate", "{:.0%}")
         parts.append("<h2>Success rate by domain</h2><img src='domains.png' alt='domains'>"
                      + _table(domains, 25))
+    totals = _one(build, "host_totals", views)
+    if totals.get("hosts"):
+        facts.update({k: v for k, v in totals.items()})
+        parts.append("<h2>Hosts</h2><p>Requests per host, with 429 answers, robots.txt "
+                     "refusals and DNS failures; the hosts that failed most first:</p>"
+                     + _table(_fetch(build, "hosts", views) or [], 20))
     log = _train_dir(build, train_dir) / "log.jsonl"
     if log.exists() and plot_training(storage.download_file(log, out / "log.jsonl"),
                                       out / "training.png"):
