@@ -52,10 +52,17 @@ def test_takedown_rewrites_exactly_the_shards_that_held_the_samples(published, t
     assert "removed 3 samples from 2 shard(s)" in capsys.readouterr().out
     after = digests(shards)
     changed = {n for n in before if before[n] != after.get(n)}
-    assert changed == {names[0], names[-1], "sizes.json"}   # the others byte for byte
+    beside = {n.replace(".tar", ext) for n in (names[0], names[-1]) for ext in (".parquet", "_stats.json")}
+    assert changed == {names[0], names[-1], "sizes.json"} | beside   # the others byte for byte
     sizes = json.loads((shards / "sizes.json").read_text())
     tars = sorted(shards.glob("*.tar"))
     assert sizes == {t.name: len(tar_uids(t)) for t in tars}
+    import pyarrow.parquet as pq  # img2dataset's per-shard files agree with the rewritten tars
+    for t in tars:
+        table = pq.read_table(t.with_suffix(".parquet"))
+        assert sorted(table.column("uid").to_pylist()) == sorted(tar_uids(t)), t.name
+        stats = json.loads(t.with_name(t.stem + "_stats.json").read_text())
+        assert stats["successes"] == len(tar_uids(t)), t.name
     left = catalog.query(build, "SELECT uid FROM shards").column("uid").to_pylist()
     assert sorted(left) == sorted(u for u in (r["uid"] for r in manifest) if u not in victims)
     # webdataset reads back exactly the manifest

@@ -194,18 +194,18 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        full = disk_full(e)
-        if full is None:
-            raise
-        print(f"error: {full}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is kept; rerun the same command to resume",
               file=sys.stderr)
         return 130
     except BrokenPipeError:
         return output_closed()
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 2
     finally:
         if "ray" in sys.modules and not ray_was_running:
             from .cluster import shutdown
