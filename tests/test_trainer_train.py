@@ -181,6 +181,7 @@ def test_resume_mistakes_are_refused_and_the_run_kept(build, run, tmp_path, caps
                  "the old value", "--data", build, "--out", out, "--resume", "--lr", "0.01")
     expect_error(capsys, "--steps 3: " + str(out / "checkpoint.pt") + " has already done 4 steps",
                  "--data", build, "--out", out, "--resume", "--steps", "3")
+    assert (out / "checkpoint.pt").read_bytes() == before  # the refused resumes wrote nothing
     # as many steps as done: nothing to train, and a summary that is valid JSON (no NaN)
     code, stdout, err = cli(capsys, "--data", build, "--out", out, "--resume", "--steps", "4")
     assert code == 0, err
@@ -197,4 +198,3 @@ def test_resume_mistakes_are_refused_and_the_run_kept(build, run, tmp_path, caps
     torch.save(ckpt, out / "cut.pt")
     expect_error(capsys, f"{out / 'cut.pt'}: checkpoint lacks optimizer, rng",
                  "--data", build, "--out", out, "--resume", out / "cut.pt")
-    assert (out / "checkpoint.pt").read_bytes() != b"" and len(before) > 0

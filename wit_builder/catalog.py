@@ -107,11 +107,10 @@ def _confine(con, build, allow_files) -> None:
     con.execute("SET lock_configuration = true")   # no setting changes from here on
 
 
-def _views(build) -> dict[str, str]:
-    """View name -> relative glob, later stages overriding earlier ones."""
-    from .stage import records
+def _views(recs: list[dict[str, Any]]) -> dict[str, str]:
+    """View name -> relative glob from the stage records, later stages overriding earlier ones."""
     views: dict[str, str] = {}
-    for rec in records(build):
+    for rec in recs:
         views.update(rec.get("views", {}))
     return views
 
@@ -124,16 +123,17 @@ def refresh(build: str | Path) -> list[str]:
     where = (lambda rel: str(build / rel)) if remote else (lambda rel: rel)
     con = connect(build)
     try:
+        from .stage import records, stale
+        recs = records(build)  # read once: in a bucket, each record is a GET
         made = []
-        for name, rel in _views(build).items():
+        for name, rel in _views(recs).items():
             if not list(build.glob(rel)):
                 continue  # an output removed by hand: leave no view that errors on use
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
                         f"{_quote(where(rel))}, union_by_name = true)")
             made.append(name)
         if (build / "_stages").exists() and list((build / "_stages").glob("*.json")):
-            from .stage import records, stale
-            old = ", ".join(_quote(n) for n in stale(records(build))) or "NULL"
+            old = ", ".join(_quote(n) for n in stale(recs)) or "NULL"
             con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, CASE WHEN stage "
                         f"IN ({old}) THEN 'stale' ELSE status END AS status, "
                         "params::JSON::VARCHAR AS parameters, started::TIMESTAMPTZ AS started, "
