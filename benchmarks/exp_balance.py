@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from exp_balance_figures import ARMS, pairs_per_thing, plot, summarize, table  # noqa: E402
+from wit_builder import arms  # noqa: E402
+from wit_builder.arms import ARMS, pairs_per_thing, plot, summarize, table  # noqa: E402
 
 from wit_builder import balance, catalog, match, pool  # noqa: E402
 from wit_builder.imageserver import THINGS, Scene, draw_scene, encode  # noqa: E402
@@ -325,10 +326,12 @@ def main(argv=None) -> int:
     text = table(results)
     (out / "table.md").write_text(text)
     plot(results, out / "balance.png")
+    arms.save(out / "build", results, out / "balance.png")  # `wit-build report --out OUT/build`
     if args.plot:
         shutil.copy(out / "balance.png", args.plot)
     print(text)
-    print(f"wall time {results['wall_s']:.0f} s; results in {out / 'results.json'}, plot {out / 'balance.png'}")
+    print(f"wall time {results['wall_s']:.0f} s; results in {out / 'results.json'}, plot {out / 'balance.png'}; "
+          f"the build's report: wit-build report --out {out / 'build'}")
     return 0
 
 

@@ -47,3 +47,18 @@ def test_quick_run_gives_equal_arms_and_the_table(tmp_path, ray_cluster, capsys)
         assert word in table
     assert (out / "balance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert table in capsys.readouterr().out
+    # The build the experiment made carries its arms into `wit-build report`: the same
+    # tables as table.md, the plot beside the HTML, and each arm's overall accuracy.
+    from wit_builder import cli
+    assert cli.main(["report", "--out", str(out / "build")]) == 0
+    page = (out / "build" / "reports" / "index.html").read_text()
+    assert "<h2>Balancing arms</h2>" in page and "<img src='arms.png'" in page
+    assert (out / "build" / "reports" / "arms.png").read_bytes() == (out / "balance.png").read_bytes()
+    for arm, a in results["summary"]["arms"].items():
+        acc = a["accuracy"]["all"]
+        assert f"{100 * acc['mean']:.1f} ± {100 * acc['std']:.1f}</td></tr>" in page, arm
+    facts = json.loads((out / "build" / "reports" / "facts.json").read_text())
+    assert facts["balance_arms"] == "uniform, cap, metaclip"
+    assert facts["arm_cap_zero_shot"] == (
+        f"{results['summary']['arms']['cap']['accuracy']['all']['mean']:.3f} ± "
+        f"{results['summary']['arms']['cap']['accuracy']['all']['std']:.3f}")

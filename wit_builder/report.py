@@ -2,8 +2,9 @@
 
 Sections appear when their data exists: stages, per-query counts before and after
 balancing, drop reasons, image sizes, success rate by domain, per-host fetch figures
-(requests, 429s, robots.txt refusals, DNS failure rate), training curves and
-evaluation results. The HTML references only files beside it in `reports/`.
+(requests, 429s, robots.txt refusals, DNS failure rate), training curves,
+evaluation results, and the figures of a build with several balancing arms
+(wit_builder.arms: benchmarks/exp_balance.py saves them into the build it made). The HTML references only files beside it in `reports/`.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import catalog, storage
+from . import arms, catalog, storage
 from .errors import WitError
 
 QUERIES = {
@@ -263,6 +264,13 @@ def write_report(build: str | Path, train_dir: str | None = None):
                          f"{zs.get('chance', 0):.3f}</p>" + _table(rows, 50))
         if results.get("retrieval"):
             parts.append("<h2>Retrieval</h2>" + _table([results["retrieval"]]))
+    experiment = arms.load(build)
+    if experiment:  # a build with several balancing arms (benchmarks/exp_balance.py)
+        if remote:  # drawn in a local folder: the plot comes along
+            storage.download_file(storage.child(build, "reports", arms.PLOT), out / arms.PLOT)
+        body, arm_facts = arms.report_section(experiment)
+        parts.append(body)
+        facts.update(arm_facts)
     if not parts:
         raise WitError(f"--out {build}: nothing to report yet; run some stages first")
     facts_html = _table([{"fact": k, "value": v} for k, v in facts.items()]) if facts else ""

@@ -1,8 +1,13 @@
-"""The figures of benchmarks/exp_balance.py: tercile accuracy per arm, pairs per thing, the plot."""
+"""The figures of a build with several balancing arms (benchmarks/exp_balance.py):
+tercile accuracy per arm, pairs per thing, the plot; and how they reach the build's
+report (`save` writes them into the build, `wit-build report` shows them)."""
 from __future__ import annotations
 
+import html
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -139,3 +144,74 @@ def plot(results: dict, path: Path) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def per_thing_table(results: dict) -> str:
+    """Markdown: per thing (most frequent first), accuracy % per arm and its pairs."""
+    pc, arms = results["pool_counts"], results["summary"]["arms"]
+    lines = ["Per thing, accuracy % (mean over seeds) and, in brackets, pairs in the arm:", "",
+             "| thing | pool | " + " | ".join(arms) + " |", "|---|---:|" + "---:|" * len(arms)]
+    for t in sorted(pc, key=lambda t: (-pc[t], t)):
+        lines.append(f"| {t} | {pc[t]:,} | " + " | ".join(
+            f"{100 * a['per_thing_accuracy'][t]:.0f} ({a['pairs_per_thing'][t]:,.0f})"
+            for a in arms.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------
+# The arms in the build's report
+
+RESULTS = "arms.json"      # in the build's reports/: the experiment's results.json
+PLOT = "arms.png"
+
+
+def save(build, results: dict, plot_path: Path) -> None:
+    """Put an experiment's results and plot into `build`'s reports/, where
+    `wit-build report` finds them (local or remote build)."""
+    from . import storage
+    reports = storage.child(storage.location(build), "reports")
+    # not write_json: its sorted keys would reorder the arms and the terciles
+    storage.write_bytes(storage.child(reports, RESULTS), json.dumps(results, indent=1).encode())
+    storage.write_bytes(storage.child(reports, PLOT), Path(plot_path).read_bytes())
+
+
+def load(build) -> dict | None:
+    """The arms' results saved in `build`, or None."""
+    from . import storage
+    path = storage.child(storage.location(build), "reports", RESULTS)
+    return storage.read_json(path) if path.exists() else None
+
+
+def markdown_html(text: str) -> str:
+    """The tables and paragraphs of `table()`'s markdown as HTML."""
+    out, rows = [], []
+
+    def flush():
+        if rows:
+            head, body = rows[0], rows[2:]
+            out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+                                 for r in body) + "</table>")
+            rows.clear()
+    for line in text.splitlines():
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+            continue
+        flush()
+        if line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    flush()
+    return "".join(out)
+
+
+def report_section(results: dict) -> tuple[str, dict[str, Any]]:
+    """The report's HTML for the arms (the tables, the plot, per thing) and its facts."""
+    arms = results["summary"]["arms"]
+    facts: dict[str, Any] = {"balance_arms": ", ".join(arms)}
+    for arm, a in arms.items():
+        acc = a["accuracy"]["all"]
+        facts[f"arm_{arm}_zero_shot"] = f"{acc['mean']:.3f} ± {acc['std']:.3f}"
+    body = ("<h2>Balancing arms</h2>" + markdown_html(table(results))
+            + f"<img src='{PLOT}' alt='per-thing accuracy and pairs per thing, per arm'>"
+            + markdown_html(per_thing_table(results)))
+    return body, facts
