@@ -363,14 +363,30 @@ def test_retry_failed_retries_only_transient_failures(build, ray_cluster):
 
 
 @pytest.mark.slow
-def test_shard_time_limit_marks_the_shard_failed(build, ray_cluster):
+def test_a_shard_stopped_at_its_time_limit_keeps_what_it_finished(build, ray_cluster):
+    """--shard-time-limit 8: the shard stops fetching at polite.stop_after(8) = 4 s, so
+    it stores the images it finished and marks only the slow one `shard_stopped`; then
+    --retry-failed requests that one alone."""
+    from wit_builder.polite import stop_after
+    assert stop_after(8) == 4 and stop_after(3600) == 2880 and stop_after(30) == 20
     with imageserver.serve() as srv:
-        urls = [srv.url(f"/slow/20/img/{SCENES[0]}.jpg"), srv.url(f"/img/{SCENES[1]}.jpg")]
-        uids = write_selected(build, urls)
-        res = fetch.run(fast(timeout=30, shard_time_limit=2, shard_retries=0), build)
+        slow = srv.url(f"/slow/6/img/{SCENES[0]}.jpg")
+        good = [srv.url(f"/img/{s}.jpg") for s in SCENES[1:4]]
+        uids = write_selected(build, [slow] + good)
+        res = fetch.run(fast(timeout=30, shard_time_limit=8, shard_retries=0, fetch_shard_size=4),
+                        build)
+        rows = check_one_row_per_uid_and_shards(build, uids)
+        by_url = {r["url"]: r for r in rows}
+        assert [by_url[u]["status"] for u in good] == ["success"] * 3, [by_url[u]["error"] for u in good]
+        assert by_url[slow]["status"] == "shard_stopped", by_url[slow]
+        assert "--shard-time-limit 8 s" in by_url[slow]["error"]
+        assert res.summary["shards_failed"] == 0 and res.summary["success"] == 3
+        retry = fetch.run(fast(timeout=30, shard_time_limit=20, fetch_shard_size=4, retry_failed=True),
+                          build)
+        assert srv.hits(slow) == 2 and all(srv.hits(u) == 1 for u in good)
     rows = check_one_row_per_uid_and_shards(build, uids)
-    assert {r["status"] for r in rows} == {"shard_failed"}
-    assert "--shard-time-limit" in rows[0]["error"] and res.summary["shards_failed"] == 1
+    assert retry.summary["retried"] == 1
+    assert Counter(r["status"] for r in rows) == {"success": 4}
 
 
 @pytest.mark.slow

@@ -334,6 +334,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
     hosts.parquet (its per-host counts) and, last, summary.json (the proof that the
     shard is done) into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
     """
+    started = time.monotonic()  # the shard stops fetching at polite.stop_after of its limit
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
     import tempfile
@@ -348,7 +349,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
     from PIL import Image
 
     from .netguard import Fetcher, Policy
-    from .polite import Shard
+    from .polite import Shard, stop_after
     from .robots import shard_rows
     from .resizing import CvTap, Download, hashing_resizer
 
@@ -369,8 +370,12 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
         manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [])
+        limit = settings["polite"]["shard_time_limit"]
         fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}),
-                          manners.resolver, manners.limits, manners.request)
+                          manners.resolver, manners.limits, manners.request,
+                          stop_at=started + stop_after(limit),
+                          stop_note=f"the shard stopped at {stop_after(limit):g} s of "
+                                    f"--shard-time-limit {limit:g} s (to keep what it finished)")
         outcomes: dict[int, tuple] = {}
 
         def fetch(row, **_img2dataset_options):

@@ -40,7 +40,8 @@ DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
 ROBOTS_TOKENS = ("wit", "wit-build", "img2dataset")
 # Failures worth trying again later; everything else is a property of the URL.
 TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed",
-                       "dns_error", "robots_unavailable", "host_given_up", "host_deferred"})
+                       "dns_error", "robots_unavailable", "host_given_up", "host_deferred",
+                       "shard_stopped"})
 # Of those, what is worth trying again within the same shard (a DNS failure is cached
 # for the shard, a given-up host stays given up).
 RETRY_NOW = frozenset({"timeout", "connection_error", "rate_limited", "server_error"})
@@ -322,13 +323,17 @@ class Fetcher:
     """Fetch image bytes under a `Policy`; thread-safe. Connections are kept alive in a
     pool per host shared by the threads. `resolver` (a hosts.Resolver) answers DNS for
     every thread; `limits` (a hosts.HostLimits) spaces and bounds the requests to each
-    host and is told how each went; `observer(host, status)` hears of every request."""
+    host and is told how each went; `observer(host, status)` hears of every request.
+    `stop_at` (time.monotonic()) is when the shard stops: no attempt starts after it
+    and one in flight is cut there, both `shard_stopped` (`stop_note` says why)."""
 
-    def __init__(self, policy: Policy, resolver=None, limits=None, observer=None):
+    def __init__(self, policy: Policy, resolver=None, limits=None, observer=None,
+                 stop_at: float | None = None, stop_note: str = "the shard stopped"):
         self.policy = policy
         self.resolver = resolver
         self.limits = limits
         self.observer = observer
+        self.stop_at, self.stop_note = stop_at, stop_note
         self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
         self._kept: set[http.client.HTTPConnection] = set()  # kept-alive, closed by close()
         self._lock = threading.Lock()
@@ -347,6 +352,8 @@ class Fetcher:
         `policy.retries` times for transient failures."""
         last: Failure | None = None
         for attempt in range(self.policy.retries + 1):
+            if self.stop_at is not None and time.monotonic() >= self.stop_at:
+                return None, "shard_stopped", f"{self.stop_note} before {url[:200]} was fetched"
             try:
                 data = self._limited(url)
                 problem = image_problem(data, self.policy.max_image_area)
@@ -391,6 +398,9 @@ class Fetcher:
         connect to last byte) ends within DEADLINE_FACTOR x `policy.timeout`."""
         limit = DEADLINE_FACTOR * self.policy.timeout
         deadline = time.monotonic() + limit
+        stopping = self.stop_at is not None and self.stop_at < deadline  # the shard's end comes first
+        if stopping:
+            deadline = self.stop_at
         seen = set()
         for _ in range(MAX_REDIRECTS + 1):
             if url in seen:
@@ -422,6 +432,9 @@ class Fetcher:
             except Failure:
                 raise
             except DeadlinePassed:
+                if stopping:
+                    raise Failure("shard_stopped", f"{self.stop_note} while {url[:200]} was "
+                                  "being fetched") from None
                 raise Failure("timeout", f"not received whole within {DEADLINE_FACTOR} x --timeout "
                               f"= {limit:g} s (connect to last byte) from {url[:200]}") from None
             except (TimeoutError, socket.timeout):

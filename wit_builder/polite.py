@@ -140,6 +140,13 @@ def resolver(polite: dict) -> Resolver:
                     only_overrides=polite["resolve_only"])
 
 
+def stop_after(limit: float) -> float:
+    """Seconds into a shard at which it stops fetching (`shard_stopped`, `host_deferred`)
+    so that it can store what it finished before the driver's --shard-time-limit: 80%
+    of the limit, leaving at least min(10 s, half the limit) to write the shard."""
+    return limit - max(0.2 * limit, min(0.5 * limit, 10.0))
+
+
 class Shard:
     """Politeness for one download shard (see the module docstring)."""
 
@@ -151,7 +158,7 @@ class Shard:
         for origin, delay in (self.rules.crawl_delays() if self.rules else {}).items():
             delays[host_of(origin)] = max(delay, delays.get(host_of(origin), 0.0))
         budgets = shard_budgets(plan, p["per_host_rps"], p["per_host_connections"], delays)
-        deadline = time.time() + 0.8 * p["shard_time_limit"]
+        deadline = time.time() + stop_after(p["shard_time_limit"])
         self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline)
                        if budgets or p["host_give_up_after"] else None)
         self.counts: dict[str, Counter] = {}
