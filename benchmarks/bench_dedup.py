@@ -26,7 +26,7 @@ Decisions, each method in the same run on the same images:
              disk (transparent where drawn so); a stored image is dropped as
              `eval_set` when judged a copy of one.
 Methods: wit (canonical view, pHash within --near-dup-bits confirmed by the colour
-check within --near-dup-colour, blanks excluded), plain pHash at 4 bits (wit before:
+check within --near-dup-colour, blanks excluded; for eval --eval-bits, --eval-colour), plain pHash at 4 bits (wit before:
 the stored pixels as stored, padding included; eval files as on disk, alpha ignored)
 and imagehash.phash at 4 bits (of the stored JPEG and of the eval file).
 Targets: recall >= 0.95 on copies, <= 2 % of drops on hard negatives.
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_world import blanks, copies, encode, families  # noqa: E402
 
 from wit_builder import canonical  # noqa: E402
-from wit_builder.curate import NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
+from wit_builder.curate import EVAL_BITS, EVAL_COLOUR, NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
 from wit_builder.phash import hamming, keepers, phash_array, phash_pixels  # noqa: E402
 
 # ---------------------------------------------------------------------------------
@@ -186,6 +186,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bits", type=int, default=NEAR_DUP_BITS, help="wit's --near-dup-bits")
     ap.add_argument("--colour", type=float, default=NEAR_DUP_COLOUR, help="wit's --near-dup-colour")
+    ap.add_argument("--eval-bits", type=int, default=EVAL_BITS, help="wit's --eval-bits")
+    ap.add_argument("--eval-colour", type=float, default=EVAL_COLOUR, help="wit's --eval-colour")
     ap.add_argument("--sweep", action="store_true", help="also print wit's scores over a grid of both thresholds")
     ap.add_argument("--why", action="store_true", help="list wit's missed copies and hard-negative matches")
     args = ap.parse_args()
@@ -259,6 +261,9 @@ def main() -> None:
     print("\neval decontamination (stored images against the eval files)")
     print(f"{'method':38s} {'drops':>6s} {'precision':>9s} {'recall':>7s} {'hard-neg drops':>14s} {'wrong drops':>11s}")
     for name, h, t, usable, eh, et, eu, bits, colour in methods:
+        if name.startswith("wit"):
+            name, bits, colour = f"wit ({args.eval_bits} bits + colour {args.eval_colour:g})", \
+                args.eval_bits, args.eval_colour
         r = eval_scores(ids, fams, eval_ids, eval_fams, h, t, usable, eh, et, eu, bits, colour)
         print(f"{name:38s} {r['drops']:6d} {r['precision']:9.3f} {r['recall']:7.3f} "
               f"{r['hard_negative_drops']:14.1%} {r['false_drops']:11d}")

@@ -115,13 +115,15 @@ def test_phash_of_decoded_pixels_is_the_resize_and_dct_folded_together():
         phash_array(np.zeros((8, 8, 2), np.uint8))
 
 
-def judged_copies(blobs_a, blobs_b, cfg=curate.Config()) -> np.ndarray:
+def judged_copies(blobs_a, blobs_b, cfg=curate.Config(), eval=False) -> np.ndarray:  # noqa: A002
     """curate's two-stage decision on pairs of encoded images: pHash of the canonical
-    view within --near-dup-bits, confirmed by the colour check."""
+    view within --near-dup-bits (--eval-bits), confirmed by the colour check."""
     fa = [signature_bytes(b) for b in blobs_a]
     fb = [signature_bytes(b) for b in blobs_b]
     close = hamming(np.array([f["phash"] for f in fa]), np.array([f["phash"] for f in fb]))
     colour = colour_distance(thumbs([f["thumb"] for f in fa]), thumbs([f["thumb"] for f in fb]))
+    if eval:
+        return (close <= cfg.eval_bits) & (colour <= cfg.eval_colour)
     return (close <= cfg.near_dup_bits) & (colour <= cfg.near_dup_colour)
 
 
@@ -131,14 +133,17 @@ def test_copies_are_close_and_different_pictures_far():
         copies = [encode(original), encode(original.resize((320, 240), Image.Resampling.BICUBIC)),
                   encode(original.resize((200, 150)), quality=50), encode(original, quality=25),
                   encode(original, "PNG"), encode(original.crop((0, 0, 466, 360)))]  # 3% cropped
-        assert judged_copies([copies[0]] * len(copies), copies).all(), seed
+        # the build-wide search (5 bits) catches all but the crop, whose pHash moves up to
+        # 10 bits; the eval search (10 bits) catches that too
+        assert judged_copies([copies[0]] * 5, copies[:5]).all(), seed
+        assert judged_copies([copies[0]] * len(copies), copies, eval=True).all(), seed
         # a grayscale version has the same pHash but not the colours: a different picture
         gray = encode(original.convert("L"))
         assert hamming(phash_bytes([gray]), phash_bytes(copies[:1]))[0] <= 2
         assert not judged_copies(copies[:1], [gray]).any()
     others = [encode(picture(seed)) for seed in range(40)]
     i, j = zip(*itertools.combinations(range(40), 2))
-    assert not judged_copies([others[k] for k in i], [others[k] for k in j]).any()
+    assert not judged_copies([others[k] for k in i], [others[k] for k in j], eval=True).any()
 
 
 def test_undecodable_bytes_are_reported_not_raised():
@@ -148,6 +153,33 @@ def test_undecodable_bytes_are_reported_not_raised():
         assert facts["phash"] is None and facts["thumb"] is None and facts["error"], data[:10]
     with pytest.raises(ValueError, match="cannot be decoded"):
         phash_bytes([good, b"junk"])
+
+
+def test_jpeg_frame_header_agrees_with_pil():
+    """curate reads a JPEG's size from its frame header and lets OpenCV decode it; what
+    the header walk leaves out (CMYK, not JPEG, a header cut short) goes to PIL, and
+    every kind gets the same size, format and signature either way."""
+    from wit_builder.canonical import decode, jpeg_frame
+    im = picture(5, 300, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: ignored, as PIL and img2dataset do
+    kinds = {"baseline": encode(im, quality=90), "gray": encode(im.convert("L"), quality=90),
+             "progressive": encode(im, quality=85, progressive=True),
+             "exif": encode(im, quality=90, exif=exif.tobytes()),
+             "cmyk": encode(im.convert("CMYK"), quality=90), "png": encode(im, "PNG")}
+    for name, data in kinds.items():
+        frame = jpeg_frame(data)
+        with Image.open(io.BytesIO(data)) as ref:
+            if name in ("cmyk", "png"):
+                assert frame is None, name
+            else:
+                assert frame == (ref.width, ref.height, len(ref.getbands())), name
+            facts, pixels, _ = decode(data)
+            assert (facts["width"], facts["height"], facts["format"]) == (300, 200, ref.format)
+            assert pixels is not None and facts["error"] is None, name
+    head = kinds["baseline"]
+    assert jpeg_frame(head[:20]) is None and jpeg_frame(b"\xff\xd8\xff\xe0\x00\x01") is None
+    assert jpeg_frame(b"\xff\xd8" + b"\xff\xfe\xff\xff" * 10) is None  # no frame in reach
 
 
 # ---------------------------------------------------------------------------------
@@ -486,8 +518,8 @@ def test_summary_and_rerun(world, tmp_path, capsys):
     assert cli.main(args) == 0
     assert "already done" in capsys.readouterr().out
     # a looser filter reruns curate and keeps more
-    res = curate.run(curate.Config(min_side=100, near_dup_bits=-1, min_caption_words=1,
-                                   eval_images=str(root / "eval")), build)
+    res = curate.run(curate.Config(min_side=100, near_dup_bits=-1, eval_bits=-1,
+                                   min_caption_words=1, eval_images=str(root / "eval")), build)
     assert not res.skipped
     got = {r["url"]: r["drop_reason"]
            for r in catalog.query(build, "SELECT url, drop_reason FROM samples").to_pylist()}
@@ -497,6 +529,10 @@ def test_summary_and_rerun(world, tmp_path, capsys):
     assert got["https://mirror4.example.org/fox.jpg"] == "exact_duplicate"
     assert got["http://x/both"] == "short_caption"   # "cat" is too short either way
     assert res.summary["dropped"]["eval_set"] == 1    # only the byte-identical one now
+    # the eval search has its own threshold: on again, with the build-wide search off
+    res = curate.run(curate.Config(min_side=100, near_dup_bits=-1, min_caption_words=1,
+                                   eval_images=str(root / "eval")), build)
+    assert res.summary["dropped"]["eval_set"] == 5 and "near_dup_search" not in res.summary
 
 
 @pytest.mark.slow  # Ray
@@ -519,7 +555,9 @@ def test_user_mistakes_are_witerrors(build, tmp_path, ray_cluster, capsys):
     for flags, message in ((["--eval-images", str(tmp_path / "nope")], "not a directory"),
                            (["--eval-images", str(tmp_path)], "no image files"),
                            (["--max-aspect", "0.5"], "--max-aspect 0.5"),
-                           (["--near-dup-bits", "30"], "--near-dup-bits 30")):
+                           (["--near-dup-bits", "30"], "--near-dup-bits 30"),
+                           (["--eval-bits", "17"], "--eval-bits 17"),
+                           (["--eval-colour", "300"], "--eval-colour 300")):
         assert cli.main(["curate", "--out", str(build), *flags]) == 2
         assert message in capsys.readouterr().err
     (tmp_path / "evals").mkdir()

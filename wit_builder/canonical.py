@@ -140,6 +140,8 @@ def to_side(content: np.ndarray) -> np.ndarray:
     import cv2
     h, w = content.shape[:2]
     content = shrink(content, max(1, h // DETAIL_SIDE), max(1, w // DETAIL_SIDE))
+    if content.shape[:2] == (DETAIL_SIDE, DETAIL_SIDE):  # already the area average
+        return content
     twice = cv2.resize(content, (2 * DETAIL_SIDE, 2 * DETAIL_SIDE), interpolation=cv2.INTER_LINEAR)
     return cv2.resize(twice, (DETAIL_SIDE, DETAIL_SIDE), interpolation=cv2.INTER_AREA)
 
@@ -200,13 +202,50 @@ def _reduced_jpeg(data: bytes, width: int, height: int, gray: bool) -> np.ndarra
     return cv2.imdecode(np.frombuffer(data, np.uint8), reduced_flag(cv2, f, gray))
 
 
+def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) of an 8-bit Huffman JPEG (baseline, extended or
+    progressive) with 1 or 3 components, read from its frame header; None for
+    anything else (not a JPEG, CMYK, 12-bit, lossless, arithmetic, multi-picture,
+    a header that ends early), which PIL then opens. The segments walked are bounded."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    for _ in range(256):
+        if i + 4 > n or data[i] != 0xFF:
+            return None
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if m in (0xC0, 0xC1, 0xC2):
+            if length < 8 or i + 10 > n:
+                return None
+            height = int.from_bytes(data[i + 5:i + 7], "big")
+            width = int.from_bytes(data[i + 7:i + 9], "big")
+            ok = data[i + 4] == 8 and width and height and data[i + 9] in (1, 3)
+            return (width, height, data[i + 9]) if ok else None
+        if (0xC3 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC)) or m in (0xD9, 0xDA) \
+                or length < 2 or (m == 0xE2 and data[i + 4:i + 8] == b"MPF\x00"):
+            return None
+        i += 2 + length
+    return None
+
+
 def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
     """Open encoded bytes: ({width, height, format, error}, pixels or None, channel
     order "RGB" or "BGR").
 
     JPEGs are decoded at the largest 1/2..1/8 scale still at least DRAFT_SIZE on both
-    sides (libjpeg's DCT scaling); transparency is composited on white. Never raises:
+    sides (libjpeg's DCT scaling), by OpenCV straight from the frame header
+    (`jpeg_frame`) where it can; transparency is composited on white. Never raises:
     an image that cannot be decoded gets `error` and no pixels."""
+    frame = jpeg_frame(data)
+    if frame is not None:
+        pixels = _reduced_jpeg(data, frame[0], frame[1], frame[2] == 1)
+        if pixels is not None:
+            return ({"width": frame[0], "height": frame[1], "format": "JPEG", "error": None},
+                    pixels, "BGR")
     from PIL import Image
     facts: dict[str, Any] = {"width": None, "height": None, "format": None, "error": None}
     try:
@@ -214,9 +253,10 @@ def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
             facts.update(width=im.width, height=im.height, format=im.format)
             try:
                 if im.format == "JPEG" and im.mode in ("RGB", "L"):
-                    pixels = _reduced_jpeg(data, im.width, im.height, im.mode == "L")
-                    if pixels is not None:
-                        return facts, pixels, "BGR"
+                    if frame is None:  # a header jpeg_frame leaves to PIL
+                        pixels = _reduced_jpeg(data, im.width, im.height, im.mode == "L")
+                        if pixels is not None:
+                            return facts, pixels, "BGR"
                     im.load()  # OpenCV refused it: let PIL say why
                 if im.format == "JPEG":
                     im.draft("RGB", (DRAFT_SIZE, DRAFT_SIZE))

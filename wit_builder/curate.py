@@ -7,7 +7,7 @@ wit_builder.canonical), reusing what fetch recorded where the bytes are unchange
 first `drop_reason` that applies, in this order: failed_download, undecodable,
 too_small (--min-side), bad_aspect (--max-aspect), short_caption
 (--min-caption-words, --min-caption-chars), blank (one colour or a plain gradient),
-eval_set (--eval-images), exact_duplicate (same stored bytes), near_duplicate (pHash
+eval_set (--eval-images, --eval-bits, --eval-colour), exact_duplicate (same stored bytes), near_duplicate (pHash
 within --near-dup-bits of a kept sample, across the whole build, confirmed by the
 colour check, --near-dup-colour). The two copy decisions are in wit_builder.dedup.
 Writes samples/ (views `samples` and `kept_per_query`). docs/curate.md explains each rule.
@@ -36,8 +36,13 @@ FETCH_COLUMNS = ("uid", "url", "text", "selected_by", "query_ids", "status", "er
                  "fetch_shard", "key")
 SAMPLES_VIEW = "samples/*.parquet"
 KEPT_VIEW = "samples/_kept_per_query/*.parquet"  # "_": Parquet dataset readers skip it
-NEAR_DUP_BITS = 10      # defaults chosen with benchmarks/bench_dedup.py (docs/curate.md)
+# Defaults chosen with benchmarks/bench_dedup.py and bench_neardup.py (docs/curate.md):
+# the self-join's cost grows fast with its radius (1M hashes: 5 bits 3.5 s, 10 bits
+# 139 s), the eval search, probed from the small eval side, stays cheap at 10 bits.
+NEAR_DUP_BITS = 5
 NEAR_DUP_COLOUR = 24.0
+EVAL_BITS = 10
+EVAL_COLOUR = 24.0
 
 
 @dataclass
@@ -55,17 +60,24 @@ class Config:
         "help": "drop captions with fewer characters (DataComp keeps more than 5; LAION "
                 "drops fewer than 5)", "metavar": "N"})
     near_dup_bits: int = field(default=NEAR_DUP_BITS, metadata={
-        "help": "near-duplicate candidates: pHash Hamming distance at most this many of 64 "
-                "bits, across the whole build and against --eval-images (0: identical pHash "
-                "only; -1: no near-duplicate search)", "metavar": "BITS"})
+        "help": "near-duplicate candidates across the whole build: pHash Hamming distance at "
+                "most this many of 64 bits (0: identical pHash only; -1: no near-duplicate "
+                "search); the search's cost grows fast with it (docs/curate.md)",
+        "metavar": "BITS"})
     near_dup_colour: float = field(default=NEAR_DUP_COLOUR, metadata={
         "help": "a candidate is a near copy only if its colour thumbnail is within this many "
                 "levels (0-255) of the other's, cell by cell (-1: pHash alone decides)",
         "metavar": "LEVELS"})
     eval_images: str | None = field(default=None, metadata={
         "help": "directory of evaluation images (searched recursively); samples showing "
-                "any of them (same bytes, or a near copy by --near-dup-bits and "
-                "--near-dup-colour) are dropped", "metavar": "DIR"})
+                "any of them (same bytes, or a near copy by --eval-bits and --eval-colour) "
+                "are dropped", "metavar": "DIR"})
+    eval_bits: int = field(default=EVAL_BITS, metadata={
+        "help": "near copies of --eval-images: pHash Hamming distance at most this many bits "
+                "(-1: same bytes only)", "metavar": "BITS"})
+    eval_colour: float = field(default=EVAL_COLOUR, metadata={
+        "help": "a near copy of an evaluation image needs its colour thumbnail within this "
+                "many levels (-1: pHash alone decides)", "metavar": "LEVELS"})
 
 
 def check(cfg: Config) -> None:
@@ -77,12 +89,14 @@ def check(cfg: Config) -> None:
                        "at least 1; give 1 or more")
     if cfg.min_caption_words < 0 or cfg.min_caption_chars < 0:
         raise WitError("--min-caption-words/--min-caption-chars: give 0 or more")
-    if not -1 <= cfg.near_dup_bits <= 16:
-        raise WitError(f"--near-dup-bits {cfg.near_dup_bits}: give -1 (off) to 16; pHashes "
-                       "of different pictures are typically 20-40 bits apart")
-    if not (cfg.near_dup_colour == -1 or 0 <= cfg.near_dup_colour <= 255):
-        raise WitError(f"--near-dup-colour {cfg.near_dup_colour:g}: give 0 to 255 levels, or "
-                       "-1 to let the pHash alone decide")
+    for flag, bits, colour in (("--near-dup", cfg.near_dup_bits, cfg.near_dup_colour),
+                               ("--eval", cfg.eval_bits, cfg.eval_colour)):
+        if not -1 <= bits <= 16:
+            raise WitError(f"{flag}-bits {bits}: give -1 (off) to 16; pHashes of different "
+                           "pictures are typically 20-40 bits apart")
+        if not (colour == -1 or 0 <= colour <= 255):
+            raise WitError(f"{flag}-colour {colour:g}: give 0 to 255 levels, or -1 to let "
+                           "the pHash alone decide")
     if cfg.eval_images and not storage.location(cfg.eval_images, "--eval-images").is_dir():
         raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
                        "holding the evaluation images")
@@ -323,7 +337,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
                 evals = _compute_eval(cfg, eval_files)
             elif eval_files:  # nothing downloaded to check: hashing the eval set is wasted work
                 summary["eval_search"] = "skipped: no sample left to check against --eval-images"
-            summary.update(eval_hits(con, evals, cfg.near_dup_bits, cfg.near_dup_colour,
+            summary.update(eval_hits(con, evals, cfg.eval_bits, cfg.eval_colour,
                                      BLANK_DETAIL))
             search = duplicates(con, cfg.near_dup_bits, cfg.near_dup_colour)
             if search:
