@@ -82,3 +82,53 @@ def test_export_refuses_a_folder_with_files_in_it(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("x")
     assert main(["export", str(ckpt), str(tmp_path / "full")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_clip_benchmark_scores_the_exported_model_as_wit_train_eval_does(tmp_path, capsys):
+    """CLIP_benchmark's own zero-shot classification (clip_benchmark.metrics), on the
+    exported model as open_clip loads it, over a torchvision ImageFolder with open_clip's
+    preprocessing, gives the acc1, acc5 and mean per-class recall that `wit-train eval`
+    writes in CLIP_benchmark's JSON for the same images and prompts."""
+    import json
+
+    import open_clip
+    from clip_benchmark.metrics import zeroshot_classification
+    from torchvision.datasets import ImageFolder
+
+    from trainer.evaluate import TEMPLATES
+    images = make_image_folder(tmp_path / "eval", per_class=4, size=48)
+    ckpt = checkpoint_of(tmp_path / "ckpt.pt", "tiny", clip_bpe(), image_size=32)
+    export(ckpt, tmp_path / "oc")
+    assert main(["eval", "--checkpoint", str(ckpt), "--images", str(images),
+                 "--output", str(tmp_path / "{dataset}_{task}.json")]) == 0
+    capsys.readouterr()
+    ours = json.loads((tmp_path / "eval_zeroshot_classification.json").read_text())["metrics"]
+    model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'oc'}")
+    model.eval()
+    data = ImageFolder(str(images), transform=preprocess)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'oc'}")
+    # CLIP_benchmark's own classifier and classification; its `evaluate` ends in
+    # `accuracy()`, whose float() of a 1-element array NumPy >= 2.4 refuses, so its last
+    # step (top-k and sklearn's balanced accuracy, as `evaluate` computes them) is here.
+    classifier = zeroshot_classification.zero_shot_classifier(
+        model, tokenizer, data.classes, [t.replace("{}", "{c}") for t in TEMPLATES], "cpu", amp=False)
+    logits, target = zeroshot_classification.run_classification(
+        model, classifier, torch.utils.data.DataLoader(data, batch_size=8), "cpu", amp=False)
+    from sklearn.metrics import balanced_accuracy_score
+    top5 = logits.topk(5, 1).indices
+    theirs = {"acc1": (top5[:, 0] == target).float().mean().item(),
+              "acc5": (top5 == target[:, None]).any(1).float().mean().item(),
+              "mean_per_class_recall": balanced_accuracy_score(target, logits.argmax(1))}
+    for key in theirs:
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-6), (key, ours, theirs)
+    # and CLIP_benchmark's own table builder reads the JSON wit wrote
+    import csv
+    import subprocess
+    import sys
+    table = tmp_path / "benchmark.csv"
+    subprocess.run([sys.executable, "-m", "clip_benchmark.cli", "build",
+                    str(tmp_path / "eval_zeroshot_classification.json"), "--output", str(table)],
+                   check=True, capture_output=True)
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 1 and rows[0]["task"] == "zeroshot_classification"
+    assert float(rows[0]["acc1"]) == pytest.approx(theirs["acc1"]) and rows[0]["dataset"] == "eval"
