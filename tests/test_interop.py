@@ -62,6 +62,12 @@ def test_export_hf_loads_with_load_dataset_and_no_configuration(pub, tmp_path, c
     assert len({r["json"]["uid"] for r in rows}) == 15
     fox = next(r for r in rows if r["json"]["source_uid"] == "laion-123")
     assert fox["json"]["query"] == "snow" and fox["jpg"].size == (400, 300)
+    # The Hub's viewer streams the first rows of each config and split from the card's
+    # `configs`, with the features it declares: the same, streamed, with nothing cached.
+    streamed = datasets.load_dataset(str(out), streaming=True)["train"]
+    first = next(iter(streamed))
+    assert set(first) == set(ds.features) and first["json"]["uid"] in {r["json"]["uid"] for r in rows}
+    assert {f["name"] for f in meta["dataset_info"]["features"]} >= {"jpg", "txt", "json"}
     card = (out / "README.md").read_text()
     assert "| exact_duplicate | 1 |" in card and "`shard_size` = 4" in card
     assert "://" not in card.split("## Settings", 1)[1]  # no paths or URLs in the settings
