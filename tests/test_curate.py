@@ -20,9 +20,9 @@ from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, wri
 from wit_builder.stage import committed, read_record
 from wit_builder import catalog, cli, curate, fetch, imageserver
 from wit_builder.errors import WitError
-from wit_builder.canonical import BLANK_DETAIL, colour_distance, signature, signature_bytes, thumbs
-from wit_builder.phash import (hamming, keepers, near_pairs, phash_array,
-                               phash_bytes, phash_pixels, plan_bands)
+from wit_builder.canonical import (BLANK_DETAIL, colour_distance, phash_bytes, signature,
+                                   signature_bytes, thumbs)
+from wit_builder.phash import hamming, keepers, near_pairs, phash_array, phash_pixels, plan_bands
 
 REPO = Path(__file__).resolve().parents[1]
 FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"

@@ -23,7 +23,8 @@ from PIL import Image
 from wit_builder import catalog, fetch, imageserver
 from wit_builder.errors import WitError
 from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
-from wit_builder.phash import hamming, phash_bytes
+from wit_builder.canonical import phash_bytes
+from wit_builder.phash import hamming
 from wit_builder.resizing import CvTap, reduction
 from wit_builder.stage import committed
 

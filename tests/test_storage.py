@@ -10,7 +10,8 @@ import pytest
 
 from wit_builder import catalog, cli, storage
 from wit_builder.errors import WitError
-from wit_builder.stage import StageOutput, committed, read_record, records, run_stage
+from wit_builder.records import records
+from wit_builder.stage import StageOutput, committed, read_record, run_stage
 
 
 def numbers_stage(build, n=10, force=False):

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from .phash import phash_array
+
 BACKGROUND = 255      # white: what img2dataset composites alpha on and pads with
 WHITE_TOL = 24        # a pixel within this of white in every channel counts as white
 WHITE_ROW = 0.005     # a row is margin when at most this share of its pixels is not white
@@ -168,7 +170,6 @@ def signature(pixels: np.ndarray, channels: str = "BGR") -> tuple[int, bytes, fl
     area average) and the detail, so the cost hardly depends on the image's size."""
     import cv2
 
-    from .phash import phash_array
     a = to_three(pixels)
     f = max(a.shape[:2]) // TRIM_SIDE
     if f >= 2:  # trim at about TRIM_SIDE px: a quarter of the work, the same cut to ~1%
@@ -271,6 +272,16 @@ def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
         facts["error"] = f"{type(e).__name__}: {e}"
         return facts, None, "RGB"
     return facts, pixels, "RGB"
+
+
+def phash_bytes(images: list[bytes]) -> np.ndarray:
+    """pHashes of encoded images' canonical view (alpha on white, symmetric white
+    margins cut) as int64; undecodable ones raise."""
+    facts = [signature_bytes(b) for b in images]
+    bad = [i for i, f in enumerate(facts) if f["phash"] is None]
+    if bad:
+        raise ValueError(f"image {bad[0]} cannot be decoded: {facts[bad[0]]['error']}")
+    return np.array([f["phash"] for f in facts], dtype=np.int64)
 
 
 def signature_bytes(data: bytes) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from . import storage
 from .errors import WitError
+from .records import records, stale
 
 DB_NAME = "catalog.duckdb"
 _catalog_path: Path | None = None  # --catalog: where a remote build's catalog lives
@@ -123,7 +124,6 @@ def refresh(build: str | Path) -> list[str]:
     where = (lambda rel: str(build / rel)) if remote else (lambda rel: rel)
     con = connect(build)
     try:
-        from .stage import records, stale
         recs = records(build)  # read once: in a bucket, each record is a GET
         made = []
         for name, rel in _views(recs).items():

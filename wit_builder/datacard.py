@@ -16,9 +16,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import catalog, stage, storage
+from . import catalog, records, storage
 from .errors import WitError
-from .export import published
+from .publish import published
 
 # (name, dtype) of each sample's .json (wit_builder.shardmeta.FIELDS), in order
 JSON_FEATURES = [("url", "string"), ("caption", "string"), ("key", "string"), ("status", "string"),
@@ -45,8 +45,8 @@ def _rows(build, sql: str) -> list[dict[str, Any]]:
 
 def facts(build) -> dict[str, Any]:
     """What the card reports, from the stage records and the catalog."""
-    records = {r["stage"]: r for r in stage.records(build)}
-    summary = {name: rec.get("summary") or {} for name, rec in records.items()}
+    recs = {r["stage"]: r for r in records.records(build)}
+    summary = {name: rec.get("summary") or {} for name, rec in recs.items()}
     out: dict[str, Any] = {
         "queries": _rows(build, "SELECT count(*) AS queries FROM queries"),
         "sources": _rows(build, "SELECT source, count(*) AS queries FROM (SELECT unnest(sources) "
@@ -59,7 +59,7 @@ def facts(build) -> dict[str, Any]:
             "mode", "per_query", "pairs_matched", "pairs_selected", "per_query_before",
             "per_query_after") if k in summary.get("balance", {})},
         "pool_duplicates": summary.get("pool", {}).get("duplicates"),
-        "settings": {name: _link_free(rec.get("params") or {}) for name, rec in records.items()},
+        "settings": {name: _link_free(rec.get("params") or {}) for name, rec in recs.items()},
     }
     return out
 

@@ -1,4 +1,5 @@
-"""The one error type for user mistakes, and a quiet stop when the output is closed."""
+"""The one error type for user mistakes, a URL's failure to yield an image, and a quiet
+stop when the output is closed."""
 
 
 class WitError(Exception):
@@ -7,6 +8,16 @@ class WitError(Exception):
     The message names the file, row or flag and says what to do. The CLI prints it
     without a traceback and exits with status 2.
     """
+
+
+class Failure(Exception):
+    """A URL that yields no image: `status` is the samples.status value, str() the error
+    (raised and caught inside fetch: netguard, hosts, robots)."""
+
+    def __init__(self, status: str, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 def output_closed() -> int:

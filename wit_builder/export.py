@@ -11,21 +11,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import stage, storage
+from . import storage
+from .datacard import export_hf
 from .errors import WitError
+from .publish import published
 
 TARGETS = ("hf", "open_clip")
-
-
-def published(build) -> tuple[object, dict[str, int]]:
-    """The committed shards folder of `build` and its sizes.json ({"00000.tar": n})."""
-    stage.require(build, "publish")
-    folder = stage.committed(build, "publish", "shards")
-    sizes = storage.read_json(folder / "sizes.json")
-    if not sizes:
-        raise WitError(f"{build}: publish kept no samples, so there is nothing to export; "
-                       "check `wit-build stats` for where the pairs went")
-    return folder, sizes
 
 
 def open_clip_flags(build) -> list[str]:
@@ -59,7 +50,6 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if not args.dir:
         raise WitError("wit-build export hf DIR: give the folder to write")
-    from .datacard import export_hf
     out = export_hf(build, args.dir)
     print(f"wrote {out}: train/ ({len(list(out.glob('train/*.tar')))} shards) and README.md; "
           f"load it with datasets.load_dataset({str(out)!r})")

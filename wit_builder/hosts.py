@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .errors import WitError
+from .errors import Failure, WitError
 
 # scheme://[userinfo@]host[:port] -> host (brackets kept for IPv6); the plan's SQL twin
 # is HOST_SQL in fetch.py.
@@ -187,9 +187,8 @@ class HostLimits:
         self._lock = threading.Lock()
 
     def acquire(self, host: str) -> "_Held":
-        """Wait for a connection and a time slot of `host`; raises netguard.Failure if
+        """Wait for a connection and a time slot of `host`; raises errors.Failure if
         the host was given up on or its next slot is past the deadline."""
-        from .netguard import Failure
         h = self._host(host)
         if h.given_up:
             raise Failure("host_given_up", h.given_up)
@@ -298,3 +297,9 @@ def digest(entries: list[str]) -> str:
     fetches again."""
     import hashlib
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def resolver(polite: dict) -> Resolver:
+    """The DNS cache a shard (or a robots.txt task) shares among its threads."""
+    return Resolver(polite["dns_cache_ttl"], overrides=polite["resolve"],
+                    only_overrides=polite["resolve_only"])

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
+from .errors import Failure  # noqa: F401 (netguard.Failure: where fetch's callers look)
 from .hosts import host_of
 
 DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
@@ -55,15 +56,6 @@ _TOKEN = re.compile(r"[a-z0-9._-]+")
 _VALUED_DIRECTIVES = {"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"}
 _CHUNK = 1 << 16
 _PNG_END = b"IEND\xaeB`\x82"
-
-
-class Failure(Exception):
-    """A URL that yields no image: `status` is the samples.status value, str() the error."""
-
-    def __init__(self, status: str, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ Two ways in:
   matrix products (`D @ X @ D.T`).
 Every image wit hashes is first brought to one canonical view (alpha on white,
 border padding removed): see wit_builder.canonical, whose `signature` calls
-`phash_array` on that view, and `phash_bytes` here for encoded images.
+`phash_array` on that view (`canonical.phash_bytes` for encoded images).
 
 Near duplicates are found by multi-index hashing: the 64 bits are split into `m`
 bands; two hashes within `k` bits of each other differ in at most `k // m` bits in
@@ -126,17 +126,6 @@ def phash_array(pixels: np.ndarray, channels: str = "BGR", margin: float = 0.0) 
         x /= 257.0
     low = (_resize_dct(a.shape[0]) @ x) @ _resize_dct(a.shape[1]).T
     return int(np.packbits(_bits(low.reshape(1, -1), margin)).view(">i8")[0])
-
-
-def phash_bytes(images: list[bytes]) -> np.ndarray:
-    """pHashes of encoded images' canonical view (wit_builder.canonical: alpha on
-    white, symmetric white margins cut) as int64; undecodable ones raise."""
-    from .canonical import signature_bytes
-    facts = [signature_bytes(b) for b in images]
-    bad = [i for i, f in enumerate(facts) if f["phash"] is None]
-    if bad:
-        raise ValueError(f"image {bad[0]} cannot be decoded: {facts[bad[0]]['error']}")
-    return np.array([f["phash"] for f in facts], dtype=np.int64)
 
 
 def hamming(a, b) -> np.ndarray:

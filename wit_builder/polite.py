@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 
-from .hosts import HostLimits, Resolver, host_of, shard_budgets
+from .hosts import HostLimits, host_of, resolver, shard_budgets
 from .robots import ORIGIN_SQL, Rules
 
 # Same host rule as hosts.host_of (RE2).
@@ -132,12 +132,6 @@ def add_host_columns(con) -> None:
                 "FROM pairs")
     con.execute("DROP TABLE pairs")
     con.execute("ALTER TABLE pairs2 RENAME TO pairs")
-
-
-def resolver(polite: dict) -> Resolver:
-    """The DNS cache a shard (or a robots.txt task) shares among its threads."""
-    return Resolver(polite["dns_cache_ttl"], overrides=polite["resolve"],
-                    only_overrides=polite["resolve_only"])
 
 
 def stop_after(limit: float) -> float:

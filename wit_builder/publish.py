@@ -289,3 +289,14 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     return stage.run_stage(build, "publish", dataclasses.asdict(cfg), _work(cfg),
                            outputs=["shards", "manifest"], inputs=("curate",), force=force,
                            views={"shards": MANIFEST_VIEW})
+
+
+def published(build) -> tuple[object, dict[str, int]]:
+    """The committed shards folder of `build` and its sizes.json ({"00000.tar": n})."""
+    stage.require(build, "publish")
+    folder = stage.committed(build, "publish", "shards")
+    sizes = storage.read_json(folder / "sizes.json")
+    if not sizes:
+        raise WitError(f"{build}: publish kept no samples, so there is nothing to export; "
+                       "check `wit-build stats` for where the pairs went")
+    return folder, sizes

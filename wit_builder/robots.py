@@ -51,7 +51,7 @@ def _schema():
 
 def _classify(origin: str, fetcher) -> dict:
     """One origin's row: state is rules, allow_all, unavailable, dns_error or blocked_address."""
-    from .netguard import Failure
+    from .errors import Failure
     now = time.time()
     row = {"origin": origin, "body": None, "crawl_delay": None, "fetched_at": now,
            "expires": now + CACHE_SECONDS, "error": None}
@@ -123,7 +123,7 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
 
     from . import storage
     from .netguard import Fetcher, Policy
-    from .polite import resolver
+    from .hosts import resolver
     if out.exists():
         return {"origins": len(origins)}
     kept = _still_valid(previous, origins) if previous else {}

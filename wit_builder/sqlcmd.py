@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import catalog
 from .errors import WitError
-from .stage import records, stale
+from .records import records, stale
 
 
 # C0/C1 controls (ESC starts a terminal escape sequence), DEL, and the bidi overrides and

@@ -25,8 +25,8 @@ from typing import Any, Callable
 
 from . import catalog, lock, storage
 from .errors import WitError
+from .records import read_record, record_path
 
-STAGES_DIR = "_stages"
 TMP_DIR = "_tmp"
 WORK_DIR = "_work"
 
@@ -90,15 +90,6 @@ class StageOutput:
 def params_hash(params: dict[str, Any]) -> str:
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def record_path(build, stage: str):
-    return storage.child(build, STAGES_DIR, f"{stage}.json")
-
-
-def read_record(build, stage: str) -> dict[str, Any] | None:
-    path = record_path(build, stage)
-    return storage.read_json(path) if path.exists() else None
 
 
 def output_dir(build, rec: dict[str, Any], name: str | None = None):
@@ -205,8 +196,8 @@ def _run_locked(build, stage, params, work, outputs, views, upstream, force) -> 
     workdir = storage.child(build, WORK_DIR, f"{stage}-{phash}")
     scratch = _scratch(build, stage, phash, workdir)
     # A killed earlier attempt leaves staged outputs: they are never trusted.
-    for stale in tmp.parent.glob(f"{stage}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for old in tmp.parent.glob(f"{stage}-*"):
+        shutil.rmtree(old, ignore_errors=True)
     tmp.mkdir(parents=True)
     scratch.mkdir(parents=True, exist_ok=True)
     if not storage.is_remote(workdir):
@@ -264,38 +255,6 @@ def collect_garbage(build, stage: str, scoped: dict[str, str]) -> list[str]:
                 storage.remove(entry)
                 removed.append(storage.rel(build, entry))
     return removed
-
-
-def records(build) -> list[dict[str, Any]]:
-    """All finished stage records in pipeline order (then by finishing time).
-
-    Later stages' views override earlier ones (curate's `samples` over fetch's), so the
-    order must not depend on clocks.
-    """
-    from .pipeline import STAGES
-    order = {name: i for i, name in enumerate(STAGES)}
-    folder = storage.child(storage.location(build), STAGES_DIR)
-    paths = sorted(folder.glob("*.json"), key=str) if folder.exists() else []
-    out = [storage.read_json(p) for p in paths]
-    return sorted(out, key=lambda r: (order.get(r.get("stage"), len(order)), r.get("finished", "")))
-
-
-def stale(recs: list[dict[str, Any]]) -> dict[str, str]:
-    """{stage: why} for finished stages whose inputs are no longer the runs they read:
-    an upstream stage reran since (or is gone), or is itself stale. `recs` as
-    `records` returns them, upstream first."""
-    current = {r["stage"]: r["run_id"] for r in recs}
-    out: dict[str, str] = {}
-    for r in recs:
-        for name, run_id in (r.get("inputs") or {}).items():
-            if name in out:
-                out[r["stage"]] = f"{name} is stale"
-            elif current.get(name) != run_id:
-                out[r["stage"]] = f"{name} reran after it" if name in current else f"{name} is gone"
-            else:
-                continue
-            break
-    return out
 
 
 def committed(build, stage: str, name: str | None = None):

@@ -1,6 +1,6 @@
 """The generated world's Wikipedia side: the XML dump, pageviews and WordNet.
 
-Part of `wit_builder.world` (which calls these writers); split out because the
+Part of the generated world (`wit_builder.world` calls these writers); split out because the
 dump's markup generator is a job of its own. Prose sentences are generated as
 (plain, wikitext) token pairs, so the plain-text word counts are known exactly.
 """
@@ -10,15 +10,12 @@ import bz2
 import hashlib
 import re
 from collections import Counter
-from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
 from wit_builder.imageserver import COLORS
-
-if TYPE_CHECKING:
-    from wit_builder.world import Size, World
+from wit_builder.worldspec import Size, World
 
 # Concept words in the order of their frequency in the wiki (rank 1 first).
 WIKI_RANK = ["red", "circle", "blue", "square", "star", "green", "triangle", "white", "black",
