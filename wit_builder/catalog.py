@@ -16,13 +16,10 @@ from typing import Any
 from . import storage
 from .errors import WitError
 from .records import records, stale
+from .sql import literal
 
 DB_NAME = "catalog.duckdb"
 _catalog_path: Path | None = None  # --catalog: where a remote build's catalog lives
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
 
 
 def set_path(path: str | None) -> None:
@@ -72,7 +69,7 @@ def connect(build, read_only: bool = False, allow_files=()):
     if storage.is_remote(build):
         storage.register(con, build)
     else:
-        con.execute(f"SET file_search_path = {_quote(str(Path(build).resolve()))}")
+        con.execute(f"SET file_search_path = {literal(str(Path(build).resolve()))}")
     if read_only:
         _confine(con, build, allow_files)
     return con
@@ -100,10 +97,10 @@ def _confine(con, build, allow_files) -> None:
         for form in dict.fromkeys((os.path.normpath(given), str(p.resolve()))):
             (dirs if p.is_dir() else files).append(form + ("/" if p.is_dir() else ""))
     if allow_files and not storage.is_remote(build):
-        con.execute(f"SET file_search_path = {_quote(str(Path(build).resolve()) + ',' + os.getcwd())}")
-    con.execute(f"SET allowed_directories = [{', '.join(map(_quote, dirs))}]")
+        con.execute(f"SET file_search_path = {literal(str(Path(build).resolve()) + ',' + os.getcwd())}")
+    con.execute(f"SET allowed_directories = [{', '.join(map(literal, dirs))}]")
     if files:
-        con.execute(f"SET allowed_paths = [{', '.join(map(_quote, files))}]")
+        con.execute(f"SET allowed_paths = [{', '.join(map(literal, files))}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")   # no setting changes from here on
 
@@ -130,15 +127,15 @@ def refresh(build: str | Path) -> list[str]:
             if not list(build.glob(rel)):
                 continue  # an output removed by hand: leave no view that errors on use
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet("
-                        f"{_quote(where(rel))}, union_by_name = true)")
+                        f"{literal(where(rel))}, union_by_name = true)")
             made.append(name)
         if (build / "_stages").exists() and list((build / "_stages").glob("*.json")):
-            old = ", ".join(_quote(n) for n in stale(recs)) or "NULL"
+            old = ", ".join(literal(n) for n in stale(recs)) or "NULL"
             con.execute("CREATE OR REPLACE VIEW stages AS SELECT stage, run_id, CASE WHEN stage "
                         f"IN ({old}) THEN 'stale' ELSE status END AS status, "
                         "params::JSON::VARCHAR AS parameters, started::TIMESTAMPTZ AS started, "
                         "finished::TIMESTAMPTZ AS finished, seconds, rows "
-                        f"FROM read_json({_quote(where('_stages/*.json'))}, union_by_name = true, "
+                        f"FROM read_json({literal(where('_stages/*.json'))}, union_by_name = true, "
                         "maximum_object_size = 67108864) ORDER BY finished")
             made.append("stages")
         return made
@@ -318,7 +315,7 @@ def memory_limit_problem(value: str) -> str | None:
     import duckdb
     con = duckdb.connect(":memory:")
     try:
-        con.execute(f"SET memory_limit = {_quote(str(value))}")
+        con.execute(f"SET memory_limit = {literal(str(value))}")
     except duckdb.Error:
         return "not a size DuckDB understands (e.g. 4GB, 500MB)"
     finally:
@@ -341,12 +338,12 @@ def scratch(work: str | Path, memory_limit: str | None = "4GB", db: str | Path |
     con = duckdb.connect(str(db) if db else ":memory:")
     if memory_limit:
         try:
-            con.execute(f"SET memory_limit = {_quote(memory_limit)}")
+            con.execute(f"SET memory_limit = {literal(memory_limit)}")
         except duckdb.Error:
             con.close()
             raise WitError(f"--memory-limit {memory_limit!r}: not a size DuckDB understands "
                            f"(e.g. 4GB, 500MB)") from None
-    con.execute(f"SET temp_directory = {_quote(str(tmp))}")
+    con.execute(f"SET temp_directory = {literal(str(tmp))}")
     if not keep_order:
         con.execute("SET preserve_insertion_order = false")
     if remote is not None:

@@ -26,6 +26,7 @@ from .dedup import duplicates, eval_hits
 from .errors import WitError
 from .imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
 from .stage import StageContext, StageOutput, StageResult
+from .sql import literal
 
 # In precedence order: a sample gets the first reason that applies.
 DROP_REASONS = ("failed_download", "undecodable", "too_small", "bad_aspect", "short_caption",
@@ -170,10 +171,6 @@ def _compute_eval(cfg: Config, files: list, chunk: int = 256):
 # Filters and dedup (DuckDB)
 
 
-def _quote(s: str) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
-
 def _filter_reasons_sql(cfg: Config) -> str:
     """The CASE giving each sample its first failing filter (NULL: passes them all)."""
     return f"""CASE
@@ -196,7 +193,7 @@ def _open_status(con, ctx: StageContext) -> list[str]:
     returns the tars holding successful downloads.
     """
     build = ctx.build
-    status = _quote(str(build / ctx.inputs["fetch"]["views"]["samples"]))
+    status = literal(str(build / ctx.inputs["fetch"]["views"]["samples"]))
     fetch_dir = ctx.upstream("fetch")
     # In an object store every statement that reads a view opens its files again (one
     # HEAD and GETs each): read them once into the scratch database instead.
@@ -232,7 +229,7 @@ def _open_status(con, ctx: StageContext) -> list[str]:
 def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
     """View `measured` (fetch's rows with the image facts) and table `s`: only what the
     filters and dedup need, one row per uid, with its first failing filter in `reason`."""
-    facts = _quote(str(facts_dir / "*.parquet"))
+    facts = literal(str(facts_dir / "*.parquet"))
     kind = "TABLE" if storage.is_remote(facts_dir) else "VIEW"  # see _open_status
     con.execute(f"CREATE {kind} facts AS SELECT * FROM read_parquet({facts}, union_by_name = true)")
     dups = con.execute("SELECT count(*) - count(DISTINCT uid) FROM status").fetchall()[0][0]
@@ -285,7 +282,7 @@ def _write(con, tmp: Path) -> None:
         LEFT JOIN (SELECT rid, 'eval_set' AS reason, min(eval_path) AS eval_path
                    FROM eval_hits GROUP BY rid) eh ON eh.rid = s.rid
         LEFT JOIN dups du ON du.rid = s.rid""")
-    con.execute(f"COPY (SELECT * FROM final) TO {_quote(str(out))} (FORMAT parquet, "
+    con.execute(f"COPY (SELECT * FROM final) TO {literal(str(out))} (FORMAT parquet, "
                 "FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE)")
     counts = out / "_kept_per_query"
     counts.mkdir()
@@ -303,7 +300,7 @@ def _write(con, tmp: Path) -> None:
                  coalesce(downloaded, 0) AS downloaded, coalesce(kept, 0) AS kept,
                  coalesce(kept_matching, 0) AS kept_matching
           FROM by_selector FULL JOIN by_match USING (query_id) ORDER BY query_id
-        ) TO {_quote(str(counts / 'part-0.parquet'))} (FORMAT parquet)""")
+        ) TO {literal(str(counts / 'part-0.parquet'))} (FORMAT parquet)""")
 
 
 def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], StageOutput]:

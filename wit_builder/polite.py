@@ -20,6 +20,7 @@ from collections import Counter
 
 from .hosts import HostLimits, host_of, resolver, shard_budgets
 from .robots import ORIGIN_SQL, Rules
+from .sql import literal
 
 # Same host rule as hosts.host_of (RE2).
 HOST_SQL = ("lower(coalesce(regexp_extract(url, "
@@ -42,8 +43,8 @@ def exclude(con, domains: list[str], urls: list[str], where: dict[str, str]) -> 
     dom, url = where.get("exclude_domains", ""), where.get("exclude_urls", "")
     con.execute(f"""CREATE TEMP TABLE excluded AS
         WITH hit AS ({domain_hits("pairs", "ex_domains", "d")})
-        SELECT p.*, CASE WHEN u.u IS NOT NULL THEN 'excluded by --exclude-urls {_esc(url)}'
-                         ELSE 'excluded by --exclude-domains {_esc(dom)} (' || hit.domain || ')' END
+        SELECT p.*, CASE WHEN u.u IS NOT NULL THEN {literal('excluded by --exclude-urls ' + url)}
+                         ELSE {literal('excluded by --exclude-domains ' + dom + ' (')} || hit.domain || ')' END
                     AS error
         FROM pairs p LEFT JOIN hit USING (host) LEFT JOIN ex_urls u ON p.url = u.u
         WHERE hit.domain IS NOT NULL OR u.u IS NOT NULL""")
@@ -63,10 +64,6 @@ def domain_hits(table: str, domains: str, column: str) -> str:
                           unnest(generate_series(1, len(string_split(host, '.')))) AS i
                    FROM (SELECT DISTINCT host FROM {table} WHERE host <> '')))
                JOIN {domains} ON suffix = {column} GROUP BY 1"""
-
-
-def _esc(s: str) -> str:
-    return s.replace("'", "''")
 
 
 def layout(n_rows: int, shard_size: int) -> tuple[int, int]:

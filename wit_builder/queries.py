@@ -19,6 +19,7 @@ from .config import to_dict
 from .errors import WitError
 from .io import expand_inputs, file_fingerprint
 from .stage import WORK_DIR, StageContext, StageOutput, StageResult, run_stage
+from .sql import literal
 
 SOURCES = ("wiki_unigram", "wiki_bigram", "wiki_title", "wordnet")
 REPO_QUERIES = Path(__file__).resolve().parents[1] / "queries"
@@ -257,9 +258,6 @@ def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dic
 
 # ---------------------------------------------------------------- other inputs
 
-def _q(s: str | Path) -> str:
-    return "'" + str(s).replace("'", "''") + "'"
-
 
 def _open_text(path):
     import bz2
@@ -285,7 +283,7 @@ def _first_bad_line(path: Path, fields: int) -> tuple[int, str]:
 def _load_count_table(con, path: Path, fields: int, dest: Path) -> None:
     """Check a count table and write it as Parquet in the counting layout."""
     import duckdb
-    lines = (f"read_csv({_q(path)}, columns={{'line': 'VARCHAR'}}, delim='\x01', quote='', "
+    lines = (f"read_csv({literal(path)}, columns={{'line': 'VARCHAR'}}, delim='\x01', quote='', "
              "escape='', header=false, auto_detect=false)")
     parsed = (f"SELECT regexp_extract(line, '^\\s*(.*?)\\s+([0-9]+)\\s*$', ['gram', 'count']) AS m "
               f"FROM {lines} WHERE trim(line) <> ''")
@@ -302,7 +300,7 @@ def _load_count_table(con, path: Path, fields: int, dest: Path) -> None:
                 "split_part(regexp_replace(trim(m.gram), '\\s+', ' ', 'g'), ' ', 1) AS word1, "
                 "split_part(regexp_replace(trim(m.gram), '\\s+', ' ', 'g'), ' ', 2) AS word2")
         con.execute(f"COPY (SELECT {cols}, sum(m.count::BIGINT) AS count FROM ({parsed}) "
-                    f"GROUP BY ALL) TO {_q(dest)} (FORMAT parquet)")
+                    f"GROUP BY ALL) TO {literal(dest)} (FORMAT parquet)")
     except duckdb.Error as e:
         raise WitError(f"{path}: cannot read this count table ({str(e).splitlines()[0]})") from None
 
@@ -335,9 +333,9 @@ def _load_pageviews(con, files: list, domain: str, work: Path) -> None:
         domains = [domain, domain + ".m", domain + ".wikipedia", domain + ".m.wikipedia"]
         try:
             con.execute("INSERT INTO pv SELECT replace(title, '_', ' '), sum(views) FROM read_csv("
-                        f"{_q(path_read)}, columns={cols}, delim=' ', quote='', escape='', "
+                        f"{literal(path_read)}, columns={cols}, delim=' ', quote='', escape='', "
                         "header=false, auto_detect=false, null_padding=false) "
-                        f"WHERE domain IN ({', '.join(map(_q, domains))}) GROUP BY 1")
+                        f"WHERE domain IN ({', '.join(map(literal, domains))}) GROUP BY 1")
         except duckdb.Error as e:
             msg = " ".join(str(e).splitlines()[:2])
             raise WitError(f"--pageviews {path}: {msg}; fix or remove the line") from None
@@ -431,7 +429,7 @@ def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], d
         if not globs:
             return "(SELECT " + ", ".join(f"NULL::{c.split()[1]} AS {c.split()[0]}"
                                           for c in columns.split(", ")) + " WHERE false)"
-        return f"read_parquet([{', '.join(map(_q, globs))}], union_by_name = true)"
+        return f"read_parquet([{', '.join(map(literal, globs))}], union_by_name = true)"
 
     ex = con.execute
     ex(f"CREATE TABLE words AS SELECT word, sum(count)::BIGINT AS count "
@@ -470,19 +468,19 @@ def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], d
        "views FROM tviews) WHERE q <> '' GROUP BY key")
     ex(f"CREATE TABLE wnkeys AS SELECT {K('lemma')} AS key, {spelling('lemma', 'synset')} AS spelling "
        "FROM wn_in GROUP BY key")
-    word_ok = f"regexp_full_match(spelling, {_q(WORD_RE)})"
+    word_ok = f"regexp_full_match(spelling, {literal(WORD_RE)})"
     ex(f"""CREATE TABLE cand AS
         SELECT key, spelling, 'wiki_unigram' AS source, count::DOUBLE AS score, 0.0 AS score2 FROM wkeys
           WHERE count >= {cfg.min_freq} AND {word_ok}
         UNION ALL SELECT key, spelling, 'wiki_bigram', count, pmi FROM bkeys
           WHERE count >= {cfg.min_bigram_count} AND pmi >= {cfg.min_pmi} - 1e-9
-            AND regexp_full_match(spelling, {_q(WORD_RE + ' ' + WORD_RE)})
+            AND regexp_full_match(spelling, {literal(WORD_RE + ' ' + WORD_RE)})
         UNION ALL SELECT key, spelling, 'wiki_title', views, 0.0 FROM tkeys WHERE views >= {cfg.min_views}
         UNION ALL SELECT w.key, w.spelling, 'wordnet', coalesce(u.count, b.count, 0), 0.0
           FROM wnkeys w LEFT JOIN wkeys u USING (key) LEFT JOIN bkeys b USING (key)""")
     order = cfg.priority + [s for s in SOURCES if s not in cfg.priority]
-    prio = "[" + ", ".join(map(_q, order)) + "]"
-    canon = "[" + ", ".join(map(_q, SOURCES)) + "]"
+    prio = "[" + ", ".join(map(literal, order)) + "]"
+    canon = "[" + ", ".join(map(literal, SOURCES)) + "]"
     ex(f"""CREATE TABLE ranked AS SELECT *, list_position({prio}, source) AS prio,
         row_number() OVER (PARTITION BY source ORDER BY score DESC, score2 DESC, spelling) AS source_rank
         FROM cand WHERE key NOT IN (SELECT {K('entry')} FROM blocked_in) AND spelling <> ''""")
@@ -500,7 +498,7 @@ def _select(con, cfg: Config, tables: dict[str, list[str]], titles: list[str], d
                        f"times (--min-freq {cfg.min_freq}); lower the thresholds or give more text")
     ex(f"COPY (SELECT query_id::INTEGER AS query_id, query, sources, wiki_count::BIGINT AS wiki_count, "
        f"pmi::DOUBLE AS pmi, pageviews::BIGINT AS pageviews FROM entries WHERE query_id < {cfg.max_entries} "
-       f"ORDER BY query_id) TO {_q(dest)} (FORMAT parquet, COMPRESSION zstd)")
+       f"ORDER BY query_id) TO {literal(dest)} (FORMAT parquet, COMPRESSION zstd)")
     return _summary(con, cfg, order, n_cand)
 
 
@@ -515,8 +513,8 @@ def _summary(con, cfg: Config, order: list[str], n_cand: int) -> dict[str, Any]:
     overlaps = {}
     for i, a in enumerate(SOURCES):
         for b in SOURCES[i + 1:]:
-            n = rows(f"SELECT count(*) FROM entries WHERE list_contains(sources, {_q(a)}) "
-                     f"AND list_contains(sources, {_q(b)})")[0][0]
+            n = rows(f"SELECT count(*) FROM entries WHERE list_contains(sources, {literal(a)}) "
+                     f"AND list_contains(sources, {literal(b)})")[0][0]
             if n:
                 overlaps[f"{a}+{b}"] = n
     entries = min(n_cand, cfg.max_entries)
@@ -530,7 +528,7 @@ def _summary(con, cfg: Config, order: list[str], n_cand: int) -> dict[str, Any]:
     else:
         cap = f"no cap needed: {n_cand:,} candidates <= --max-entries {cfg.max_entries:,}"
     examples = {s: [r[0] for r in rows(
-        f"SELECT query FROM entries WHERE best = {_q(s)} AND {kept} ORDER BY source_rank LIMIT 5")]
+        f"SELECT query FROM entries WHERE best = {literal(s)} AND {kept} ORDER BY source_rank LIMIT 5")]
         for s in SOURCES}
     return {"entries": entries, "entries_per_source": {s: per_source.get(s, 0) for s in SOURCES},
             "candidates": {s: candidates.get(s, 0) for s in SOURCES}, "overlaps": overlaps, "cap": cap,

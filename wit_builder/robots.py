@@ -25,14 +25,16 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from .sql import literal
+
 ROBOTS_AGENT = "wit-build"     # the product token robots.txt groups are matched against
 CACHE_SECONDS = 24 * 3600
 UNAVAILABLE_SECONDS = 3600
 MAX_ROBOTS_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
 _ORIGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#]*)")
 # The same key in the plan's SQL (RE2 understands the pattern).
-ORIGIN_SQL = ("lower(regexp_extract(url, '{p}', 1)) || '://' || lower(regexp_extract(url, '{p}', 2))"
-              .format(p=_ORIGIN.pattern.replace("'", "''")))
+ORIGIN_SQL = ("lower(regexp_extract(url, {p}, 1)) || '://' || lower(regexp_extract(url, {p}, 2))"
+              .format(p=literal(_ORIGIN.pattern)))
 ALLOW_ALL = ("not_found", "http_error", "redirect_loop", "too_large", "not_an_image")
 COLUMNS = ["origin", "state", "body", "crawl_delay", "fetched_at", "expires", "error"]
 

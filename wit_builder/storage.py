@@ -133,7 +133,8 @@ def rel(base, path) -> str:
 
 def sql_path(path) -> str:
     """A path or URL as a quoted SQL string literal for DuckDB."""
-    return "'" + str(path).replace("'", "''") + "'"
+    from .sql import literal
+    return literal(path)
 
 
 def register(con, *paths) -> None:
