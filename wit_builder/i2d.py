@@ -1,9 +1,9 @@
 """The one adapter between wit and img2dataset: every use fetch makes of its insides.
 
 img2dataset's `Downloader` takes its resizer and its sample writer class as
-arguments, so those are injected: `shard_downloader` hands it fetch's resizer
-(`resizer` wrapped by `wit_builder.resizing.hashing_resizer`) and img2dataset's own
-`WebDatasetSampleWriter`. Two things it offers no seam for:
+arguments, so those are injected: `download_shard` hands it fetch's resizer (its
+`Resizer`, built by `resizer`, wrapped by `wit_builder.resizing.hashing_resizer`) and
+img2dataset's own `WebDatasetSampleWriter`. Two things it offers no seam for:
 
 - the download: `Downloader.download_shard` calls the module global
   `img2dataset.downloader.download_image_with_retry` from its thread pool (a bare
@@ -13,10 +13,11 @@ arguments, so those are injected: `shard_downloader` hands it fetch's resizer
   the stored pixels for the signature).
 
 `patched` swaps those two globals for one `with` block and puts them back on exit:
-it is the only patch wit makes to img2dataset, and `download_shard` is the only
-caller inside wit (benchmarks use it too). Both rely on the names and call
-signatures of img2dataset 1.47, so `check_version` refuses any other release with a
-one-line `WitError`; pyproject.toml and constraints.txt pin the same range.
+it is the only patch wit makes to img2dataset (`download_shard` uses it for a fetch
+shard, the benchmarks for the resizer alone). It, the resizer's six-value result
+(`resized`) and the sample keys (`sample_key`) rely on img2dataset 1.47, so
+`check_version` refuses any other release with a one-line `WitError`;
+pyproject.toml and constraints.txt pin the same range.
 """
 from __future__ import annotations
 
