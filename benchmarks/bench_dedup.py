@@ -58,31 +58,27 @@ class Store:
 
     def __init__(self):
         import cv2
-        from img2dataset import resizer as i2d_resizer
 
+        from wit_builder import i2d
         from wit_builder.resizing import CvTap, Download, hashing_resizer
-        self.i2d, self.cv2, self.Download = i2d_resizer, cv2, Download
+        self.i2d, self.cv2, self.Download = i2d, cv2, Download
         self.tap = CvTap(cv2, 256, "border")
         self.stored: dict = {}
         self.plain: dict = {}
-        resizer = i2d_resizer.Resizer(256, "border", False, encode_quality=95, encode_format="jpg")
-        self.resize = hashing_resizer(resizer, self.tap, self.stored)
+        self.resize = hashing_resizer(i2d.resizer(256, "border"), self.tap, self.stored)
         self.seconds = 0.0
 
     def __call__(self, index: int, data: bytes) -> tuple[bytes, tuple[int, int]]:
-        self.i2d.cv2 = self.tap
-        try:
+        with self.i2d.patched(cv2=self.tap):
             t0 = time.process_time()
             out = self.resize(self.Download(index, data))
             self.seconds += time.process_time() - t0
-        finally:
-            self.i2d.cv2 = self.cv2
-        if out[0] is None:
-            raise RuntimeError(f"img2dataset could not store image {index}: {out[-1]}")
-        stored = out[0]
+        if out.img is None:
+            raise RuntimeError(f"img2dataset could not store image {index}: {out.error}")
+        stored = out.img
         # plain pHash as wit hashed before: the stored pixels as they are, padding included
         self.plain[index] = phash_array(self.cv2.imdecode(np.frombuffer(stored, np.uint8), self.cv2.IMREAD_COLOR))
-        return stored, (out[3], out[4])
+        return stored, (out.original_width, out.original_height)
 
 
 def plain_file_phash(data: bytes) -> int:

@@ -65,12 +65,12 @@ def interleaved(repeat: int, fns: list) -> list[tuple[float, object]]:
 
 def fetch_overhead(blobs: list[bytes], repeat: int) -> tuple[float, float]:
     """Microseconds per image of img2dataset's resizer as fetch runs it, without and
-    with the hashing wrapper (wit_builder.fetch._hashing)."""
+    with the hashing wrapper (wit_builder.resizing.hashing_resizer)."""
     import cv2
-    from img2dataset import resizer as i2d_resizer
 
+    from wit_builder import i2d
     from wit_builder.resizing import CvTap, Download, hashing_resizer
-    plain = i2d_resizer.Resizer(256, "border", False, encode_quality=95, encode_format="jpg")
+    plain = i2d.resizer(256, "border")
     stored: dict = {}
     tap = CvTap(cv2, None, "border")  # full-size decoding, as img2dataset's: only the hash differs
     hashing = hashing_resizer(plain, tap, stored)
@@ -78,11 +78,8 @@ def fetch_overhead(blobs: list[bytes], repeat: int) -> tuple[float, float]:
     def run(fn) -> None:
         for i, b in enumerate(blobs):
             fn(Download(i, b))
-    i2d_resizer.cv2 = tap
-    try:
+    with i2d.patched(cv2=tap):
         (t_plain, _), (t_hash, _) = interleaved(max(repeat, 6), [lambda: run(plain), lambda: run(hashing)])
-    finally:
-        i2d_resizer.cv2 = cv2
     assert len(stored) == len(blobs)
     return t_plain / len(blobs) * 1e6, t_hash / len(blobs) * 1e6
 

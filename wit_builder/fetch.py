@@ -4,9 +4,10 @@ The plan drops the pairs the opt-out lists name (`excluded`) and lays the rest o
 over the download shards with each host's URLs in few consecutive shards
 (`polite.deal`); a robots.txt pass fetches every origin's robots.txt once
 (`robots.py`). Each shard is one Ray task that runs img2dataset's `Downloader` (its
-thread pool, resizer and WebDataset writer) with `netguard.Fetcher` in place of its
-bare urllib call, under the shard's share of each host's limits and with a DNS cache
-its threads share (`polite.Shard`). At most --shards-in-flight shards run at once
+thread pool, resizer and WebDataset writer; through `wit_builder.i2d`, the one adapter
+to img2dataset) with `netguard.Fetcher` in place of its bare urllib call, under the
+shard's share of each host's limits and with a DNS cache its threads share
+(`polite.Shard`). At most --shards-in-flight shards run at once
 (never two holding the same slot class of a big host); a shard that fails or
 outlives --shard-time-limit is tried again. A shard task downloads into its own
 machine's temporary folder and puts the finished shard into the stage's work prefix
@@ -18,14 +19,13 @@ per-host counts in fetch/hosts/ and robots.txt in fetch/robots/.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import catalog, cluster, polite, storage
+from . import catalog, cluster, i2d, polite, storage
 from . import config as cfgmod
 from .errors import WitError
 from .hosts import digest, parse_overrides, read_list
@@ -114,7 +114,9 @@ class Config:
 
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
+    """The flag values' own mistakes, found before anything runs (and an img2dataset
+    release fetch does not support: a shard would only find out in its task)."""
+    i2d.check_version()
     zero_ok = ("retries", "shards_in_flight", "shard_retries", "per_host_rps", "host_give_up_after")
     for name in ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
                  "max_image_area", "max_image_bytes", "per_host_connections", "dns_cache_ttl") + zero_ok:
@@ -340,12 +342,8 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
     import tempfile
     import warnings
 
-    import pyarrow as pa
+    import cv2
     import pyarrow.parquet as pq
-    from img2dataset import downloader as i2d
-    from img2dataset import resizer as i2d_resizer
-    from img2dataset.resizer import Resizer
-    from img2dataset.writer import WebDatasetSampleWriter
     from PIL import Image
 
     from .netguard import Fetcher, Policy
@@ -363,9 +361,7 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
         with plan_file.open("rb") as f:
             plan = pq.read_table(f).sort_by("ord")
         feather = out / "input.arrow"
-        with pa.OSFile(str(feather), "wb") as f, pa.ipc.new_file(f, pa.schema(
-                [("uid", pa.string()), ("caption", pa.string()), ("url", pa.string())])) as w:
-            w.write_table(pa.table({"uid": plan["uid"], "caption": plan["text"], "url": plan["url"]}))
+        i2d.write_input(feather, plan["uid"], plan["text"], plan["url"])
 
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
@@ -378,38 +374,27 @@ def _fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) ->
                                     f"--shard-time-limit {limit:g} s (to keep what it finished)")
         outcomes: dict[int, tuple] = {}
 
-        def fetch(row, **_img2dataset_options):
-            index, url = row
+        def fetch(index: int, url: str) -> tuple:
             refused = manners.refuse(url)  # robots.txt (or its host's DNS) says no: not requested
             data, status, error = (None, *refused) if refused else fetcher.fetch(url)
             manners.outcome(url, status)
             outcomes[index] = (status, error, None if data is None else len(data))
-            return index, (None if data is None else Download(index, data)), error
+            return (None if data is None else Download(index, data)), error
 
         r = settings["resize"]
         stored: dict[int, tuple] = {}
-        tap = CvTap(i2d_resizer.cv2, r["image_size"] if r["reduced_decode"] else None,
-                    r["resize_mode"])
-        resizer = hashing_resizer(Resizer(
-            r["image_size"], r["resize_mode"], False, encode_quality=r["encode_quality"],
-            encode_format=r["encode_format"], max_image_area=r["max_image_area"]), tap, stored)
-        downloader = i2d.Downloader(
-            sample_writer_class=WebDatasetSampleWriter, resizer=resizer,
-            thread_count=settings["threads"], save_caption=True, extract_exif=False,
-            output_folder=str(out), column_list=["uid", "caption", "url"], timeout=p["timeout"],
-            number_sample_per_shard=settings["shard_size"], oom_shard_count=oom,
-            compute_hash="sha256", verify_hash_type=None, encode_format=r["encode_format"],
-            retries=p["retries"], user_agent_token=None, disallowed_header_directives=None)
-        # img2dataset looks these names up at call time; the task owns its worker process.
-        original, i2d.download_image_with_retry = i2d.download_image_with_retry, fetch
-        i2d_resizer.cv2 = tap
+        tap = CvTap(cv2, r["image_size"] if r["reduced_decode"] else None, r["resize_mode"])
+        resize = hashing_resizer(i2d.resizer(
+            r["image_size"], r["resize_mode"], r["encode_format"], r["encode_quality"],
+            r["max_image_area"]), tap, stored)
         try:
-            downloader.download_shard((shard, str(feather)))
+            results = i2d.download_shard(
+                shard, feather, out, download=fetch, resize=resize, cv2=tap,
+                threads=settings["threads"], shard_size=settings["shard_size"], oom_shard_count=oom,
+                timeout=p["timeout"], retries=p["retries"], encode_format=r["encode_format"])
         finally:
-            i2d.download_image_with_retry = original
-            i2d_resizer.cv2 = tap.cv2
             fetcher.close()
-        table = _status_table(plan, out / f"{name}.parquet", outcomes, stored, shard, settings)
+        table = _status_table(plan, results, outcomes, stored, shard, settings)
         pq.write_table(table, out / "status.parquet")
         statuses = table["status"].to_pylist()
         counts: dict[str, int] = {}
@@ -458,9 +443,7 @@ def _status_table(plan, i2d_parquet: Path, outcomes: dict, stored: dict, shard: 
 
 
 def _key(index: int, shard: int, settings: dict) -> str:
-    """img2dataset's sample key (downloader.compute_key): shard and index, zero-padded."""
-    oom_sample = math.ceil(math.log10(settings["shard_size"]))
-    return f"{shard * 10 ** oom_sample + index:0{oom_sample + settings['oom_shard_count']}d}"
+    return i2d.sample_key(index, shard, settings["shard_size"], settings["oom_shard_count"])
 
 
 def _with_status(plan, cols: dict | None = None):

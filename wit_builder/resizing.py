@@ -3,7 +3,8 @@ the hash and signature of every image stored.
 
 img2dataset's `Resizer` decodes each download at full size with
 `cv2.imdecode(..., IMREAD_UNCHANGED)`, resizes it and encodes it with `cv2.imencode`.
-Inside a fetch task, `CvTap` stands in for the `cv2` module the resizer sees:
+Inside a fetch task, `CvTap` stands in for the `cv2` module the resizer sees (swapped
+in by `wit_builder.i2d.patched`, the one place wit patches img2dataset):
 - `imdecode` decodes a JPEG at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) when the
   reduced image is still at least the target size on the side the resize mode
   measures. The entropy decoding is the same, but the inverse DCT, colour conversion
@@ -21,7 +22,9 @@ time.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from typing import Callable
+
+from .i2d import Resized, resized
 
 SMALLEST_SIDE = ("keep_ratio", "center_crop")        # img2dataset's SmallestMaxSize
 LARGEST_SIDE = ("border", "keep_ratio_largest")      # its LongestMaxSize
@@ -51,7 +54,8 @@ def reduction(width: int, height: int, target: int, resize_mode: str) -> int:
 
 
 class CvTap:
-    """Stands in for the cv2 module inside img2dataset's resizer (see the module doc)."""
+    """Stands in for the cv2 module inside img2dataset's resizer (see the module doc;
+    `wit_builder.i2d.patched` puts it there)."""
 
     def __init__(self, cv2, target: int | None, resize_mode: str):
         self.cv2 = cv2
@@ -94,7 +98,7 @@ class CvTap:
 
 
 def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple]) -> Callable:
-    """`resizer` (img2dataset's, with `tap` as its cv2), reporting the true original
+    """`resizer` (img2dataset's, run under `i2d.patched(cv2=tap)`), reporting the true original
     size of images decoded reduced and recording, per row index, (sha256 of the
     stored bytes, pHash, thumb, detail) of the stored pixels' canonical view
     (computed here, where they are already decoded, so curate need not decode the
@@ -103,15 +107,15 @@ def hashing_resizer(resizer, tap: CvTap, stored: dict[int, tuple]) -> Callable:
 
     from .canonical import signature
 
-    def resize(img_stream, blurring_bbox_list=None) -> tuple[Any, ...]:
+    def resize(img_stream, blurring_bbox_list=None) -> Resized:
         tap.pixels, tap.original = None, None
-        out = resizer(img_stream, blurring_bbox_list)
-        if out[0] is not None and tap.original is not None:
-            out = (*out[:3], *tap.original, *out[5:])  # (img, w, h, original w, original h, err)
+        out = resized(resizer(img_stream, blurring_bbox_list))
+        if out.img is not None and tap.original is not None:
+            out = out._replace(original_width=tap.original[0], original_height=tap.original[1])
         index = getattr(img_stream, "index", None)
-        if out[0] is not None and tap.pixels is not None and index is not None:
+        if out.img is not None and tap.pixels is not None and index is not None:
             try:
-                stored[index] = (hashlib.sha256(out[0]).hexdigest(), *signature(tap.pixels, "BGR"))
+                stored[index] = (hashlib.sha256(out.img).hexdigest(), *signature(tap.pixels, "BGR"))
             except Exception:  # an odd pixel layout: curate decodes and hashes it instead
                 pass
         tap.pixels = None
