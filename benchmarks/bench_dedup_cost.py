@@ -66,10 +66,10 @@ def gray_phash_facts(blobs: list[bytes]) -> list:
 def resizers():
     """img2dataset's resizer as fetch wraps it, hashing as before and as now."""
     import cv2
-    from img2dataset import resizer as i2d_resizer
 
+    from wit_builder import i2d
     from wit_builder.resizing import CvTap, hashing_resizer
-    base = i2d_resizer.Resizer(256, "border", False, encode_quality=95, encode_format="jpg")
+    base = i2d.resizer(256, "border")
     tap = CvTap(cv2, 256, "border")
     stored: dict = {}
 
@@ -80,7 +80,7 @@ def resizers():
             stored[stream.index] = (hashlib.sha256(out[0]).hexdigest(), phash_array(tap.pixels))
         tap.pixels = None
         return out
-    return i2d_resizer, cv2, tap, before, hashing_resizer(base, tap, stored)
+    return tap, before, hashing_resizer(base, tap, stored)
 
 
 def interleaved(repeat: int, fns: list) -> list[float]:
@@ -157,14 +157,12 @@ def main() -> None:
     b, a = interleaved(args.repeat, [lambda: image_facts(stored, known_before),
                                      lambda: image_facts(stored, known_now)])
     row("curate facts, reusing fetch's signatures", n, b, a)
-    i2d_resizer, cv2_mod, tap, before, after = resizers()
+    tap, before, after = resizers()
+    from wit_builder import i2d
     from wit_builder.resizing import Download
-    i2d_resizer.cv2 = tap
-    try:
+    with i2d.patched(cv2=tap):
         b, a = interleaved(args.repeat, [lambda: [before(Download(i, d)) for i, d in enumerate(web)],
                                          lambda: [after(Download(i, d)) for i, d in enumerate(web)]])
-    finally:
-        i2d_resizer.cv2 = cv2_mod
     row("fetch's resizer + hashing (web originals)", n, b, a)
     sig = interleaved(args.repeat, [lambda: [canonical.signature_bytes(d) for d in stored]])[0]
     print(f"(the signature from bytes alone: {sig / n * 1e6:.0f} us per 256-px JPEG)")
