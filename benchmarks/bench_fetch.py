@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder import imageserver
+from wit_builder import drawing, imageserver
 from wit_builder.io import uid_of
 from wit_builder.stage import StageOutput, committed, run_stage
 
@@ -44,8 +44,8 @@ BIN = Path(sys.executable).parent
 def url_list(base: str, n: int, sizes: list[int]) -> list[str]:
     scenes = [f"{k}-{c}-{t}-{tex}-{bg}-{seed}"
               for seed in range(10_000) for k, c, t, tex, bg in [(
-                  1 + seed % 3, list(imageserver.COLORS)[seed % 10], "circle star square heart".split()[seed % 4],
-                  imageserver.TEXTURES[seed % 4], list(imageserver.BACKGROUNDS)[seed % 7])]]
+                  1 + seed % 3, list(drawing.COLORS)[seed % 10], "circle star square heart".split()[seed % 4],
+                  drawing.TEXTURES[seed % 4], list(drawing.BACKGROUNDS)[seed % 7])]]
     return [f"{base}/img/{scenes[i]}@{sizes[i % len(sizes)]}.jpg" for i in range(n)]
 
 

@@ -26,16 +26,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder import imageserver, publish, storage
+from wit_builder import drawing, imageserver, publish, storage
 from wit_builder.imagefacts import shard_facts
 
 
 def make_tar(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:
     """fetch/shards/00000.tar, a status file with fetch's hashes, and curate-style rows."""
     from wit_builder.canonical import signature_bytes
-    scenes = [f"{1 + i % 3}-{list(imageserver.COLORS)[i % 10]}-"
-              f"{'circle star square heart'.split()[i % 4]}-{imageserver.TEXTURES[i % 4]}-"
-              f"{list(imageserver.BACKGROUNDS)[i % 7]}-{i}" for i in range(n)]
+    scenes = [f"{1 + i % 3}-{list(drawing.COLORS)[i % 10]}-"
+              f"{'circle star square heart'.split()[i % 4]}-{drawing.TEXTURES[i % 4]}-"
+              f"{list(drawing.BACKGROUNDS)[i % 7]}-{i}" for i in range(n)]
     tar_path = folder / "fetch" / "shards" / "00000.tar"
     tar_path.parent.mkdir(parents=True)
     rows, status = [], []

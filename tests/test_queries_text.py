@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_queries import World, page_xml, write_dump
-from wit_builder import markup, wikitext
+from wit_builder import markup, wikidump, wikitext
 from wit_builder.errors import WitError
 
 
@@ -161,7 +161,7 @@ def test_empty_and_punctuation_only_text():
 
 @pytest.mark.parametrize("scan_bytes", [4 << 20, 997])
 def test_every_bz2_block_decodes_alone(tmp_path, monkeypatch, scan_bytes):
-    monkeypatch.setattr(wikitext, "SCAN_BYTES", scan_bytes)   # magics straddling scan windows
+    monkeypatch.setattr(wikidump, "SCAN_BYTES", scan_bytes)   # magics straddling scan windows
     rnd = random.Random(3)
     text = " ".join(rnd.choice(["alpha", "beta", "gamma", "delta", "épsilon"]) + str(rnd.randint(0, 999))
                     for _ in range(150_000)).encode()
@@ -169,7 +169,7 @@ def test_every_bz2_block_decodes_alone(tmp_path, monkeypatch, scan_bytes):
         step = len(text) // streams + 1
         path = tmp_path / f"x{level}-{streams}.bz2"
         path.write_bytes(b"".join(bz2.compress(text[i:i + step], level) for i in range(0, len(text), step)))
-        blocks = wikitext.Bz2Blocks(path, 0)
+        blocks = wikidump.Bz2Blocks(path, 0)
         parts = []
         while (blk := blocks.next_block()) is not None:
             parts.append(blocks.decode(*blk))
@@ -187,7 +187,7 @@ def test_each_page_belongs_to_exactly_one_chunk(tmp_path, name, kw):
     for chunk in (size + 1, 4096, 1500, 777):
         titles, pages = [], 0
         for spec in wikitext.plan_chunks(path, wikitext.input_kind(path), chunk):
-            got = wikitext.read_pages(path, spec["start"], spec["end"], spec["start"] == 0)
+            got = wikidump.read_pages(path, spec["start"], spec["end"], spec["start"] == 0)
             titles += got["titles"]
             pages += got["stats"]["pages"]
         assert pages == len(world.titles)

@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from wit_builder.errors import WitError
-from wit_builder.imageserver import Scene, blobs, color_mask, serve
+from wit_builder.drawing import Scene, blobs, color_mask
+from wit_builder.imageserver import serve
 from wit_builder.world import (CONCEPTS, EVAL_SEED_BASE, KINDS, SIZES, World, make_world,
                                mentions_of, write_pool)
 

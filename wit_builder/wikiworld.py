@@ -14,7 +14,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from wit_builder.imageserver import COLORS
+from wit_builder.drawing import COLORS
 from wit_builder.worldspec import Size, World
 
 # Concept words in the order of their frequency in the wiki (rank 1 first).

@@ -29,8 +29,7 @@ from wit_builder.worldspec import SIZES, Size, World  # noqa: F401 (the world's 
 from wit_builder.wikiworld import (ADJECTIVES, CONCEPTS, MARKUP_ONLY_WORDS, SCENE_NOUNS,  # noqa: F401
                                    TALK_ONLY_WORD, WIKI_RANK, _plural, _title, _write_pageviews,
                                    _write_wiki, _write_wordnet)
-from wit_builder.imageserver import (BACKGROUNDS, COLORS, TEXTURES, THINGS, Scene,
-                                     draw_scene, encode)
+from wit_builder.drawing import BACKGROUNDS, COLORS, TEXTURES, THINGS, Scene, draw_scene, encode
 
 UNSERVED_BASE_URL = "http://127.0.0.1:9"  # the discard port: refused at once, never leaves the host
 EVAL_SEED_BASE = 1_000_000                # pool layouts use seeds below, eval layouts above

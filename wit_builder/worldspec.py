@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from wit_builder.errors import WitError
-from wit_builder.imageserver import DEFAULT_PX
+from wit_builder.drawing import DEFAULT_PX
 
 
 @dataclass(frozen=True)
