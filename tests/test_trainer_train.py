@@ -131,6 +131,24 @@ def test_toml_config_then_flags(build, tmp_path):
     assert (cfg.steps, cfg.lr, cfg.model, cfg.compile, cfg.batch_size) == (9, 1.0, "tiny-rn", True, 32)
 
 
+
+def test_a_toml_config_reads_values_as_a_recipe_does(build, tmp_path, capsys):
+    """wit-train --config and a recipe's [train] table take and refuse the same values."""
+    from trainer.cli import build_parser
+    from trainer.config import TrainConfig, config_from_args
+    from wit_builder import config as cfgmod
+    toml = tmp_path / "run.toml"
+    toml.write_text(f'data = ["{build}"]\nsteps = "100"\nlr = "0.01"\n')
+    cfg = config_from_args(build_parser().parse_args(["train", "--config", str(toml)]))
+    recipe = cfgmod.from_mapping(TrainConfig, {"data": [str(build)], "steps": "100", "lr": "0.01"})
+    assert (cfg.steps, cfg.lr) == (recipe.steps, recipe.lr) == (100, 0.01)
+    for bad, said in (("steps = true", "steps = True is not a valid int"),
+                      ("steps = 1.9", "steps = 1.9 is not a valid int"),
+                      ("lr = nan", "lr = nan: give a finite number")):
+        toml.write_text(f'data = ["{build}"]\n{bad}\n')
+        expect_error(capsys, said, "--config", toml)
+
+
 def test_eval_command_reports_zero_shot_and_retrieval(run, build, tmp_path, capsys):
     out, _ = run
     images = make_image_folder(tmp_path / "images", per_class=2, by="shape")

@@ -1,7 +1,8 @@
 """TrainConfig: every knob of a run. Field names are the TOML keys; flags are the same with dashes.
 
 Precedence: the defaults below < a TOML file (--config) < flags on the command line.
-The defaults run on a 2-core laptop CPU.
+The defaults run on a 2-core laptop CPU. A TOML value is read by the same rules as a
+recipe's `[train]` table (`wit_builder.config.coerce`).
 """
 
 import argparse
@@ -9,6 +10,7 @@ import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
+from wit_builder.config import coerce
 from wit_builder.errors import WitError
 
 from .model import CLIP_SIZES, MODEL_SIZES
@@ -116,20 +118,16 @@ def load_toml(path: str) -> dict:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise WitError(f"--config {path}: not valid TOML ({e})") from None
-    types = {f.name: f.type for f in fields(TrainConfig)}
+    names = {f.name for f in fields(TrainConfig)}
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in types:
+        if name not in names:
             raise WitError(f"--config {path}: unknown key {key!r}; keys are TrainConfig fields "
                            f"(see wit-train train --help)")
-        want = types[name] if types[name] in (int, float, bool, str) else (list, str)
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise WitError(f"--config {path}: {key} = {value!r} should be of type "
-                           f"{getattr(want, '__name__', 'list or string')}")
-        out[name] = value
+        # the same rules as a recipe's [train] table (wit_builder.config.coerce): "100" is
+        # 100, true is not 1, 1.9 is not an int, NaN and infinity are refused
+        out[name] = coerce(TrainConfig, name, value, f"--config {path}")
     return out
 
 
