@@ -237,3 +237,20 @@ def test_publish_sql_examples_work_as_written(pub, doc, capsys):
     assert fox["shard"] in outputs[0] and fox["key"] in outputs[0]
     assert f"{storage.rel(storage.location(pub), committed(pub, 'publish', 'shards'))}/00003.tar" in outputs[1]
     assert "(4 rows)" in outputs[1]
+
+
+def test_download_sets_a_shared_setting_per_stage_only_when_asked():
+    """--seed sets balance's and publish's seeds alike (its help says so); --balance-seed
+    and --publish-seed set one each; pool's and balance's memory limits likewise."""
+    stages = ["pool", "balance", "publish"]
+    parse = cli.build_parser().parse_args
+    both = cli.download_settings(parse(["download", "--seed", "3"]), stages)
+    assert both["balance"]["seed"] == both["publish"]["seed"] == 3
+    one = cli.download_settings(parse(["download", "--seed", "3", "--balance-seed", "7",
+                                       "--pool-memory-limit", "2GB"]), stages)
+    assert (one["balance"]["seed"], one["publish"]["seed"]) == (7, 3)
+    assert one["pool"]["memory_limit"] == "2GB" and "memory_limit" not in one["balance"]
+    text = cli.build_parser()._subparsers._group_actions[0].choices["download"].format_help()
+    flat = " ".join(text.split())
+    assert "sets seed for each of balance, publish" in flat
+    assert "the pool's dedup of pairs" in flat and "counting and selecting the pairs" in flat

@@ -34,7 +34,7 @@ class Config:
     mode: str = field(default="cap", metadata={
         "help": "cap: a hard per-query cap, rarest query claims a pair; metaclip: "
                 "MetaCLIP's probabilistic rule", "choices": MODES})
-    memory_limit: str = catalog.memory_limit_setting()
+    memory_limit: str = catalog.memory_limit_setting("counting and selecting the pairs")
 
 
 # ----------------------------------------------------------------------------------

@@ -302,11 +302,11 @@ def describe(build: str | Path) -> dict[str, Any]:
         con.close()
 
 
-def memory_limit_setting():
-    """The `memory_limit` setting of a stage that runs DuckDB, checked up front."""
+def memory_limit_setting(work: str):
+    """The `memory_limit` setting of a stage that runs DuckDB for `work`, checked up front."""
     from dataclasses import field
     return field(default="4GB", metadata={
-        "help": "DuckDB memory limit for dedup, counts and balancing (spills to disk beyond)",
+        "help": f"DuckDB memory limit for {work} (spills to disk beyond)",
         "check": memory_limit_problem})
 
 

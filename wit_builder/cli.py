@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from . import config as cfgmod
 from . import pipeline
@@ -73,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "publish as one resumable command",
                            description="Runs " + " -> ".join(stages) + "; finished stages "
                            "with unchanged parameters are skipped.")
-        seen: set[str] = set()
-        for name in stages:
-            cfgmod.add_config_arguments(p, pipeline.module(name).Config, seen)
+        _download_arguments(p, stages)
         _common(p)
     p = sub.add_parser("sql", help="run a read-only SQL query over the build's manifests",
                        description="Tables: queries, pool, matches, selected, samples, "
@@ -138,6 +137,38 @@ def _run(args: argparse.Namespace) -> int:
     return _dispatch(args, build, cmd)
 
 
+def _shared_settings(stages: list[str]) -> dict[str, list[str]]:
+    """Setting name -> the download stages whose Config has it, for names in several."""
+    owners: dict[str, list[str]] = {}
+    for n in stages:
+        for f in dataclasses.fields(pipeline.module(n).Config):
+            owners.setdefault(f.name, []).append(n)
+    return {k: v for k, v in owners.items() if len(v) > 1}
+
+
+def _download_arguments(p: argparse.ArgumentParser, stages: list[str]) -> None:
+    """Every stage's flags once; a setting several stages have (`--seed`: balance's
+    selection and publish's shuffle) gets a flag per stage (`--balance-seed`,
+    `--publish-seed`), and its plain flag says that it sets all of them."""
+    shared = _shared_settings(stages)
+    seen: set[str] = set(shared)
+    for name in stages:
+        cfgmod.add_config_arguments(p, pipeline.module(name).Config, seen)
+    for key, owners in shared.items():
+        for n in owners:
+            cls = pipeline.module(n).Config
+            f = next(f for f in dataclasses.fields(cls) if f.name == key)
+            tp = cfgmod._base_type(cfgmod._hints(cls)[key])[0]
+            p.add_argument(f"--{n}-{key.replace('_', '-')}", dest=f"{n}__{key}",
+                           type=tp if tp in (int, float) else str, default=argparse.SUPPRESS,
+                           metavar=f.metadata.get("metavar", key.upper()),
+                           help=f"{n}: {f.metadata.get('help', '')}")
+        p.add_argument(cfgmod.flag(key), dest=key, default=argparse.SUPPRESS,
+                       type=tp if tp in (int, float) else str,
+                       metavar=key.upper(), help=f"sets {key} for each of {', '.join(owners)} "
+                       f"(see --{owners[0]}-{key.replace('_', '-')} and the others to set one)")
+
+
 def _write(args: argparse.Namespace, build, cmd: str, force: bool) -> int:
     """A stage's command, or download's chain of stages."""
     if cmd in pipeline.STAGES:
@@ -151,13 +182,22 @@ def _write(args: argparse.Namespace, build, cmd: str, force: bool) -> int:
             raise WitError("--pool: give the candidate files (Parquet, CSV, TSV, JSONL) "
                            f"— {build} has no pool yet")
         stages.remove("pool")  # reuse the pool already in the build directory
-    settings = {}
-    for n in stages:
-        names = {f.name for f in dataclasses.fields(pipeline.module(n).Config)}
-        settings[n] = {k: v for k, v in vars(args).items() if k in names}
-    pipeline.run_stages(build, settings, stages, force=force,
+    pipeline.run_stages(build, download_settings(args, stages), stages, force=force,
                         report=lambda _n, r: print_result(r), where="flags")
     return 0
+
+
+def download_settings(args: argparse.Namespace, stages: list[str]) -> dict[str, dict[str, Any]]:
+    """Each download stage's settings from the flags: its own, `--<stage>-<name>` over a
+    shared `--<name>`."""
+    settings = {}
+    given = vars(args)
+    for n in stages:
+        names = {f.name for f in dataclasses.fields(pipeline.module(n).Config)}
+        settings[n] = {k: v for k, v in given.items() if k in names}
+        settings[n].update({k.split("__", 1)[1]: v for k, v in given.items()
+                            if k.startswith(f"{n}__")})
+    return settings
 
 
 def _dispatch(args: argparse.Namespace, build, cmd: str) -> int:

@@ -50,7 +50,7 @@ class Config:
                 "0: no limit); CLIP's text encoder sees 77 tokens, a few hundred characters"})
     pool_parts: int = field(default=0, metadata={
         "help": "number of pool/ files (uid buckets); 0 = one per ~256 MB of input"})
-    memory_limit: str = catalog.memory_limit_setting()
+    memory_limit: str = catalog.memory_limit_setting("the pool's dedup of pairs")
 
 
 def check(cfg: Config) -> None:
