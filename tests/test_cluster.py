@@ -25,7 +25,7 @@ from wit_builder.world import make_world, write_pool
 
 BIN = Path(sys.executable).parent
 STAGE_TASKS = {"queries": {"count_chunk"}, "pool": {"read_file"}, "match": {"match_unit"},
-               "balance": {"candidates"}, "fetch": {"_fetch_shard"},
+               "balance": {"candidates"}, "fetch": {"fetch_shard"},
                "curate": {"shard_facts", "eval_facts"}, "publish": {"write_shard"}}
 
 
