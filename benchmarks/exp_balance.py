@@ -45,7 +45,7 @@ from wit_builder.arms import ARMS, pairs_per_thing, plot, summarize, table  # no
 from wit_builder import balance, catalog, match, pool  # noqa: E402
 from wit_builder.drawing import THINGS, Scene, draw_scene, encode  # noqa: E402
 from wit_builder.stage import StageOutput, run_stage  # noqa: E402
-from wit_builder.wikiworld import CONCEPTS, _plural  # noqa: E402
+from wit_builder.wikiprose import CONCEPTS, plural_of as _plural  # noqa: E402
 from wit_builder.world import (EVAL_SEED_BASE, PROMPTS, UNSERVED_BASE_URL, _sample_scene,  # noqa: E402
                                caption_of)
 

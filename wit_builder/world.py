@@ -26,9 +26,9 @@ import numpy as np
 
 from wit_builder.errors import WitError
 from wit_builder.worldspec import SIZES, Size, World  # noqa: F401 (the world's types, here too)
-from wit_builder.wikiworld import (ADJECTIVES, CONCEPTS, MARKUP_ONLY_WORDS, SCENE_NOUNS,  # noqa: F401
-                                   TALK_ONLY_WORD, WIKI_RANK, _plural, _title, _write_pageviews,
-                                   _write_wiki, _write_wordnet)
+from wit_builder.wikiprose import (ADJECTIVES, CONCEPTS, MARKUP_ONLY_WORDS, SCENE_NOUNS,  # noqa: F401
+                                   TALK_ONLY_WORD, WIKI_RANK, plural_of as _plural, title_case as _title)
+from wit_builder.wikiworld import _write_pageviews, _write_wiki, _write_wordnet
 from wit_builder.drawing import BACKGROUNDS, COLORS, TEXTURES, THINGS, Scene, draw_scene, encode
 
 UNSERVED_BASE_URL = "http://127.0.0.1:9"  # the discard port: refused at once, never leaves the host
