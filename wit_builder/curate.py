@@ -11,6 +11,15 @@ eval_set (--eval-images, --eval-bits, --eval-colour), exact_duplicate (same stor
 within --near-dup-bits of a kept sample, across the whole build, confirmed by the
 colour check, --near-dup-colour). The two copy decisions are in wit_builder.dedup.
 Writes samples/ (views `samples` and `kept_per_query`). docs/curate.md explains each rule.
+
+The DuckDB steps, each reading and writing named tables (values bound as parameters,
+paths through `sql.literal`):
+
+    _open_status      fetch's status files          -> fetch_rows, status
+    _load_samples     status, the image facts       -> facts, measured, candidates
+    dedup.eval_hits   candidates, the eval images   -> ev, eval_hits
+    dedup.duplicates  candidates, eval_hits         -> ranked, exact, nodes, dups
+    _write            measured, candidates, eval_hits, dups -> final -> samples/
 """
 from __future__ import annotations
 
@@ -171,19 +180,26 @@ def _compute_eval(cfg: Config, files: list, chunk: int = 256):
 # Filters and dedup (DuckDB)
 
 
-def _filter_reasons_sql(cfg: Config) -> str:
-    """The CASE giving each sample its first failing filter (NULL: passes them all)."""
-    return f"""CASE
+def _filter_reasons_sql() -> str:
+    """The CASE giving each sample its first failing filter (NULL: passes them all);
+    its thresholds are the named parameters `_filter_params` binds."""
+    return """CASE
         WHEN status = 'decode_error' THEN 'undecodable'
         WHEN status IS DISTINCT FROM 'success' THEN 'failed_download'
         WHEN phash IS NULL THEN 'undecodable'
         WHEN least(coalesce(original_width, width), coalesce(original_height, height))
-             < {int(cfg.min_side)} THEN 'too_small'
-        WHEN aspect > {float(cfg.max_aspect)} THEN 'bad_aspect'
-        WHEN caption_words < {int(cfg.min_caption_words)}
-          OR length(trim(coalesce(text, ''))) < {int(cfg.min_caption_chars)} THEN 'short_caption'
-        WHEN detail < {BLANK_DETAIL} THEN 'blank'
+             < $min_side THEN 'too_small'
+        WHEN aspect > $max_aspect THEN 'bad_aspect'
+        WHEN caption_words < $min_caption_words
+          OR length(trim(coalesce(text, ''))) < $min_caption_chars THEN 'short_caption'
+        WHEN detail < $blank_detail THEN 'blank'
         END"""
+
+
+def _filter_params(cfg: Config) -> dict[str, Any]:
+    return {"min_side": int(cfg.min_side), "max_aspect": float(cfg.max_aspect),
+            "min_caption_words": int(cfg.min_caption_words),
+            "min_caption_chars": int(cfg.min_caption_chars), "blank_detail": float(BLANK_DETAIL)}
 
 
 def _open_status(con, ctx: StageContext) -> list[str]:
@@ -227,8 +243,9 @@ def _open_status(con, ctx: StageContext) -> list[str]:
 
 
 def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
-    """View `measured` (fetch's rows with the image facts) and table `s`: only what the
-    filters and dedup need, one row per uid, with its first failing filter in `reason`."""
+    """Reads `status`; writes `facts` (the image facts), view `measured` (fetch's rows
+    with them) and table `candidates`: only what the filters and dedup need, one row per
+    uid, with its first failing filter in `reason`."""
     facts = literal(str(facts_dir / "*.parquet"))
     kind = "TABLE" if storage.is_remote(facts_dir) else "VIEW"  # see _open_status
     con.execute(f"CREATE {kind} facts AS SELECT * FROM read_parquet({facts}, union_by_name = true)")
@@ -255,17 +272,18 @@ def _load_samples(con, facts_dir: Path, cfg: Config) -> None:
         LEFT JOIN facts f ON st.status = 'success' AND f.fetch_tar = st.fetch_tar
                           AND f.key = st.key""")
     con.execute(f"""
-        CREATE TABLE s AS
+        CREATE TABLE candidates AS
         SELECT row_number() OVER () - 1 AS rid, uid, width, height, original_width,
                original_height, sha256, image_sha256, image_bytes, phash, thumb,
-               {_filter_reasons_sql(cfg)} AS reason
+               {_filter_reasons_sql()} AS reason
         FROM (SELECT *, CASE WHEN trim(coalesce(text, '')) = '' THEN 0
                              ELSE len(regexp_split_to_array(trim(text), '\\s+')) END AS caption_words
-              FROM measured)""")
+              FROM measured)""", _filter_params(cfg))
 
 
 def _write(con, tmp: Path) -> None:
-    """samples/part-*.parquet and samples/_kept_per_query/part-0.parquet."""
+    """Reads `measured`, `candidates`, `eval_hits`, `dups`; writes view `final` and from
+    it samples/part-*.parquet and samples/_kept_per_query/part-0.parquet."""
     out = tmp / "samples"
     out.mkdir(parents=True, exist_ok=True)
     fetch_cols = [r[0] for r in con.execute("DESCRIBE fetch_rows").fetchall()
@@ -278,7 +296,7 @@ def _write(con, tmp: Path) -> None:
                coalesce(s.reason, eh.reason, du.reason) AS drop_reason,
                coalesce(eh.eval_path, du.duplicate_of) AS duplicate_of,
                m.image_sha256, m.fetch_tar, m.image_offset, m.image_bytes, m.image_format
-        FROM measured m JOIN s USING (uid)
+        FROM measured m JOIN candidates s USING (uid)
         LEFT JOIN (SELECT rid, 'eval_set' AS reason, min(eval_path) AS eval_path
                    FROM eval_hits GROUP BY rid) eh ON eh.rid = s.rid
         LEFT JOIN dups du ON du.rid = s.rid""")
@@ -328,7 +346,7 @@ def _work(cfg: Config, eval_files: list[Path]) -> Callable[[StageContext], Stage
                                       "WHERE phash_from IS NOT NULL GROUP BY 1").fetchall())
             summary: dict[str, Any] = {"phash_from_fetch": hashed.get("fetch", 0),
                                        "phash_decoded": hashed.get("decoded", 0)}
-            candidates = con.execute("SELECT count(*) FROM s WHERE reason IS NULL").fetchall()[0][0]
+            candidates = con.execute("SELECT count(*) FROM candidates WHERE reason IS NULL").fetchall()[0][0]
             evals = None
             if eval_files and candidates:
                 evals = _compute_eval(cfg, eval_files)

@@ -8,8 +8,11 @@ check (`canonical.colour_distance` on the stored thumbnails) confirms those with
 apart while resized, re-encoded, slightly cropped and padded copies are caught.
 `colour` < 0 confirms every candidate (pHash alone). Blank images take no part.
 
-Works on curate's table `s` (rid, uid, width, height, original_width,
-original_height, sha256, image_sha256, image_bytes, phash, thumb, reason).
+Works on curate's table `candidates` (rid, uid, width, height, original_width,
+original_height, sha256, image_sha256, image_bytes, phash, thumb, reason): `eval_hits`
+reads it and `ev` (the eval images) and writes `eval_hits`; `duplicates` reads it and
+`eval_hits` and writes `ranked` (the samples left, by rank), `exact` (one
+representative per stored sha256), `nodes` (one per distinct signature) and `dups`.
 """
 from __future__ import annotations
 
@@ -58,16 +61,17 @@ def eval_hits(con, eval_table: pa.Table | None, bits: int, colour: float,
     con.unregister("eval_arrow")
     # Fetch's sha256 is of the file as downloaded (before any resize), so an eval image
     # served as is matches it; image_sha256 matches one stored unchanged.
-    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM s JOIN ev
+    con.execute("""INSERT INTO eval_hits SELECT s.rid, ev.path FROM candidates s JOIN ev
                    ON ev.sha256 = s.sha256 OR ev.sha256 = s.image_sha256
                    WHERE s.reason IS NULL""")
-    n, blank = con.execute(f"SELECT count(*), count(*) FILTER (detail < {float(blank_detail)}) "
-                           "FROM ev").fetchall()[0]
+    n, blank = con.execute("SELECT count(*), count(*) FILTER (detail < $blank) FROM ev",
+                           {"blank": float(blank_detail)}).fetchall()[0]
     stats: dict[str, Any] = {"eval_images": n, "eval_blank": blank}
     if bits >= 0:
-        con.execute("CREATE VIEW cand_h AS SELECT rid AS id, phash, thumb FROM s WHERE reason IS NULL")
-        con.execute(f"CREATE VIEW ev_h AS SELECT id, phash, thumb FROM ev "
-                    f"WHERE detail >= {float(blank_detail)}")  # a blank image protects nothing
+        con.execute("CREATE VIEW cand_h AS SELECT rid AS id, phash, thumb FROM candidates "
+                    "WHERE reason IS NULL")
+        con.execute("CREATE TABLE ev_h AS SELECT id, phash, thumb FROM ev WHERE detail >= $blank",
+                    {"blank": float(blank_detail)})  # a blank image protects nothing
         pairs, search = near_pairs(con, "cand_h", bits, right="ev_h")
         pairs, checked = confirm(con, pairs, "cand_h", "ev_h", colour)
         con.register("eval_pairs", pairs)
@@ -91,13 +95,13 @@ def duplicates(con, bits: int, colour: float) -> dict[str, Any]:
     `duplicate_of` names the kept one.
     """
     con.execute("""
-        CREATE TABLE d AS
+        CREATE TABLE ranked AS
         SELECT rid, uid, image_sha256 AS sha256, phash, thumb,
                row_number() OVER (ORDER BY coalesce(original_width, width)::BIGINT
                                              * coalesce(original_height, height) DESC,
                                            image_bytes DESC, uid) - 1 AS rank
-        FROM s WHERE reason IS NULL AND rid NOT IN (SELECT rid FROM eval_hits)""")
-    con.execute("CREATE TABLE exact AS SELECT sha256, min(rank) AS rep_rank FROM d GROUP BY sha256")
+        FROM candidates WHERE reason IS NULL AND rid NOT IN (SELECT rid FROM eval_hits)""")
+    con.execute("CREATE TABLE exact AS SELECT sha256, min(rank) AS rep_rank FROM ranked GROUP BY sha256")
     # One node per distinct signature (pHash and thumbnail) among the exact
     # representatives (with the search off: per representative), numbered by best rank.
     group = "hash(d.phash, d.thumb)" if bits >= 0 else "d.rank"
@@ -106,7 +110,7 @@ def duplicates(con, bits: int, colour: float) -> dict[str, Any]:
         SELECT row_number() OVER (ORDER BY best) - 1 AS id, grp, phash, thumb, best
         FROM (SELECT {group} AS grp, arg_min(d.phash, d.rank) AS phash,
                      arg_min(d.thumb, d.rank) AS thumb, min(d.rank) AS best
-              FROM d JOIN exact e ON d.rank = e.rep_rank GROUP BY 1)""")
+              FROM ranked d JOIN exact e ON d.rank = e.rep_rank GROUP BY 1)""")
     n = con.execute("SELECT count(*) FROM nodes").fetchall()[0][0]
     stats: dict[str, Any] = {}
     if bits >= 0 and n > 1:
@@ -125,14 +129,14 @@ def duplicates(con, bits: int, colour: float) -> dict[str, Any]:
         CREATE TABLE dups AS
         WITH rep AS (  -- sha256 -> its representative's rank and the rank finally kept
             SELECT e.sha256, e.rep_rank, f.final_rank
-            FROM exact e JOIN d ON d.rank = e.rep_rank
+            FROM exact e JOIN ranked d ON d.rank = e.rep_rank
             JOIN nodes n ON n.grp = {group} JOIN final_arrow f ON f.id = n.id)
         SELECT d.rid,
                CASE WHEN d.rank <> rep.rep_rank THEN 'exact_duplicate'
                     WHEN d.rank <> rep.final_rank THEN 'near_duplicate' END AS reason,
                CASE WHEN d.rank <> rep.rep_rank THEN same.uid
                     WHEN d.rank <> rep.final_rank THEN keeper.uid END AS duplicate_of
-        FROM d JOIN rep USING (sha256) JOIN d same ON same.rank = rep.rep_rank
-        JOIN d keeper ON keeper.rank = rep.final_rank""")
+        FROM ranked d JOIN rep USING (sha256) JOIN ranked same ON same.rank = rep.rep_rank
+        JOIN ranked keeper ON keeper.rank = rep.final_rank""")
     con.unregister("final_arrow")
     return stats
