@@ -23,15 +23,9 @@ from PIL import Image
 
 from wit_builder.io import uid_of
 from wit_builder.stage import StageOutput, run_stage
+from wit_builder.schemas import fetch_status_schema
 
-STATUS_SCHEMA = pa.schema([
-    ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()),
-    ("selected_by", pa.int32()), ("query_ids", pa.list_(pa.int32())),
-    ("status", pa.string()), ("error", pa.string()), ("width", pa.int32()),
-    ("height", pa.int32()), ("original_width", pa.int32()), ("original_height", pa.int32()),
-    ("bytes", pa.int64()), ("sha256", pa.string()), ("fetch_shard", pa.int32()),
-    ("key", pa.string()),
-])
+STATUS_SCHEMA = fetch_status_schema(signature=False)  # a fetch/status without the signature
 
 
 def picture(seed: int, width: int = 320, height: int = 240) -> Image.Image:

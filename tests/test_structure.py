@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,3 +89,46 @@ def test_no_import_cycles():
     found = cycles(graph)
     assert not found, "import cycles (move the shared part into a module both can import): " + \
         "; ".join(" <-> ".join(c) for c in found)
+
+
+# ----------------------------------------------------------------------------------
+# The data contracts are written down once (wit_builder.schemas); the docs agree.
+
+def _table_rows(doc: str, heading: str) -> list[list[str]]:
+    text = (REPO / "docs" / doc).read_text().split(heading, 1)[1]
+    rows = []
+    for line in text.splitlines()[1:]:
+        if rows and not line.startswith("|"):
+            break
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows[1:]  # the header row off
+
+
+def test_the_fetch_statuses_table_is_the_enum():
+    from wit_builder.schemas import TRANSIENT, FetchStatus
+    rows = _table_rows("fetch.md", "## Statuses")
+    assert [r[0].strip("`") for r in rows] == [s.value for s in FetchStatus]
+    for r in rows:
+        status = r[0].strip("`")
+        assert (r[-1] == "yes") == (status in TRANSIENT), (status, r[-1])
+
+
+def test_the_drop_reasons_table_is_the_enum():
+    from wit_builder.schemas import DROP_REASONS
+    text = (REPO / "docs" / "curate.md").read_text()
+    listed = re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", text, re.M)
+    assert [reason for _, reason in listed] == list(DROP_REASONS)
+    assert [int(n) for n, _ in listed] == list(range(1, len(DROP_REASONS) + 1))
+
+
+def test_the_fetch_status_columns_are_the_schema():
+    from wit_builder import curate, fetch_status
+    from wit_builder.schemas import FETCH_COLUMNS, fetch_status_schema
+    assert fetch_status.with_status(None).schema == fetch_status_schema()
+    assert fetch_status_schema().names == list(FETCH_COLUMNS)
+    assert set(curate.FETCH_COLUMNS) | set(curate.SIGNATURE) == set(FETCH_COLUMNS)
+    row = next(line for line in (REPO / "docs" / "architecture.md").read_text().splitlines()
+               if line.startswith("| fetch | `fetch/`"))
+    where = [row.find(f" {c}") for c in FETCH_COLUMNS]
+    assert -1 not in where and where == sorted(where), dict(zip(FETCH_COLUMNS, where))

@@ -34,16 +34,14 @@ from .canonical import BLANK_DETAIL
 from .dedup import duplicates, eval_hits
 from .errors import WitError
 from .imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
+from .schemas import DROP_REASONS, SIGNATURE
+from .schemas import FETCH_COLUMNS as FETCH_STATUS_COLUMNS
 from .stage import StageContext, StageOutput, StageResult
 from .sql import literal
 
-# In precedence order: a sample gets the first reason that applies.
-DROP_REASONS = ("failed_download", "undecodable", "too_small", "bad_aspect", "short_caption",
-                "blank", "eval_set", "exact_duplicate", "near_duplicate")
-SIGNATURE = ("stored_sha256", "stored_phash", "stored_thumb", "stored_detail")  # fetch's columns
-FETCH_COLUMNS = ("uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
-                 "height", "original_width", "original_height", "bytes", "sha256",
-                 "fetch_shard", "key")
+# wit_builder.schemas: the drop reasons in precedence order, fetch's columns and the
+# signature columns among them
+FETCH_COLUMNS = tuple(c for c in FETCH_STATUS_COLUMNS if c not in SIGNATURE)
 SAMPLES_VIEW = "samples/*.parquet"
 KEPT_VIEW = "samples/_kept_per_query/*.parquet"  # "_": Parquet dataset readers skip it
 # Defaults chosen with benchmarks/bench_dedup.py and bench_neardup.py (docs/curate.md):

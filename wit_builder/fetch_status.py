@@ -6,13 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import catalog, i2d, polite, storage
-from .netguard import TRANSIENT
+from .schemas import FETCH_COLUMNS, TRANSIENT, fetch_status_schema
 from .stage import StageContext, StageOutput
 
 IN_TRANSIENT = "(" + ", ".join(f"'{s}'" for s in sorted(TRANSIENT)) + ")"  # SQL: status IN ...
-STATUS_COLUMNS = ["uid", "url", "text", "selected_by", "query_ids", "status", "error", "width",
-                  "height", "original_width", "original_height", "bytes", "sha256", "fetch_shard", "key",
-                  "stored_sha256", "stored_phash", "stored_thumb", "stored_detail"]
+STATUS_COLUMNS = list(FETCH_COLUMNS)  # wit_builder.schemas.FETCH_STATUS
 
 _sql = storage.sql_path
 
@@ -61,10 +59,8 @@ def with_status(plan, cols: dict | None = None):
     """`plan` (uid, url, text, selected_by, query_ids, ...) with the status columns
     `cols` (all null if not given) as a fetch/status table."""
     import pyarrow as pa
-    i32, text = pa.int32(), pa.string()
-    types = [text, text, text, i32, pa.list_(i32), text, text, i32, i32, i32, i32, pa.int64(),
-             text, i32, text, text, pa.int64(), pa.binary(), pa.float32()]
-    schema = pa.schema(list(zip(STATUS_COLUMNS, types)))
+    schema = fetch_status_schema()
+    types = schema.types
     if plan is None:
         return schema.empty_table()
     n = plan.num_rows

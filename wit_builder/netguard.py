@@ -39,16 +39,10 @@ from .hosts import host_of
 from .netguard_address import address_problem, url_parts  # noqa: F401 (netguard.address_problem: tests)
 from .netguard_checks import image_problem, is_opted_out, status_failure
 from .netguard_socket import HTTP, HTTPS, DeadlinePassed, DeadlineSSLSocket, getaddrinfo, set_deadline
+from .schemas import RETRY_NOW
 
 DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
                       "honours X-Robots-Tag noai/noimageai; uses img2dataset)")
-# Failures worth trying again later; everything else is a property of the URL.
-TRANSIENT = frozenset({"timeout", "connection_error", "rate_limited", "server_error", "shard_failed",
-                       "dns_error", "robots_unavailable", "host_given_up", "host_deferred",
-                       "shard_stopped"})
-# Of those, what is worth trying again within the same shard (a DNS failure is cached
-# for the shard, a given-up host stays given up).
-RETRY_NOW = frozenset({"timeout", "connection_error", "rate_limited", "server_error"})
 MAX_REDIRECTS = 10
 # One attempt (connect, request, headers, body, every redirect hop) ends after this many
 # times --timeout, however steadily a server drips; each single wait is --timeout.
