@@ -132,3 +132,25 @@ def test_the_fetch_status_columns_are_the_schema():
                if line.startswith("| fetch | `fetch/`"))
     where = [row.find(f" {c}") for c in FETCH_COLUMNS]
     assert -1 not in where and where == sorted(where), dict(zip(FETCH_COLUMNS, where))
+
+
+def test_the_skip_key_comes_from_the_fields_own_mark():
+    """A stage's skip key is every setting not marked `"output": False`: a field added to
+    a Config is in it without anyone listing it; the marked ones are exactly these."""
+    import dataclasses
+    from dataclasses import dataclass, field
+
+    from wit_builder import pipeline
+    from wit_builder.config import output_settings
+
+    @dataclass
+    class Example:
+        new_setting: int = 1
+        threads: int = field(default=4, metadata={"output": False})
+    assert output_settings(Example()) == {"new_setting": 1}
+    marked = {n: sorted(f.name for f in dataclasses.fields(pipeline.module(n).Config)
+                        if not f.metadata.get("output", True))
+              for n in pipeline.STAGES if pipeline.available(n)}
+    assert marked == {"queries": ["chunk_mb", "workers"], "pool": ["memory_limit"],
+                      "match": ["batch_size", "workers"], "balance": ["memory_limit"],
+                      "fetch": ["retry_failed"], "curate": [], "publish": []}

@@ -11,12 +11,13 @@ with seeded hash coins. Writes `selected/` and per-query counts before and after
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import WitError
 from . import catalog, storage
+from .config import output_settings
+from .errors import WitError
 from .stage import StageContext, StageOutput, StageResult, read_record, run_stage
 
 MODES = ("cap", "metaclip")
@@ -169,7 +170,7 @@ def check(cfg: Config) -> None:
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Select at most --per-query pairs per query (or MetaCLIP's rule) into selected/."""
     check(cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k != "memory_limit"}
+    params = output_settings(cfg)
     return run_stage(build, "balance", params, lambda ctx: _balance(ctx, cfg),
                      outputs=["selected"],
                      views={"selected": "selected/part-*.parquet",

@@ -307,7 +307,7 @@ def memory_limit_setting(work: str):
     from dataclasses import field
     return field(default="4GB", metadata={
         "help": f"DuckDB memory limit for {work} (spills to disk beyond)",
-        "check": memory_limit_problem})
+        "check": memory_limit_problem, "output": False})
 
 
 def memory_limit_problem(value: str) -> str | None:

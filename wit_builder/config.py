@@ -125,5 +125,13 @@ def _checked(cls: type, name: str, value: Any, where: str) -> Any:
     return value
 
 
+def output_settings(cfg: Any) -> dict[str, Any]:
+    """The settings that change what a stage writes: its skip key. A field is one unless
+    its metadata says `"output": False` (how fast, how many at once, a mode such as
+    --retry-failed), so a new field is in the key until it is marked otherwise."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+            if f.metadata.get("output", True)} if not isinstance(cfg, dict) else dict(cfg)
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

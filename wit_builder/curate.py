@@ -23,7 +23,6 @@ paths through `sql.literal`):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable
 
 from . import catalog, cluster, stage, storage
 from .canonical import BLANK_DETAIL
+from .config import output_settings
 from .dedup import duplicates, eval_hits
 from .errors import WitError
 from .imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
@@ -372,7 +372,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     build = storage.location(build)
     check(cfg)
     stage.require(build, "fetch")
-    params = dataclasses.asdict(cfg)
+    params = output_settings(cfg)
     eval_files: list = []
     if cfg.eval_images:
         from .io import file_fingerprint

@@ -69,7 +69,8 @@ class Config:
         "help": "tries again for a shard that failed or hit --shard-time-limit"})
     retry_failed: bool = field(default=False, metadata={
         "help": "download again the samples of the last fetch that failed for transient "
-                "reasons (timeouts, connection errors, 429, 5xx; not 404) and update their rows"})
+                "reasons (timeouts, connection errors, 429, 5xx; not 404) and update their rows",
+        "output": False})
     allow_private_network: bool = field(default=False, metadata={
         "help": "fetch from loopback/private/link-local/reserved addresses (tests, intranets)"})
     robots_txt: bool = field(default=True, metadata={
@@ -134,7 +135,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Fetch the build's selected pairs (or, with retry_failed, its transient failures)."""
     check(cfg)
     build = storage.location(build)
-    base = {k: v for k, v in cfgmod.to_dict(cfg).items() if k != "retry_failed"}
+    base = cfgmod.output_settings(cfg)
     lists = {name: read_list(getattr(cfg, name), cfgmod.flag(name), name == "exclude_domains")
              for name in ("exclude_domains", "exclude_urls") if getattr(cfg, name)}
     for name, entries in lists.items():  # a changed list fetches again

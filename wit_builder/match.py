@@ -13,10 +13,11 @@ This module is the stage (settings, the Ray units, the counts); the matcher itse
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import output_settings
 from .errors import WitError
 from .match_engine import Matcher
 from .match_engine import (  # noqa: F401 (the matcher's names where tests and benchmarks look)
@@ -25,9 +26,6 @@ from .stage import StageContext, StageOutput, StageResult, run_stage
 
 SAMPLE_ROWS = 20_000      # captions used to rank tokens by frequency (speed only)
 # Settings that change what is written; the others only change how fast.
-OUTPUT_SETTINGS = ("case_sensitive",)
-
-
 @dataclass
 class Config:
     case_sensitive: bool = field(default=True, metadata={
@@ -35,9 +33,9 @@ class Config:
                 "queries and captions)"})
     workers: int = field(default=0, metadata={
         "help": "parts matched at once (Ray tasks; each worker process builds the automaton "
-                "once); 0 = one per CPU"})
+                "once); 0 = one per CPU", "output": False})
     batch_size: int = field(default=50_000, metadata={
-        "help": "captions matched per call; larger amortises per-batch setup"})
+        "help": "captions matched per call; larger amortises per-batch setup", "output": False})
 
 
 # ----------------------------------------------------------------------------------
@@ -53,7 +51,7 @@ def check(cfg: Config) -> None:
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     """Match every pool caption; write matches/ and the per-query counts."""
     check(cfg)
-    params = {k: v for k, v in asdict(cfg).items() if k in OUTPUT_SETTINGS}
+    params = output_settings(cfg)
     return run_stage(build, "match", params, lambda ctx: _match(ctx, cfg),
                      outputs=["matches"],
                      views={"matches": "matches/part-*.parquet",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import catalog, storage
+from . import config as cfgmod
 from .errors import WitError
 from .io import UID_BYTES
 from .pool_dedupe import dedupe
@@ -70,9 +71,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     from .io import file_fingerprint
     check(cfg)
     files = find_files(cfg.pool)
-    params = {"pool": file_fingerprint(files), "url_col": cfg.url_col,
-              "text_col": cfg.text_col, "skip_broken_rows": cfg.skip_broken_rows,
-              "pool_parts": cfg.pool_parts, "max_caption_chars": cfg.max_caption_chars}
+    params = {**cfgmod.output_settings(cfg), "pool": file_fingerprint(files)}
     return run_stage(build, "pool", params, lambda ctx: _pool(ctx, cfg, files),
                      outputs=["pool"], views={"pool": "pool/part-*.parquet"}, force=force)
 

@@ -14,7 +14,6 @@ Shards are written by Ray tasks; finished shards survive a killed run.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from . import catalog, cluster, shardmeta, stage, storage
+from .config import output_settings
 from .errors import WitError
 from .storage import write_json
 from .stage import StageContext, StageOutput, StageResult
@@ -286,7 +286,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
     build = storage.location(build)
     check(cfg)
     stage.require(build, "curate")
-    return stage.run_stage(build, "publish", dataclasses.asdict(cfg), _work(cfg),
+    return stage.run_stage(build, "publish", output_settings(cfg), _work(cfg),
                            outputs=["shards", "manifest"], inputs=("curate",), force=force,
                            views={"shards": MANIFEST_VIEW})
 

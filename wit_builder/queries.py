@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import catalog, storage, wikitext, wordnet
-from .config import to_dict
+from .config import output_settings
 from .errors import WitError
 from .io import expand_inputs, file_fingerprint
 from .queries_input import blocklist_file, load_count_table, load_pageviews, wiki_sources
@@ -63,9 +63,10 @@ class Config:
         "help": "wiki of the pageviews lines to read (en = English Wikipedia, desktop and mobile)"})
     blocklist: str = field(default="default", metadata={
         "metavar": "FILE", "help": "entries never to emit, one a line; default: queries/blocklist.txt; none"})
-    workers: int = field(default=0, metadata={"help": "Ray tasks counting at once (0: all CPUs)"})
+    workers: int = field(default=0, metadata={"help": "Ray tasks counting at once (0: all CPUs)",
+                                              "output": False})
     chunk_mb: float = field(default=8.0, metadata={
-        "help": "MB of input file per counting task (compressed MB for .bz2)"})
+        "help": "MB of input file per counting task (compressed MB for .bz2)", "output": False})
 
 
 def check(cfg: Config) -> None:
@@ -94,7 +95,7 @@ def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
               for flag in ("unigram_counts", "bigram_counts")}
     pageviews = expand_inputs(cfg.pageviews, "pageviews", "--pageviews")
     blocklist = blocklist_file(cfg)
-    params = {k: v for k, v in to_dict(cfg).items() if k not in ("workers", "chunk_mb")}
+    params = output_settings(cfg)
     params.update(
         wiki=[s["fingerprint"] for s in sources], count_version=wikitext.COUNT_VERSION,
         wordnet=file_fingerprint(sorted(p for p in wn.rglob("data.*") if p.is_file()) if wn.is_dir()
