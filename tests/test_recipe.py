@@ -80,7 +80,7 @@ def test_full_scale_recipe_marks_what_to_fill_in():
     ("[publish]\nshard_size = 0\n", r"--shard-size 0"),
     ("[curate]\neval_images = '/no/such/dir'\n", r"--eval-images /no/such/dir: not a directory"),
     ("[balance]\nper_query = 0\n", r"--per-query 0"),
-    ("[train]\nbatch_size = 1\n", r"--batch-size 1"),
+    ("[train]\nbatch_size = 1\n", r"recipe \[train\]: batch_size = 1: must be at least 2"),
     ("[train]\nbatch = 64\n", r"recipe \[train\]: unknown setting\(s\) batch"),
     ("[eval]\nimages = '/no/such/eval'\n", r"\[eval\] images = '/no/such/eval': no such folder"),
     ("[eval]\nimage = 'x'\n", r"recipe \[eval\]: unknown setting\(s\) image"),

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import types
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from .errors import WitError
 
@@ -112,6 +112,27 @@ def from_args(cls: type, args: argparse.Namespace) -> Any:
     for k, v in given.items():
         _checked(cls, k, _finite(k, v, flag(k)), flag(k))
     return cls(**given)
+
+
+def at_least(low: float, why: str = ""):
+    """A field `check`: the value is at least `low` (`why` says what needs it)."""
+    def check(value):
+        return None if value >= low else f"must be at least {low:g}" + (f" ({why})" if why else "")
+    return check
+
+
+def one_of(names) -> Callable[[Any], str | None]:
+    """A field `check`: the value is one of `names`."""
+    def check(value):
+        return None if value in names else f"unknown value; choose one of {', '.join(names)}"
+    return check
+
+
+def check_fields(cfg: Any, where: Callable[[str], str] = flag) -> Any:
+    """Every field's own `check` on a built config (`where(name)`: how to name it)."""
+    for f in dataclasses.fields(cfg):
+        _checked(type(cfg), f.name, getattr(cfg, f.name), where(f.name))
+    return cfg
 
 
 def _checked(cls: type, name: str, value: Any, where: str) -> Any:
