@@ -233,33 +233,6 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-FILL = 128            # what libjpeg decodes where a scan ended early: every channel mid-grey
-
-
-def short_scan(pixels: np.ndarray, scale: int = 1) -> str | None:
-    """Why decoded JPEG pixels are not the picture their header claims, or None.
-
-    A JPEG whose scan ends before the height its frame header gives (a file cut and
-    given a new end marker, or a header rewritten) still decodes: libjpeg warns and
-    fills the missing rows with mid-grey, exactly FILL in every channel, and neither
-    OpenCV nor PIL reports an error. So bottom rows that are exactly that grey, at
-    least one 8-pixel block row (8 / `scale` at reduced scale) and below real content,
-    are the decoder's fill. A picture whose last block row is exactly mid-grey in
-    every pixel and channel is taken for one too; a flat grey band drawn in a
-    compressed picture is rarely exact."""
-    a = pixels.reshape(pixels.shape[0], -1)
-    if a.shape[0] < 2 or not (a[-1] == FILL).all():
-        return None  # the common case: one row compared
-    grey = (a == FILL).all(axis=1)
-    if grey.all():
-        return None  # one flat grey picture: curate calls it blank
-    rows = int(np.argmin(grey[::-1]))
-    if rows < max(1, 8 // scale):
-        return None
-    return (f"the JPEG's scan ends {rows * scale} rows before the height of "
-            f"{pixels.shape[0] * scale} its header claims (the rest is decoder fill)")
-
-
 def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
     """Open encoded bytes: ({width, height, format, error}, pixels or None, channel
     order "RGB" or "BGR").
@@ -272,11 +245,8 @@ def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
     if frame is not None:
         pixels = _reduced_jpeg(data, frame[0], frame[1], frame[2] == 1)
         if pixels is not None:
-            facts = {"width": frame[0], "height": frame[1], "format": "JPEG", "error": None}
-            short = short_scan(pixels, max(1, frame[1] // pixels.shape[0]))
-            if short:
-                return {**facts, "error": short}, None, "BGR"
-            return facts, pixels, "BGR"
+            return ({"width": frame[0], "height": frame[1], "format": "JPEG", "error": None},
+                    pixels, "BGR")
     from PIL import Image
     facts: dict[str, Any] = {"width": None, "height": None, "format": None, "error": None}
     try:
