@@ -232,3 +232,31 @@ def test_policy_mistakes_are_one_line(build, tmp_path, capsys):
     assert "--exclude-domains" in capsys.readouterr().err
     assert main(["fetch", "--out", str(build), "--per-host-connections", "0"]) == 2
     assert "--per-host-connections" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
+    """--retry-failed asks no robots.txt again while the build's copy is fresh: its
+    rules still apply (a disallowed URL is still never requested) and only the
+    transient failure is fetched again."""
+    with hosts(2, {0: "User-agent: *\nDisallow: /mirror/private/\n"}) as (named, resolve):
+        (name, srv), (other, srv2) = named
+        img = f"/img/{SCENE.format(3)}.jpg"
+        good, banned = url(name, srv, img), url(name, srv, f"/mirror/private{img}")
+        flaky = url(name, srv, f"/status/503/{SCENE.format(4)}.jpg")
+        write_selected(build, [good, banned, flaky, url(other, srv2, img)])
+        fetch.run(fast(per_host_rps=0, resolve=resolve), build)
+        assert srv.hits("/robots.txt") == 1 and srv2.hits("/robots.txt") == 1
+        retry = fetch.run(fast(per_host_rps=0, resolve=resolve, retry_failed=True), build)
+        assert srv.hits("/robots.txt") == 1                      # the cached copy served the retry
+        assert srv2.hits("/robots.txt") == 1 and srv2.hits(img) == 1  # nothing to retry there
+        assert srv.hits(flaky) == 2 and srv.hits(good) == 1
+        assert srv.hits(f"/mirror/private{img}") == 0
+    rows = statuses(build)
+    assert retry.summary["retried"] == 1
+    assert [rows[u]["status"] for u in (good, banned, flaky)] == [
+        "success", "robots_disallowed", "server_error"]
+    # one row per origin: the retried host's (kept by the retry) and the other's (from the first run)
+    robots = catalog.query(build, "SELECT origin, state FROM robots ORDER BY origin").to_pylist()
+    assert [(r["origin"].split("://")[1].split(":")[0], r["state"]) for r in robots] == [
+        ("h0.test", "rules"), ("h1.test", "allow_all")]

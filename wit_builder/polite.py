@@ -206,15 +206,39 @@ def adopt(ctx, plan: dict, prev, status_out, with_status) -> dict[str, int]:
         pq.write_table(with_status(rows, {"status": ["excluded"] * n, "error": rows["error"].to_pylist()}),
                        status_out / f"excluded-{first:05d}.parquet")
     robots_dir = ctx.work / "robots"
+    mine: set[str] = set()  # the origins this run has robots rows for (fetched or kept)
     if robots_dir.exists():
         for f in sorted(robots_dir.glob("*.parquet"), key=str):
+            with f.open("rb") as fh:
+                mine.update(pq.read_table(fh, columns=["origin"])["origin"].to_pylist())
             ctx.adopt(f, f"fetch/robots/{f.name}")
     if prev is not None:
-        for folder in ("robots", "hosts"):
-            if (prev / folder).exists():
-                for f in sorted((prev / folder).glob("*.parquet"), key=str):
-                    ctx.adopt(f, f"fetch/{folder}/{f.name}", copy=True)
+        if (prev / "hosts").exists():
+            for f in sorted((prev / "hosts").glob("*.parquet"), key=str):
+                ctx.adopt(f, f"fetch/hosts/{f.name}", copy=True)
+        _keep_other_robots(ctx, prev, mine)
     return {"excluded": rows.num_rows} if rows.num_rows else {}
+
+
+def _keep_other_robots(ctx, prev, mine: set[str]) -> None:
+    """A retry's robots rows: the previous fetch's, except the origins this run has
+    rows of its own for (one row per origin in the `robots` view)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    if not (prev / "robots").exists():
+        return
+    out = ctx.output("fetch") / "robots"
+    for f in sorted((prev / "robots").glob("*.parquet"), key=str):
+        if not mine:
+            ctx.adopt(f, f"fetch/robots/{f.name}", copy=True)
+            continue
+        with f.open("rb") as fh:
+            table = pq.read_table(fh)
+        table = table.filter(pc.invert(pc.is_in(table["origin"], pa.array(sorted(mine)))))
+        if table.num_rows:
+            out.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, out / f"kept-{f.name}")
 
 
 def figures(glob, dns_lookups: int, remote=None, scratch=None, top: int = 5) -> dict:
