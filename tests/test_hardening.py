@@ -505,3 +505,62 @@ def test_huge_captions_are_cut_and_counted(build, tmp_path, capsys):
         {"text": "a sho"}, {"text": "äääää"}]
     code, out, err = wit("pool", "--pool", f, "--max-caption-chars", "-1", "--out", build, capsys=capsys)
     assert code == 2 and "--max-caption-chars -1: must be >= 0" in err
+
+
+# ----------------------------------------------------------------------------------
+# A JPEG whose header claims more rows than its scan holds
+
+
+def _taller_header(data: bytes, height: int) -> bytes:
+    """The same JPEG with its frame header claiming `height` rows."""
+    from wit_builder.canonical import jpeg_frame
+    assert jpeg_frame(data) is not None
+    out, i = bytearray(data), 2
+    for _ in range(64):
+        marker, length = out[i + 1], int.from_bytes(out[i + 2:i + 4], "big")
+        if marker in (0xC0, 0xC2):
+            out[i + 5:i + 7] = height.to_bytes(2, "big")
+            return bytes(out)
+        i += 2 + length
+    raise AssertionError("no frame header")
+
+
+def test_a_jpeg_claiming_more_rows_than_its_scan_is_not_stored_with_the_false_size():
+    """libjpeg decodes the missing rows as mid-grey without an error; fetch's resizer
+    and curate's decoder both refuse the image instead of recording 640 x 960."""
+    import io
+
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from fetch_fixture import encode, picture
+    from wit_builder import i2d
+    from wit_builder.canonical import short_scan, signature_bytes
+    from wit_builder.resizing import CvTap, Download, hashing_resizer
+    good = encode(picture(7, 640, 480), quality=90)
+    liar = _taller_header(good, 960)
+    with Image.open(io.BytesIO(liar)) as im:
+        assert im.size == (640, 960)  # what a header reader believes
+    for target in (None, 128):  # full-size decode, and fetch's reduced decode
+        tap, stored = CvTap(cv2, target, "border"), {}
+        with i2d.patched(cv2=tap):
+            resize = hashing_resizer(i2d.resizer(128, "border"), tap, stored)
+            out, ok = resize(Download(0, liar)), resize(Download(1, good))
+        assert out.img is None and "scan ends" in out.error and "960" in out.error, out.error
+        assert ok.img is not None and ok.error is None and set(stored) == {1}
+    facts = signature_bytes(liar)
+    assert facts["phash"] is None and "scan ends" in facts["error"]
+    assert signature_bytes(good)["error"] is None
+    # a picture whose own background is the decoder's exact mid-grey (the demo world
+    # draws such scenes) is a suspect to the one-row screen, and strict libjpeg clears it
+    grey_floor = np.asarray(picture(8, 320, 240)).copy()
+    grey_floor[-64:] = 128
+    honest = encode(Image.fromarray(grey_floor), quality=90)
+    pixels = cv2.imdecode(np.frombuffer(honest, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (pixels[-16:] == 128).all()  # the screen alone would have refused it
+    assert short_scan(pixels, honest) is None and signature_bytes(honest)["error"] is None
+    tap, stored = CvTap(cv2, 64, "border"), {}
+    with i2d.patched(cv2=tap):
+        kept = hashing_resizer(i2d.resizer(64, "border"), tap, stored)(Download(2, honest))
+    assert kept.img is not None and kept.error is None and set(stored) == {2}

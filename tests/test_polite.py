@@ -260,3 +260,24 @@ def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
     robots = catalog.query(build, "SELECT origin, state FROM robots ORDER BY origin").to_pylist()
     assert [(r["origin"].split("://")[1].split(":")[0], r["state"]) for r in robots] == [
         ("h0.test", "rules"), ("h1.test", "allow_all")]
+
+
+@pytest.mark.slow
+def test_redirects_to_another_host_count_against_that_host(build, ray_cluster):
+    """Three hosts redirect every image to a fourth that holds no URL of its own: one
+    shard asks the fourth no faster than --per-host-rps (+1 in a second) and through
+    no more than --per-host-connections, where the three together would send 3 x rps."""
+    rps, conns = 2.0, 2
+    with hosts(4) as (named, resolve):
+        (target, tsrv) = named[3]
+        urls = [url(name, srv, f"/away/{target}:{tsrv.port}/img/{SCENE.format(10 * n + i)}.jpg")
+                for n, (name, srv) in enumerate(named[:3]) for i in range(4)]
+        write_selected(build, urls)
+        fetch.run(fast(per_host_rps=rps, per_host_connections=conns, resolve=resolve,
+                       robots_txt=False, fetch_shard_size=100), build)
+        log = [r for r in tsrv.requests() if r[2].startswith("/img/")]
+    rows = statuses(build)
+    assert {rows[u]["status"] for u in urls} == {"success"}
+    assert len(log) == len(urls)
+    assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
+    assert most_at_once([(start, end) for start, end, _ in log]) <= conns

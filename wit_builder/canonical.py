@@ -233,6 +233,40 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
+FILL = 128            # what libjpeg decodes where a scan ended early: every channel mid-grey
+
+
+def short_scan(pixels: np.ndarray, data, scale: int = 1) -> str | None:
+    """Why decoded JPEG pixels are not the picture their header claims, or None.
+
+    A JPEG whose scan ends before the height its frame header gives (a file cut and
+    given a new end marker, or a header rewritten) still decodes: libjpeg warns and
+    fills the missing rows with mid-grey, exactly FILL in every channel, and neither
+    OpenCV nor PIL reports the warning. So bottom rows that are exactly that grey, at
+    least one 8-pixel block row (8 / `scale` at reduced scale) below real content,
+    make the image a suspect: one row is compared in the common case. A picture can
+    have such a band of its own (a mid-grey background), so a suspect's bytes
+    (`data`) are decoded again by libjpeg-turbo in strict mode (simplejpeg), which
+    raises on the warning: only then is the image refused."""
+    a = pixels.reshape(pixels.shape[0], -1)
+    if a.shape[0] < 2 or not (a[-1] == FILL).all():
+        return None  # the common case: one row compared
+    grey = (a == FILL).all(axis=1)
+    if grey.all():
+        return None  # one flat grey picture: curate calls it blank
+    rows = int(np.argmin(grey[::-1]))
+    if rows < max(1, 8 // scale):
+        return None
+    import simplejpeg
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
+    except ValueError as e:
+        return (f"the JPEG's scan ends {rows * scale} rows before the height of "
+                f"{pixels.shape[0] * scale} its header claims (libjpeg: {e}; the rest "
+                "is decoder fill)")
+    return None  # the grey band is the picture's own
+
+
 def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
     """Open encoded bytes: ({width, height, format, error}, pixels or None, channel
     order "RGB" or "BGR").
@@ -245,8 +279,11 @@ def decode(data: bytes) -> tuple[dict[str, Any], np.ndarray | None, str]:
     if frame is not None:
         pixels = _reduced_jpeg(data, frame[0], frame[1], frame[2] == 1)
         if pixels is not None:
-            return ({"width": frame[0], "height": frame[1], "format": "JPEG", "error": None},
-                    pixels, "BGR")
+            facts = {"width": frame[0], "height": frame[1], "format": "JPEG", "error": None}
+            short = short_scan(pixels, data, max(1, frame[1] // pixels.shape[0]))
+            if short:
+                return {**facts, "error": short}, None, "BGR"
+            return facts, pixels, "BGR"
     from PIL import Image
     facts: dict[str, Any] = {"width": None, "height": None, "format": None, "error": None}
     try:

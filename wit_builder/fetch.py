@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import i2d, storage
+from . import i2d, nameservers, storage
 from . import config as cfgmod
 from .errors import WitError
 from .fetch_plan import plan_shards, retry_params, transient_rows
@@ -92,7 +92,13 @@ class Config:
         "help": "a host failing this many requests in a row (timeouts, refusals, 429, 5xx) "
                 "is given up on for the shard: its other URLs are host_given_up (0: never)"})
     dns_cache_ttl: float = field(default=300.0, metadata={
-        "help": "seconds a shard keeps a host's DNS answer (a failure: 60 s)"})
+        "help": "seconds a shard keeps a host's DNS answer at most: the answer's own TTL when "
+                "shorter (at least 1 s; a failure: 60 s); with --dns-server system, always"})
+    dns_server: list[str] = field(default_factory=list, metadata={
+        "help": "DNS servers fetch asks itself, so answers keep their own TTL (default: those "
+                "of /etc/resolv.conf; names in /etc/hosts are answered from it); 'system' "
+                "uses the system resolver (getaddrinfo, no TTL)", "metavar": "ADDR[:PORT]",
+        "output": False})
     resolve: list[str] = field(default_factory=list, metadata={
         "help": "NAME=ADDRESS pairs used instead of DNS for these names, as curl's --resolve "
                 "(tests, pinned mirrors); the address guard still applies", "metavar": "NAME=ADDR"})
@@ -126,6 +132,7 @@ def check(cfg: Config) -> None:
         if getattr(cfg, name) not in choices:
             raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: choose one of {', '.join(choices)}")
     parse_overrides(cfg.resolve)
+    nameservers.parse_servers(cfg.dns_server)
     top = 9 if cfg.encode_format == "png" else 100
     if not 0 <= cfg.encode_quality <= top:
         raise WitError(f"--encode-quality {cfg.encode_quality}: must be 0-{top} for {cfg.encode_format}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import cluster, i2d, storage
 from .fetch_status import shard_name, status_table
+from . import nameservers
 from .hosts import parse_overrides
 
 
@@ -62,6 +63,7 @@ def task_settings(cfg, oom: int) -> dict:
         "polite": {"robots_txt": cfg.robots_txt, "per_host_rps": cfg.per_host_rps,
                    "per_host_connections": cfg.per_host_connections,
                    "host_give_up_after": cfg.host_give_up_after, "dns_cache_ttl": cfg.dns_cache_ttl,
+                   "dns_server": nameservers.parse_servers(cfg.dns_server), "dns_timeout": cfg.timeout,
                    "resolve": parse_overrides(cfg.resolve), "resolve_only": cfg.resolve_only,
                    "shard_time_limit": cfg.shard_time_limit},
         "threads": cfg.threads, "shard_size": cfg.fetch_shard_size, "oom_shard_count": oom,

@@ -65,17 +65,21 @@ def read_list(path: str, flag: str, domains: bool) -> list[str]:
 
 
 class Resolver:
-    """getaddrinfo once per host for a shard's threads, answers and failures cached.
+    """One lookup per host for a shard's threads, answers and failures cached.
 
-    The system resolver does not say how long an answer may be kept, so an answer
-    lives `ttl` seconds (a failure `negative_ttl`). `overrides` maps host names to
+    With `direct` (nameservers.DirectLookup) the name servers are asked and an answer
+    lives its own TTL, at most `ttl` seconds and at least 1; without, getaddrinfo
+    answers, which tells no TTL, and an answer lives `ttl` seconds. A failure lives
+    `negative_ttl`. `overrides` maps host names to
     addresses (`--resolve NAME=ADDR`, as curl's): those are never looked up; with
     `only_overrides` no other name is looked up either (it fails as unknown).
     """
 
     def __init__(self, ttl: float = 300.0, negative_ttl: float = 60.0,
-                 overrides: dict[str, str] | None = None, only_overrides: bool = False):
+                 overrides: dict[str, str] | None = None, only_overrides: bool = False,
+                 direct=None):
         self.ttl, self.negative_ttl = ttl, negative_ttl
+        self.direct = direct
         self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
         self.only_overrides = only_overrides
         self._cache: dict[tuple[str, int], tuple[float, object]] = {}
@@ -114,9 +118,13 @@ class Resolver:
                 # numeric only: never a DNS query (an unlisted name fails here, EAI_NONAME)
                 answer = socket.getaddrinfo(self.overrides.get(host, host.strip("[]")), port,
                                             type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+                ttl = self.ttl
+            elif self.direct is not None:
+                answer, own = self.direct.lookup(host, port)
+                ttl = self.ttl if own is None else min(self.ttl, max(1.0, own))
             else:
                 answer = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            ttl = self.ttl
+                ttl = self.ttl
         except socket.gaierror as e:
             answer, ttl = e, self.negative_ttl
         except BaseException:  # not a DNS answer (a name IDNA cannot encode): let waiters retry
@@ -176,25 +184,32 @@ class HostLimits:
     """One shard's per-host limits. `budgets` gives each host's share (hosts not in
     it are not limited, but still given up on after `give_up_after` failures in a
     row); `deadline` (wall clock) is when a request that has not started is no longer
-    worth waiting for: it fails `host_deferred` so the shard ends in time."""
+    worth waiting for: it fails `host_deferred` so the shard ends in time.
+    `others` is the share a host the shard was not planned with gets when a
+    redirect leads there (see hop)."""
 
     def __init__(self, budgets: dict[str, HostBudget], give_up_after: int = 0,
-                 deadline: float | None = None):
+                 deadline: float | None = None, others: HostBudget | None = None):
         self._hosts = {h: _Host(b, threading.BoundedSemaphore(b.connections))
                        for h, b in budgets.items()}
         self.give_up_after = give_up_after
         self.deadline = deadline
+        self.others = others
         self._lock = threading.Lock()
 
-    def acquire(self, host: str) -> "_Held":
+    def acquire(self, host: str, until: float | None = None) -> "_Held":
         """Wait for a connection and a time slot of `host`; raises errors.Failure if
-        the host was given up on or its next slot is past the deadline."""
+        the host was given up on or its next slot is past the deadline (or past
+        `until`, wall clock: `timeout` if no connection is free by then)."""
         h = self._host(host)
         if h.given_up:
             raise Failure("host_given_up", h.given_up)
         if h.budget is None or h.gate is None:
             return _Held(self, host, None)
-        h.gate.acquire()
+        if not h.gate.acquire(timeout=None if until is None else max(0.0, until - time.time())):
+            raise Failure("timeout", f"{host}: no connection free before the image's deadline "
+                          "(a redirect led there; --per-host-connections)")
+        last = self.deadline if until is None else min(until, self.deadline or until)
         try:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
@@ -204,9 +219,10 @@ class HostLimits:
                     k += (b.phase - k) % b.stride
                     h.next_slot = k + b.stride * h.backoff
                     start = k * b.interval
-                if self.deadline is not None and start > self.deadline:
+                if last is not None and start > last:
                     raise Failure("host_deferred", f"{host}: its next request slot is past the "
-                                  "shard's time budget (--per-host-rps); --retry-failed fetches it later")
+                                  f"{'shard' if last == self.deadline else 'image'}'s time budget "
+                                  "(--per-host-rps); --retry-failed fetches it later")
                 wait = start - time.time()
                 if wait > 0:
                     time.sleep(wait)
@@ -218,6 +234,21 @@ class HostLimits:
             h.gate.release()
             raise
         return _Held(self, host, h)
+
+    def hop(self, host: str, until: float) -> "_Held":
+        """A slot for a redirect hop to `host`, another host than the URL's, by wall
+        clock `until` (the image's deadline): on this shard's share of the host where
+        the plan gave it one, else on a share of its own (`others`: the whole
+        per-host budget, in this shard). A redirect target is thus never asked faster
+        than --per-host-rps by one shard; across shards that were not planned with it,
+        by each of them."""
+        h = self._host(host)
+        if h.budget is None and self.others is not None:
+            with self._lock:
+                if h.budget is None:
+                    h.gate = threading.BoundedSemaphore(self.others.connections)
+                    h.budget = self.others
+        return self.acquire(host, until)
 
     def _host(self, host: str) -> _Host:
         h = self._hosts.get(host)
@@ -301,5 +332,8 @@ def digest(entries: list[str]) -> str:
 
 def resolver(polite: dict) -> Resolver:
     """The DNS cache a shard (or a robots.txt task) shares among its threads."""
+    from .nameservers import direct
+    lookup = None if polite["resolve_only"] else direct(polite.get("dns_server", []),
+                                                         polite.get("dns_timeout", 5.0))
     return Resolver(polite["dns_cache_ttl"], overrides=polite["resolve"],
-                    only_overrides=polite["resolve_only"])
+                    only_overrides=polite["resolve_only"], direct=lookup)

@@ -127,6 +127,8 @@ def _route(path: str, hit: int, site: _Site) -> Reply:
         return _route(inner, hit, site)
     if head == "redirect":          # /redirect/<path>: 302 to /<path>
         return Reply(302, b"", "text/plain", (("Location", rest),))
+    if head == "away":              # /away/<host:port>/<path>: 302 to http://<host:port>/<path>
+        return Reply(302, b"", "text/plain", (("Location", f"http://{arg}{inner}"),))
     if head == "loop":              # /loop/<tag>/a <-> /loop/<tag>/b forever
         other = "b" if inner == "/a" else "a"
         return Reply(302, b"", "text/plain", (("Location", f"/loop/{arg}/{other}"),))

@@ -144,44 +144,64 @@ class Fetcher:
         stopping = self.stop_at is not None and self.stop_at < deadline  # the shard's end comes first
         if stopping:
             deadline = self.stop_at
-        seen = set()
-        for _ in range(MAX_REDIRECTS + 1):
-            if url in seen:
-                raise Failure("redirect_loop", f"redirect loop: {url} was already visited")
-            seen.add(url)
-            parts, port = url_parts(url)
-            try:
-                resp, conn, key = self._request(parts, port, deadline)
-                location = resp.getheader("Location") if 300 <= resp.status < 400 else None
-                if location:
-                    self._release(key, conn, resp, drain=True)
-                    url = urljoin(url, location)
-                    continue
-                if resp.status >= 300:
-                    failure = status_failure(resp, url)
-                    self._release(key, conn, resp, drain=True)
-                    raise failure
-                return self._body(key, conn, resp, url)
-            except Failure:
-                raise
-            except DeadlinePassed:
-                if stopping:
-                    raise Failure("shard_stopped", f"{self.stop_note} while {url[:200]} was "
-                                  "being fetched") from None
-                raise Failure("timeout", f"not received whole within {DEADLINE_FACTOR} x --timeout "
-                              f"= {limit:g} s (connect to last byte) from {url[:200]}") from None
-            except (TimeoutError, socket.timeout):
-                raise Failure("timeout", f"no answer within --timeout {self.policy.timeout:g} s "
-                              f"from {url[:200]}") from None
-            except ssl.SSLError as e:
-                raise Failure("tls_error", f"TLS: {e}") from None
-            except http.client.InvalidURL as e:
-                raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
-            except (OSError, http.client.HTTPException) as e:
-                raise Failure("connection_error", f"{type(e).__name__}: {e}") from None
-            except UnicodeError as e:  # a host name IDNA cannot encode
-                raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
+        seen, first, hop = set(), host_of(url), None
+        try:
+            for _ in range(MAX_REDIRECTS + 1):
+                hop = self._hop(url, first, hop, deadline)
+                return_or_url = self._hop_request(url, seen, deadline, stopping, limit)
+                if isinstance(return_or_url, bytes):
+                    return return_or_url
+                url = return_or_url
+        finally:
+            if hop is not None:
+                hop.release()
         raise Failure("redirect_loop", f"more than {MAX_REDIRECTS} redirects")
+
+    def _hop(self, url: str, first: str, held, deadline: float):
+        """The limits' slot for a redirect hop to another host than the URL's own
+        (hosts.HostLimits.hop), after freeing the previous hop's; None for the URL's host."""
+        if held is not None:
+            held.release()
+        if self.limits is None or host_of(url) == first:
+            return None
+        return self.limits.hop(host_of(url), time.time() + max(0.0, deadline - time.monotonic()))
+
+    def _hop_request(self, url: str, seen: set, deadline: float, stopping: bool, limit: float):
+        """One request of get(): the body (bytes), the URL a redirect leads to, or a Failure."""
+        if url in seen:
+            raise Failure("redirect_loop", f"redirect loop: {url} was already visited")
+        seen.add(url)
+        parts, port = url_parts(url)
+        try:
+            resp, conn, key = self._request(parts, port, deadline)
+            location = resp.getheader("Location") if 300 <= resp.status < 400 else None
+            if location:
+                self._release(key, conn, resp, drain=True)
+                return urljoin(url, location)
+            if resp.status >= 300:
+                failure = status_failure(resp, url)
+                self._release(key, conn, resp, drain=True)
+                raise failure
+            return self._body(key, conn, resp, url)
+        except Failure:
+            raise
+        except DeadlinePassed:
+            if stopping:
+                raise Failure("shard_stopped", f"{self.stop_note} while {url[:200]} was "
+                              "being fetched") from None
+            raise Failure("timeout", f"not received whole within {DEADLINE_FACTOR} x --timeout "
+                          f"= {limit:g} s (connect to last byte) from {url[:200]}") from None
+        except (TimeoutError, socket.timeout):
+            raise Failure("timeout", f"no answer within --timeout {self.policy.timeout:g} s "
+                          f"from {url[:200]}") from None
+        except ssl.SSLError as e:
+            raise Failure("tls_error", f"TLS: {e}") from None
+        except http.client.InvalidURL as e:
+            raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
+        except (OSError, http.client.HTTPException) as e:
+            raise Failure("connection_error", f"{type(e).__name__}: {e}") from None
+        except UnicodeError as e:  # a host name IDNA cannot encode
+            raise Failure("bad_url", f"{url[:200]!r}: {e}") from None
 
     def _connect(self, scheme: str, host: str, port: int):
         p = self.policy

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter
 
-from .hosts import HostLimits, host_of, resolver, shard_budgets
+from .hosts import HostBudget, HostLimits, host_of, resolver, shard_budgets
 from .robots import ORIGIN_SQL, Rules
 from .sql import literal
 
@@ -150,8 +150,10 @@ class Shard:
             delays[host_of(origin)] = max(delay, delays.get(host_of(origin), 0.0))
         budgets = shard_budgets(plan, p["per_host_rps"], p["per_host_connections"], delays)
         deadline = time.time() + stop_after(p["shard_time_limit"])
-        self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline)
-                       if budgets or p["host_give_up_after"] else None)
+        rps, conns = p["per_host_rps"], p["per_host_connections"]
+        others = HostBudget(1.0 / rps, 1, 0, conns) if rps > 0 else None  # redirect targets
+        self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline, others)
+                       if budgets or others or p["host_give_up_after"] else None)
         self.counts: dict[str, Counter] = {}
         self._lock = threading.Lock()
 

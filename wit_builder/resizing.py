@@ -67,22 +67,29 @@ class CvTap:
         return getattr(self.cv2, name)
 
     def imdecode(self, buf, flags):
-        from .canonical import jpeg_frame
+        from .canonical import jpeg_frame, short_scan
         self.original = None
         frame = jpeg_frame(memoryview(buf)) if flags == self.cv2.IMREAD_UNCHANGED else None
-        img = self._reduced(buf, *frame) if frame is not None and self.target else None
-        return img if img is not None else self.cv2.imdecode(buf, flags)
+        img, scale = None, 1
+        if frame is not None and self.target:
+            img, scale = self._reduced(buf, *frame)
+        if img is None:
+            img, scale = self.cv2.imdecode(buf, flags), 1
+        short = short_scan(img, buf, scale) if frame is not None and img is not None else None
+        if short:  # img2dataset's resizer reports it: the row is a decode_error
+            raise ValueError(short)
+        return img
 
     def _reduced(self, buf, width: int, height: int, components: int):
-        """The JPEG decoded at reduced scale, or None where full size is due."""
+        """(pixels decoded at reduced scale, the scale), or (None, 1) where full size is due."""
         r = reduction(width, height, self.target, self.resize_mode)
         if r == 1:
-            return None
+            return None, 1
         from .canonical import reduced_flag
         img = self.cv2.imdecode(buf, reduced_flag(self.cv2, r, components == 1))
         if img is not None:
             self.original = (width, height)
-        return img
+        return img, r
 
     def imencode(self, ext, img, *args, **kwargs):
         self.pixels = img
