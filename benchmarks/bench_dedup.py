@@ -17,7 +17,7 @@ A labelled world, drawn with Pillow and numpy (no downloads):
   blanks     one-colour images and plain gradients, which must come out `blank`.
 Every picture and copy is then stored as fetch stores it: img2dataset's Resizer at
 256 px, `--resize-mode border`, JPEG q95, through fetch's own wrapper
-(wit_builder.resizing), which records the signature of what it stores.
+(wit_builder.stages.fetch.resizing), which records the signature of what it stores.
 
 Decisions, each method in the same run on the same images:
   near-dup   among the stored images, pairs judged copies; then curate's greedy keep
@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_world import blanks, copies, encode, families  # noqa: E402
 
 from wit_builder import canonical  # noqa: E402
-from wit_builder.curate import EVAL_BITS, EVAL_COLOUR, NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
+from wit_builder.stages.curate.curate import EVAL_BITS, EVAL_COLOUR, NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
 from wit_builder.phash import hamming, keepers, phash_array, phash_pixels  # noqa: E402
 
 # ---------------------------------------------------------------------------------
@@ -59,8 +59,8 @@ class Store:
     def __init__(self):
         import cv2
 
-        from wit_builder import i2d
-        from wit_builder.resizing import CvTap, Download, hashing_resizer
+        from wit_builder.stages.fetch import i2d
+        from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
         self.i2d, self.cv2, self.Download = i2d, cv2, Download
         self.tap = CvTap(cv2, 256, "border")
         self.stored: dict = {}

@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_neardup import weight32  # noqa: E402
 from fetch_fixture import encode, picture  # noqa: E402  (the tests' photo-like pictures)
 
-from wit_builder import canonical, curate  # noqa: E402
-from wit_builder.imagefacts import image_facts  # noqa: E402
+from wit_builder import canonical  # noqa: E402
+from wit_builder.stages.curate import curate
+from wit_builder.stages.curate.imagefacts import image_facts  # noqa: E402
 from wit_builder.phash import near_pairs, phash_array, phash_pixels  # noqa: E402
 
 
@@ -67,8 +68,8 @@ def resizers():
     """img2dataset's resizer as fetch wraps it, hashing as before and as now."""
     import cv2
 
-    from wit_builder import i2d
-    from wit_builder.resizing import CvTap, hashing_resizer
+    from wit_builder.stages.fetch import i2d
+    from wit_builder.stages.fetch.resizing import CvTap, hashing_resizer
     base = i2d.resizer(256, "border")
     tap = CvTap(cv2, 256, "border")
     stored: dict = {}
@@ -158,8 +159,8 @@ def main() -> None:
                                      lambda: image_facts(stored, known_now)])
     row("curate facts, reusing fetch's signatures", n, b, a)
     tap, before, after = resizers()
-    from wit_builder import i2d
-    from wit_builder.resizing import Download
+    from wit_builder.stages.fetch import i2d
+    from wit_builder.stages.fetch.resizing import Download
     with i2d.patched(cv2=tap):
         b, a = interleaved(args.repeat, [lambda: [before(Download(i, d)) for i, d in enumerate(web)],
                                          lambda: [after(Download(i, d)) for i, d in enumerate(web)]])

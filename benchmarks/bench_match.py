@@ -89,7 +89,7 @@ def queries(n: int, seed: int = 2, vocab=None) -> pa.Array:
 
 
 def main() -> None:
-    from wit_builder.match import Matcher, reference_automaton, reference_match
+    from wit_builder.stages.match.match import Matcher, reference_automaton, reference_match
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--captions", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=500_000)

@@ -65,11 +65,11 @@ def interleaved(repeat: int, fns: list) -> list[tuple[float, object]]:
 
 def fetch_overhead(blobs: list[bytes], repeat: int) -> tuple[float, float]:
     """Microseconds per image of img2dataset's resizer as fetch runs it, without and
-    with the hashing wrapper (wit_builder.resizing.hashing_resizer)."""
+    with the hashing wrapper (wit_builder.stages.fetch.resizing.hashing_resizer)."""
     import cv2
 
-    from wit_builder import i2d
-    from wit_builder.resizing import CvTap, Download, hashing_resizer
+    from wit_builder.stages.fetch import i2d
+    from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
     plain = i2d.resizer(256, "border")
     stored: dict = {}
     tap = CvTap(cv2, None, "border")  # full-size decoding, as img2dataset's: only the hash differs

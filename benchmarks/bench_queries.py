@@ -136,7 +136,7 @@ def baseline(path: Path) -> tuple[float, float, int]:
 
 
 def wit(path: Path, build: Path, workers: int, chunk_mb: float) -> dict:
-    from wit_builder import queries
+    from wit_builder.stages.queries import queries
     shutil.rmtree(build, ignore_errors=True)
     t0 = time.perf_counter()
     res = queries.run(queries.Config(wiki=[str(path)], wordnet="none", workers=workers,
@@ -168,7 +168,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     base_s, base_cpu, base_words = min(baseline(dump) for _ in range(args.repeat))
-    from wit_builder.cluster import cpus, ensure_ray
+    from wit_builder.build.cluster import cpus, ensure_ray
     ensure_ray()                       # started before timing: counting is what is measured
 
     def best(workers: int) -> dict:

@@ -111,7 +111,7 @@ def make_inputs(out: Path, n_captions: int, n_queries: int) -> tuple[list[Path],
 
 def write_queries(build: Path, queries: list[str]) -> None:
     """A finished queries stage (the contract's columns) holding `queries`."""
-    from wit_builder.stage import StageOutput, run_stage
+    from wit_builder.build.stage import StageOutput, run_stage
 
     def work(ctx):
         n = len(queries)
@@ -142,8 +142,10 @@ def main() -> None:
     # The machine is shared: other people's processes must not make Ray's memory
     # monitor kill ours. What this run itself uses is measured below.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
-    from wit_builder import balance, match, pool
-    from wit_builder.cluster import ensure_ray, shutdown
+    from wit_builder.stages.balance import balance
+    from wit_builder.stages.match import match
+    from wit_builder.stages.pool import pool
+    from wit_builder.build.cluster import ensure_ray, shutdown
 
     out = Path(args.out)
     sampler = MemorySampler()

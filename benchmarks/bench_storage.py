@@ -33,8 +33,9 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 import bench_fetch  # noqa: E402  (measured: wall and CPU of a command and its descendants)
 from s3_server import S3Server  # noqa: E402
 
-from wit_builder import imageserver, storage  # noqa: E402
-from wit_builder.world import make_world, write_pool  # noqa: E402
+from wit_builder import storage  # noqa: E402
+from wit_builder.demo import imageserver
+from wit_builder.demo.world import make_world, write_pool  # noqa: E402
 
 BIN = Path(sys.executable).parent
 STAGES = ["pool", "match", "balance", "fetch", "curate", "publish"]

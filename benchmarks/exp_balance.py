@@ -3,7 +3,7 @@
     python benchmarks/exp_balance.py [--out exp-balance] [--seeds 3] [--quick]
 
 The world: a pool of captioned drawings (the generated world's scenes and captions,
-wit_builder.world) whose things follow a steep Zipf law, so the head things have many
+wit_builder.demo.world) whose things follow a steep Zipf law, so the head things have many
 times the pairs of the tail things. wit's real stages run on it: `pool`, `match`
 (queries: the world's concept words and the things' plurals) and `balance`. From the
 matched pool come three arms of the same number of pairs:
@@ -39,14 +39,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from wit_builder import arms  # noqa: E402
-from wit_builder.arms import ARMS, pairs_per_thing, plot, summarize, table  # noqa: E402
+from wit_builder.app import arms  # noqa: E402
+from wit_builder.app.arms import ARMS, pairs_per_thing, plot, summarize, table  # noqa: E402
 
-from wit_builder import balance, catalog, match, pool  # noqa: E402
-from wit_builder.drawing import THINGS, Scene, draw_scene, encode  # noqa: E402
-from wit_builder.stage import StageOutput, run_stage  # noqa: E402
-from wit_builder.wikiprose import CONCEPTS, plural_of as _plural  # noqa: E402
-from wit_builder.world import (EVAL_SEED_BASE, PROMPTS, UNSERVED_BASE_URL, _sample_scene,  # noqa: E402
+from wit_builder.stages.balance import balance  # noqa: E402
+from wit_builder.build import catalog
+from wit_builder.stages.match import match
+from wit_builder.stages.pool import pool
+from wit_builder.demo.drawing import THINGS, Scene, draw_scene, encode  # noqa: E402
+from wit_builder.build.stage import StageOutput, run_stage  # noqa: E402
+from wit_builder.demo.wikiprose import CONCEPTS, plural_of as _plural  # noqa: E402
+from wit_builder.demo.world import (EVAL_SEED_BASE, PROMPTS, UNSERVED_BASE_URL, _sample_scene,  # noqa: E402
                                caption_of)
 
 
@@ -320,7 +323,7 @@ def main(argv=None) -> int:
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     out = Path(args.out)
-    from wit_builder.cluster import ensure_ray
+    from wit_builder.build.cluster import ensure_ray
     ensure_ray()
     results = run(out, s)
     text = table(results)

@@ -20,7 +20,7 @@ for _k, _v in {**CREDENTIALS, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}"}
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray started once for the whole session (2 CPUs, like CI)."""
-    from wit_builder.cluster import ensure_ray, shutdown
+    from wit_builder.build.cluster import ensure_ray, shutdown
     ensure_ray(num_cpus=2)
     yield
     shutdown()

@@ -3,8 +3,8 @@
 `make_fetch` writes what the fetch stage promises (docs/architecture.md):
 `fetch/shards/NNNNN.tar` in img2dataset format (key.jpg, key.txt, key.json) and
 `fetch/status/*.parquet` with one row per selected uid, registered as the stage
-`fetch` through `wit_builder.stage.run_stage`. `fetch_shard` is the shard number,
-as wit_builder.fetch writes it, or (numbered=False) the tar's path in the build.
+`fetch` through `wit_builder.build.stage.run_stage`. `fetch_shard` is the shard number,
+as wit_builder.stages.fetch.fetch writes it, or (numbered=False) the tar's path in the build.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from wit_builder.io import uid_of
-from wit_builder.stage import StageOutput, run_stage
+from wit_builder.build.stage import StageOutput, run_stage
 from wit_builder.schemas import fetch_status_schema
 
 STATUS_SCHEMA = fetch_status_schema(signature=False)  # a fetch/status without the signature

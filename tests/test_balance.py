@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 
 from test_match import write_pool_file, write_queries
-from wit_builder import balance, catalog, cli, match, pool
+from wit_builder.stages.balance import balance
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.match import match
+from wit_builder.stages.pool import pool
 from wit_builder.errors import WitError
-from wit_builder.stage import committed
+from wit_builder.build.stage import committed
 
 K = 150            # per-query cap used throughout
 _MASK = (1 << 64) - 1

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from wit_builder import catalog, imageserver, storage
-from wit_builder.stage import committed
-from wit_builder.world import make_world, write_pool
+from wit_builder import storage
+from wit_builder.build import catalog
+from wit_builder.demo import imageserver
+from wit_builder.build.stage import committed
+from wit_builder.demo.world import make_world, write_pool
 
 BIN = Path(sys.executable).parent
 STAGE_TASKS = {"queries": {"count_chunk"}, "pool": {"read_file"}, "match": {"match_unit"},
@@ -198,7 +200,7 @@ def test_pipeline_on_two_nodes_that_share_no_files(two_nodes, s3_server, tmp_pat
     assert storage.location(train_out + "/checkpoint.pt").exists()
 
 
-PRIVATE = ("from wit_builder.cluster import ensure_ray, cpus; ensure_ray(num_cpus=1); import ray;"
+PRIVATE = ("from wit_builder.build.cluster import ensure_ray, cpus; ensure_ray(num_cpus=1); import ray;"
            "print(cpus(), ray.get(ray.remote(lambda: 41 + 1).remote()))")
 
 

@@ -17,8 +17,12 @@ import pytest
 from PIL import Image
 
 from fetch_fixture import Sample, encode, make_fetch, make_queries, picture, write_selected
-from wit_builder.stage import committed, read_record
-from wit_builder import catalog, cli, curate, fetch, imageserver
+from wit_builder.build.stage import committed, read_record
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.curate import curate
+from wit_builder.stages.fetch import fetch
+from wit_builder.demo import imageserver
 from wit_builder.errors import WitError
 from wit_builder.canonical import (BLANK_DETAIL, colour_distance, phash_bytes, signature,
                                    signature_bytes, thumbs)

@@ -8,8 +8,9 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from wit_builder import catalog, cli
-from wit_builder.stage import committed
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.build.stage import committed
 
 pytestmark = pytest.mark.slow
 

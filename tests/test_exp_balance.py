@@ -29,7 +29,7 @@ def test_quick_run_gives_equal_arms_and_the_table(tmp_path, ray_cluster, capsys)
             assert r["pairs"] == plan["pairs"]
     # The cap arm is wit's real cap: no query selects more than --per-query pairs, and
     # the rarest thing (below the cap) keeps every one of its pool pairs.
-    from wit_builder import catalog
+    from wit_builder.build import catalog
     counts = catalog.query(out / "build", "SELECT max(selected) AS m FROM balance_counts").to_pylist()
     assert 0 < counts[0]["m"]
     pool = results["pool_counts"]
@@ -49,7 +49,7 @@ def test_quick_run_gives_equal_arms_and_the_table(tmp_path, ray_cluster, capsys)
     assert table in capsys.readouterr().out
     # The build the experiment made carries its arms into `wit-build report`: the same
     # tables as table.md, the plot beside the HTML, and each arm's overall accuracy.
-    from wit_builder import cli
+    from wit_builder.app import cli
     assert cli.main(["report", "--out", str(out / "build")]) == 0
     page = (out / "build" / "reports" / "index.html").read_text()
     assert "<h2>Balancing arms</h2>" in page and "<img src='arms.png'" in page

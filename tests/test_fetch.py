@@ -1,4 +1,4 @@
-"""Fetch: real downloads from wit_builder.imageserver on 127.0.0.1 through img2dataset under Ray."""
+"""Fetch: real downloads from wit_builder.demo.imageserver on 127.0.0.1 through img2dataset under Ray."""
 from __future__ import annotations
 
 import hashlib
@@ -20,13 +20,15 @@ import pytest
 from fetch_fixture import encode, picture, write_selected
 from PIL import Image
 
-from wit_builder import catalog, fetch, imageserver
+from wit_builder.build import catalog
+from wit_builder.stages.fetch import fetch
+from wit_builder.demo import imageserver
 from wit_builder.errors import WitError
-from wit_builder.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
+from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
 from wit_builder.canonical import phash_bytes
 from wit_builder.phash import hamming
-from wit_builder.resizing import CvTap, reduction
-from wit_builder.stage import committed
+from wit_builder.stages.fetch.resizing import CvTap, reduction
+from wit_builder.build.stage import committed
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]
@@ -319,7 +321,7 @@ def test_fetcher_keeps_http11_connections_alive():
 def test_x_robots_tag_directives(header, opted_out):
     from email.message import Message
 
-    from wit_builder.netguard import is_opted_out
+    from wit_builder.stages.fetch.netguard import is_opted_out
     msg = Message()
     msg["X-Robots-Tag"] = header
     directives = frozenset({"noai", "noimageai", "noindex", "noimageindex"})
@@ -368,7 +370,7 @@ def test_a_shard_stopped_at_its_time_limit_keeps_what_it_finished(build, ray_clu
     """--shard-time-limit 8: the shard stops fetching at polite.stop_after(8) = 4 s, so
     it stores the images it finished and marks only the slow one `shard_stopped`; then
     --retry-failed requests that one alone."""
-    from wit_builder.polite import stop_after
+    from wit_builder.stages.fetch.polite import stop_after
     assert stop_after(8) == 4 and stop_after(3600) == 2880 and stop_after(30) == 20
     with imageserver.serve() as srv:
         slow = srv.url(f"/slow/6/img/{SCENES[0]}.jpg")
@@ -397,7 +399,7 @@ def test_sigkill_mid_run_then_rerun_completes(build, ray_cluster):
     with imageserver.serve() as srv:
         urls = [srv.url(f"/slow/0.4/img/{SCENES[i % len(SCENES)]}@{40 + i}.jpg") for i in range(32)]
         uids = write_selected(build, urls)
-        cmd = [sys.executable, "-m", "wit_builder.cli", "fetch", "--out", str(build),
+        cmd = [sys.executable, "-m", "wit_builder.app.cli", "fetch", "--out", str(build),
                "--allow-private-network", "--fetch-shard-size", "4", "--shards-in-flight", "1",
                "--threads", "2", "--image-size", "32", "--timeout", "5", "--per-host-rps", "0"]
         # the CLI joins the session's Ray (its own job: its workers go when it is killed)
@@ -440,7 +442,7 @@ def next_work_dir(build: Path, proc) -> Path:
 
 
 def test_mistakes_name_the_flag_or_the_missing_stage(build, capsys):
-    from wit_builder.cli import main
+    from wit_builder.app.cli import main
     assert main(["fetch", "--out", str(build)]) == 2
     assert "balance" in capsys.readouterr().err  # nothing selected yet: says what to run
     write_selected(build, ["http://example.invalid/a.jpg"])

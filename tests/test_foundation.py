@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder import catalog, cli
+from wit_builder.build import catalog
+from wit_builder.app import cli
 from wit_builder.errors import WitError
-from wit_builder.stage import StageOutput, committed, read_record, run_stage
+from wit_builder.build.stage import StageOutput, committed, read_record, run_stage
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -120,7 +121,7 @@ def test_missing_upstream_is_a_clear_error(build):
 
 KILLABLE = textwrap.dedent("""
     import sys, time, pyarrow as pa, pyarrow.parquet as pq
-    from wit_builder.stage import run_stage, StageOutput
+    from wit_builder.build.stage import run_stage, StageOutput
     def work(ctx):
         out = ctx.output("numbers")
         pq.write_table(pa.table({"x": [1]}), out / "part-00000.parquet")
@@ -216,7 +217,7 @@ def test_output_piped_into_head_stops_quietly(build):
 def test_ray_session_starts_and_joins(ray_cluster):
     import ray
 
-    from wit_builder.cluster import cpus, ensure_ray
+    from wit_builder.build.cluster import cpus, ensure_ray
     ensure_ray()  # joins the running session instead of starting another
     assert ray.is_initialized() and cpus() >= 1
     assert os.environ["RAY_AUTH_MODE"] == "disabled"

@@ -21,9 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from fetch_fixture import Sample, encode, make_fetch, picture, write_selected
 
-from wit_builder import catalog, cli, fetch, imageserver, pool
-from wit_builder.netguard import DEADLINE_FACTOR, Fetcher, Policy, address_problem
-from wit_builder.stage import committed
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.fetch import fetch
+from wit_builder.demo import imageserver
+from wit_builder.stages.pool import pool
+from wit_builder.stages.fetch.netguard import DEADLINE_FACTOR, Fetcher, Policy, address_problem
+from wit_builder.build.stage import committed
 
 SCENE = "1-red-circle-plain-white-0"
 GOOD = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
@@ -259,7 +263,7 @@ def test_sql_reads_only_the_build_and_loads_no_extension(samples_build, tmp_path
 def test_sql_on_an_s3_build_reads_only_that_build(s3_server, capsys):
     import pyarrow as pa
     from wit_builder import storage
-    from wit_builder.stage import StageOutput, run_stage
+    from wit_builder.build.stage import StageOutput, run_stage
     url = s3_server.bucket("hardening-sql") + "/build"
     other = s3_server.bucket("hardening-other")
     storage.write_bytes(storage.location(other) / "secret.csv", b"a\n1\n")
@@ -428,7 +432,7 @@ def test_a_full_disk_is_one_error_line_and_the_finished_pool_stays(tmp_path):
         for i in range(120_000)))
     disk = tmp_path / "disk"
     disk.mkdir()
-    wit_build = [sys.executable, "-m", "wit_builder.cli", "--out", str(disk / "b")]
+    wit_build = [sys.executable, "-m", "wit_builder.app.cli", "--out", str(disk / "b")]
     script = "\n".join([
         f"mount -t tmpfs -o size=1m tmpfs {disk} || exit 99",
         f"{shlex.join(wit_build + ['pool', '--pool', str(small)])} >/dev/null || exit 98",
@@ -464,7 +468,9 @@ def test_a_bad_memory_limit_is_refused_before_the_first_stage(tmp_path, capsys):
 def test_downstream_of_a_rerun_stage_shows_as_stale(build, tmp_path, capsys):
     from test_match import write_pool_file, write_queries
 
-    from wit_builder import balance, match, report
+    from wit_builder.stages.balance import balance
+    from wit_builder.stages.match import match
+    from wit_builder.app import report
     write_queries(build, ["red fox", "blue car"])
     src = write_pool_file(tmp_path / "pool.parquet", ["a red fox", "a blue car", "red fox at dusk"])
     pool.run(pool.Config(pool=[str(src)]), build)
@@ -535,9 +541,9 @@ def test_a_jpeg_claiming_more_rows_than_its_scan_is_not_stored_with_the_false_si
     from PIL import Image
 
     from fetch_fixture import encode, picture
-    from wit_builder import i2d
+    from wit_builder.stages.fetch import i2d
     from wit_builder.canonical import short_scan, signature_bytes
-    from wit_builder.resizing import CvTap, Download, hashing_resizer
+    from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
     good = encode(picture(7, 640, 480), quality=90)
     liar = _taller_header(good, 960)
     with Image.open(io.BytesIO(liar)) as im:

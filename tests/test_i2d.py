@@ -1,4 +1,4 @@
-"""wit_builder.i2d: the one adapter to img2dataset (version check, the one patch, the
+"""wit_builder.stages.fetch.i2d: the one adapter to img2dataset (version check, the one patch, the
 resizer's result by name), on the installed img2dataset; no other release is installed."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wit_builder import i2d
+from wit_builder.stages.fetch import i2d
 from wit_builder.errors import WitError
-from wit_builder.resizing import CvTap, Download, hashing_resizer
+from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_hashing_resizer_keeps_img2dataset_s_bytes_and_reports_the_true_original
 
 
 def test_only_the_adapter_reaches_into_img2dataset():
-    """wit's code and benchmarks import img2dataset in wit_builder/i2d.py alone (the
+    """wit's code and benchmarks import img2dataset in wit_builder/stages/fetch/i2d.py alone (the
     benchmarks run the `img2dataset` command, which is not an import)."""
     reach = re.compile(r"^\s*(from img2dataset\b|import img2dataset\b)|resizer\.cv2\s*=|"
                        r"download_image_with_retry\s*=", re.M)

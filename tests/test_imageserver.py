@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wit_builder.drawing import COLORS, DEFAULT_PX, Scene, blobs, color_mask
-from wit_builder.imageserver import ServerProcess, render, serve
+from wit_builder.demo.drawing import COLORS, DEFAULT_PX, Scene, blobs, color_mask
+from wit_builder.demo.imageserver import ServerProcess, render, serve
 
 RED_CIRCLE = Scene("circle", "red", 1, "plain", "white", 7)
 

@@ -13,7 +13,7 @@ import pytest
 
 from publish_fixture import make_published
 from trainer_fixtures import make_image_folder
-from wit_builder import cli
+from wit_builder.app import cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -93,7 +93,7 @@ def test_the_interop_page_runs_as_written(pub, tmp_path, monkeypatch):
     make_image_folder(tmp_path / "eval-images", per_class=2, size=48)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, module in (("wit-build", "wit_builder.cli"), ("wit-train", "trainer.cli"), ("python", None)):
+    for name, module in (("wit-build", "wit_builder.app.cli"), ("wit-train", "trainer.cli"), ("python", None)):
         run = f'exec {sys.executable} -m {module} "$@"' if module else f'exec {sys.executable} "$@"'
         (bin_dir / name).write_text(f"#!/bin/sh\n{run}\n")
         (bin_dir / name).chmod(0o755)

@@ -15,9 +15,10 @@ import pytest
 from fetch_fixture import write_selected
 from test_polite import SCENE, fast, hosts, statuses, url
 
-from wit_builder import fetch, nameservers
+from wit_builder.stages.fetch import fetch
+from wit_builder.stages.fetch import nameservers
 from wit_builder.errors import WitError
-from wit_builder.hosts import Resolver
+from wit_builder.stages.fetch.hosts import Resolver
 
 
 @contextlib.contextmanager

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from fetch_fixture import write_selected
 
-from wit_builder import catalog, fetch, imageserver
-from wit_builder.hosts import Resolver, host_of
-from wit_builder.stage import committed
+from wit_builder.build import catalog
+from wit_builder.stages.fetch import fetch
+from wit_builder.demo import imageserver
+from wit_builder.stages.fetch.hosts import Resolver, host_of
+from wit_builder.build.stage import committed
 
 SCENE = "1-red-circle-plain-white-{}"
 
@@ -198,7 +200,7 @@ def test_exclusion_lists_and_dns_errors(build, ray_cluster, tmp_path):
     got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'excluded'")
     assert got["n"].to_pylist() == [4]
     # the data card shows the per-host figures and the DNS failure rate
-    from wit_builder.report import write_report
+    from wit_builder.app.report import write_report
     page = write_report(build).read_text()
     facts = json.loads((build / "reports" / "facts.json").read_text())
     assert facts["dns_failure_rate"] == round(2 / 3, 4) and facts["hosts"] == 3
@@ -224,7 +226,7 @@ def test_resolver_answers_each_name_once_for_all_threads():
 
 
 def test_policy_mistakes_are_one_line(build, tmp_path, capsys):
-    from wit_builder.cli import main
+    from wit_builder.app.cli import main
     write_selected(build, ["http://a.test/x.jpg"])
     assert main(["fetch", "--out", str(build), "--resolve", "a.test=nowhere"]) == 2
     assert "NAME=ADDRESS" in capsys.readouterr().err

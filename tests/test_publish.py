@@ -17,8 +17,11 @@ import pytest
 from fetch_fixture import Sample, encode, make_fetch, picture
 from publish_fixture import FOX_URL, SHARD_SIZE, make_published
 from wit_builder import storage
-from wit_builder.stage import committed
-from wit_builder import catalog, cli, pipeline, publish
+from wit_builder.build.stage import committed
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.build import pipeline
+from wit_builder.stages.publish import publish
 from wit_builder.errors import WitError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,9 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_queries import World, page_xml, run, table, write_dump, write_wordnet
-from wit_builder import cli, queries, wikitext
+from wit_builder.app import cli
+from wit_builder.stages.queries import queries
+from wit_builder.stages.queries import wikitext
 from wit_builder.errors import WitError
-from wit_builder.stage import committed
+from wit_builder.build.stage import committed
 
 
 @pytest.fixture(scope="module")

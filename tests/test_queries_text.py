@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from test_queries import World, page_xml, write_dump
-from wit_builder import markup, wikidump, wikitext
+from wit_builder.stages.queries import markup
+from wit_builder.stages.queries import wikidump
+from wit_builder.stages.queries import wikitext
 from wit_builder.errors import WitError
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from wit_builder import config as cfgmod
-from wit_builder import cli, pipeline, recipe
+from wit_builder.app import cli
+from wit_builder.build import pipeline
+from wit_builder.app import recipe
 from wit_builder.errors import WitError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,7 +100,7 @@ def test_a_mistake_in_a_late_section_stops_the_recipe_before_it_starts(tmp_path,
 
 
 def test_demo_checks_its_minutes_before_making_the_world(tmp_path, capsys):
-    from wit_builder import cli
+    from wit_builder.app import cli
     assert cli.main(["demo", "--minutes", "0", "--out", str(tmp_path / "d")]) == 2
     assert "--minutes 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
@@ -106,7 +108,9 @@ def test_demo_checks_its_minutes_before_making_the_world(tmp_path, capsys):
 
 def test_settings_are_checked_for_what_they_are(tmp_path, capsys):
     """true, 1.9, nan and inf are refused, naming the setting, before anything runs."""
-    from wit_builder import balance, config, fetch
+    from wit_builder import config
+    from wit_builder.stages.balance import balance
+    from wit_builder.stages.fetch import fetch
     for value, field, cls in ((True, "per_query", balance.Config), (1.9, "per_query", balance.Config),
                               (float("nan"), "timeout", fetch.Config),
                               (float("inf"), "shard_time_limit", fetch.Config)):

@@ -10,9 +10,16 @@ import pytest
 from fetch_fixture import Sample, encode, make_fetch, picture
 from test_balance import QUERIES, skewed_captions
 from test_match import write_pool_file, write_queries
-from wit_builder.stage import committed
-from wit_builder import balance, catalog, cli, curate, match, pool, publish, report
-from wit_builder.stage import read_record
+from wit_builder.build.stage import committed
+from wit_builder.stages.balance import balance
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.curate import curate
+from wit_builder.stages.match import match
+from wit_builder.stages.pool import pool
+from wit_builder.stages.publish import publish
+from wit_builder.app import report
+from wit_builder.build.stage import read_record
 
 
 @pytest.fixture(scope="module")

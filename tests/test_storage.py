@@ -8,10 +8,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder import catalog, cli, storage
+from wit_builder import storage
+from wit_builder.build import catalog
+from wit_builder.app import cli
 from wit_builder.errors import WitError
-from wit_builder.records import records
-from wit_builder.stage import StageOutput, committed, read_record, run_stage
+from wit_builder.build.records import records
+from wit_builder.build.stage import StageOutput, committed, read_record, run_stage
 
 
 def numbers_stage(build, n=10, force=False):
@@ -58,7 +60,7 @@ def test_missing_bucket_and_bad_credentials_are_one_line(s3_server, monkeypatch,
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     import s3fs
     s3fs.S3FileSystem.clear_instance_cache()
-    code = subprocess.run([sys.executable, "-m", "wit_builder.cli", "sql", "SELECT 1", "--out", url,
+    code = subprocess.run([sys.executable, "-m", "wit_builder.app.cli", "sql", "SELECT 1", "--out", url,
                            "--storage-options", '{"config_kwargs": {"retries": {"max_attempts": 1}}}'],
                           capture_output=True, text=True, timeout=120, env={
                               **__import__("os").environ, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
@@ -88,7 +90,7 @@ def test_a_commit_collects_what_killed_runs_left(where, build, request):
 
 HOLD = """
 import sys, time
-from wit_builder import lock
+from wit_builder.build import lock
 lock.acquire(sys.argv[1], "wit-build fetch")
 print("holding", flush=True)
 time.sleep(120)
@@ -115,7 +117,7 @@ def test_one_build_one_writer(where, build, request, capsys):
         holder.wait()
     assert numbers_stage(url, n=4).rows == 4  # the killed holder's lock was stale
     if where == "s3":  # another machine's lock holds until its heartbeat is old
-        from wit_builder import lock
+        from wit_builder.build import lock
         path = storage.location(url) / lock.LOCK_NAME
         rec = {"token": "x", "host": "another-machine", "pid": 1, "command": "wit-build fetch",
                "started": 0, "heartbeat": __import__("time").time()}

@@ -19,8 +19,12 @@ from PIL import Image
 from fetch_fixture import write_selected
 
 from trainer.train import TrainConfig, train
-from wit_builder import catalog, cli, imageserver, pipeline, storage
-from wit_builder.stage import committed, read_record
+from wit_builder import storage
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.demo import imageserver
+from wit_builder.build import pipeline
+from wit_builder.build.stage import committed, read_record
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green", "black") for t in ("circle", "star", "square", "heart"))]
@@ -119,7 +123,7 @@ def test_sigkill_mid_fetch_and_mid_curate_on_s3(s3_build, served, ray_cluster):
     uids = write_selected(s3_build, urls)
     build = storage.location(s3_build)
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    base = [sys.executable, "-m", "wit_builder.cli"]
+    base = [sys.executable, "-m", "wit_builder.app.cli"]
     fetch_cmd = base + ["fetch", "--out", s3_build, "--allow-private-network",
                         "--fetch-shard-size", "3", "--shards-in-flight", "1", "--threads", "1",
                         "--image-size", "32", "--timeout", "5", "--per-host-rps", "0"]

@@ -9,9 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder import catalog, cli, storage
-from wit_builder.stage import committed, read_record
-from wit_builder.world import make_world
+from wit_builder import storage
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.build.stage import committed, read_record
+from wit_builder.demo.world import make_world
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 STAGES = ("queries", "pool", "match", "balance")
@@ -137,7 +139,7 @@ def test_local_build_from_s3_inputs_equals_the_local_build(world, inputs, local,
 def test_a_killed_match_resumes_from_its_parts_in_the_bucket(world, inputs, s3_build, capsys,
                                                             monkeypatch):
     """Parts finished before a kill are in the build, so a rerun (from any machine) keeps them."""
-    from wit_builder import cluster
+    from wit_builder.build import cluster
     for argv in commands(world, inputs["s3"], s3_build)[:2]:
         assert cli.main(argv) == 0
     root = storage.location(s3_build)

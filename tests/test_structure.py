@@ -10,10 +10,12 @@ PACKAGES = ("wit_builder", "trainer")
 
 
 def modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of wit's packages and their folders."""
     out = {}
     for pkg in PACKAGES:
-        for f in sorted((REPO / pkg).glob("*.py")):
-            out[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            parts = f.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
     return out
 
 
@@ -23,11 +25,11 @@ def import_graph() -> dict[str, set[str]]:
     mods = modules()
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for name, path in mods.items():
-        pkg = name.split(".")[0]
+        pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text())):
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
-                base = pkg if node.level else None
+                base = ".".join(pkg.split(".")[:len(pkg.split(".")) - node.level + 1]) if node.level else None
                 module = ".".join(p for p in (base, node.module) if p)
                 targets = [module] + [f"{module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
@@ -85,7 +87,7 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = import_graph()
-    assert "wit_builder.stage" in graph and "wit_builder.catalog" in graph["wit_builder.stage"]
+    assert "wit_builder.build.stage" in graph and "wit_builder.build.catalog" in graph["wit_builder.build.stage"]
     found = cycles(graph)
     assert not found, "import cycles (move the shared part into a module both can import): " + \
         "; ".join(" <-> ".join(c) for c in found)
@@ -123,7 +125,8 @@ def test_the_drop_reasons_table_is_the_enum():
 
 
 def test_the_fetch_status_columns_are_the_schema():
-    from wit_builder import curate, fetch_status
+    from wit_builder.stages.curate import curate
+    from wit_builder.stages.fetch import fetch_status
     from wit_builder.schemas import FETCH_COLUMNS, fetch_status_schema
     assert fetch_status.with_status(None).schema == fetch_status_schema()
     assert fetch_status_schema().names == list(FETCH_COLUMNS)
@@ -140,7 +143,7 @@ def test_the_skip_key_comes_from_the_fields_own_mark():
     import dataclasses
     from dataclasses import dataclass, field
 
-    from wit_builder import pipeline
+    from wit_builder.build import pipeline
     from wit_builder.config import output_settings
 
     @dataclass
@@ -153,4 +156,4 @@ def test_the_skip_key_comes_from_the_fields_own_mark():
               for n in pipeline.STAGES if pipeline.available(n)}
     assert marked == {"queries": ["chunk_mb", "workers"], "pool": ["memory_limit"],
                       "match": ["batch_size", "workers"], "balance": ["memory_limit"],
-                      "fetch": ["retry_failed"], "curate": [], "publish": []}
+                      "fetch": ["dns_server", "retry_failed"], "curate": [], "publish": []}

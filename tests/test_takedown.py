@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 from fetch_fixture import Sample, encode, make_fetch, picture
 
-from wit_builder import catalog, cli, curate, pipeline
-from wit_builder.stage import committed
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.curate import curate
+from wit_builder.build import pipeline
+from wit_builder.build.stage import committed
 
 pytestmark = pytest.mark.slow  # Ray, and a curated build to publish
 

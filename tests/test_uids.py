@@ -9,7 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from fetch_fixture import make_queries
-from wit_builder import catalog, cli, pool, stage
+from wit_builder.build import catalog
+from wit_builder.app import cli
+from wit_builder.stages.pool import pool
+from wit_builder.build import stage
 from wit_builder.errors import WitError
 from wit_builder.io import file_fingerprint, uid_of
 

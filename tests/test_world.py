@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from wit_builder.errors import WitError
-from wit_builder.drawing import Scene, blobs, color_mask
-from wit_builder.imageserver import serve
-from wit_builder.world import (CONCEPTS, EVAL_SEED_BASE, KINDS, SIZES, World, make_world,
+from wit_builder.demo.drawing import Scene, blobs, color_mask
+from wit_builder.demo.imageserver import serve
+from wit_builder.demo.world import (CONCEPTS, EVAL_SEED_BASE, KINDS, SIZES, World, make_world,
                                mentions_of, write_pool)
 
 NS = "{http://www.mediawiki.org/xml/export-0.11/}"

@@ -50,7 +50,7 @@ for _scheme in ("s3", "gs", "gcs", "az", "abfs"):  # webdataset's own gs:// need
 
 def _published(build) -> list[str] | None:
     """The shards a wit build's publish stage committed, or None if `build` is no build."""
-    from wit_builder import stage
+    from wit_builder.build import stage
     if not (build / "_stages" / "publish.json").exists():
         return None
     folder = stage.committed(build, "publish", "shards")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .phash import phash_array
+from wit_builder.phash import phash_array
 
 BACKGROUND = 255      # white: what img2dataset composites alpha on and pads with
 WHITE_TOL = 24        # a pixel within this of white in every channel counts as white

@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Callable
 
-from .errors import WitError
+from wit_builder.errors import WitError
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:

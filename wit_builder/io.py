@@ -9,8 +9,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import WitError
-from .storage import read_json, write_json  # noqa: F401  (one JSON reader and writer)
+from wit_builder.errors import WitError
+from wit_builder.storage import read_json, write_json  # noqa: F401  (one JSON reader and writer)
 
 
 @contextlib.contextmanager
@@ -42,7 +42,7 @@ def expand_inputs(patterns: list[str], what: str, flag: str,
 
     Raises WitError naming the flag when a pattern matches nothing.
     """
-    from . import storage
+    from wit_builder import storage
     out: list = []
     for pat in patterns:
         if storage.scheme(pat):
@@ -68,7 +68,7 @@ def expand_inputs(patterns: list[str], what: str, flag: str,
 
 
 def _expand_remote(pat: str, what: str, flag: str) -> list:
-    from . import storage
+    from wit_builder import storage
     base = storage.location(pat, flag)
     storage.check_reachable(base, flag)
     fs, proto = base.fs, pat.split("://", 1)[0]
@@ -86,7 +86,7 @@ def _expand_remote(pat: str, what: str, flag: str) -> list:
 
 def file_fingerprint(paths: list) -> list[list[Any]]:
     """(path, size, mtime or ETag) per input file: a stage reruns when its inputs change."""
-    from . import storage
+    from wit_builder import storage
     out = []
     for p in paths:
         if storage.is_remote(p):
@@ -102,7 +102,7 @@ def file_fingerprint(paths: list) -> list[list[Any]]:
 
 def open_input(path, mode: str = "rb"):
     """Open an input file (local Path or remote UPath) for reading."""
-    from . import storage
+    from wit_builder import storage
     if storage.is_remote(path):
         return path.fs.open(path.path, mode)
     return open(path, mode)

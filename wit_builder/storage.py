@@ -8,7 +8,7 @@ with no cost. Credentials come the way each filesystem takes them (AWS_* variabl
 
 Object stores have no atomic rename of a folder, so nothing here relies on one: a
 stage writes under a run-scoped prefix and its record, written last in one PUT, is
-the commit (see wit_builder/stage.py).
+the commit (see wit_builder/build/stage.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from .errors import WitError
+from wit_builder.errors import WitError
 
 OPTIONS_ENV = "WIT_STORAGE_OPTIONS"
 # Filesystem packages a URL scheme needs, for the "install it" message.
@@ -133,7 +133,7 @@ def rel(base, path) -> str:
 
 def sql_path(path) -> str:
     """A path or URL as a quoted SQL string literal for DuckDB."""
-    from .sql import literal
+    from wit_builder.sql import literal
     return literal(path)
 
 

@@ -1,0 +1,1 @@
+"""What the user runs: the command line, recipes, the SQL command, the report."""

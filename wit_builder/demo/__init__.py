@@ -1,0 +1,1 @@
+"""The offline demo world (shipped for `wit-build demo`; not pipeline code)."""

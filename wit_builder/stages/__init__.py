@@ -1,0 +1,1 @@
+"""The pipeline's stages, one folder each, every helper beside the stage it serves."""

@@ -1,0 +1,1 @@
+"""Stage balance: at most --per-query pairs per query."""

@@ -1,0 +1,1 @@
+"""Stage curate: filters, exact and near duplicates, evaluation copies."""

@@ -1,0 +1,339 @@
+"""Per-host machinery of the fetch stage: opt-out lists, the DNS cache, and per-host limits.
+
+- `read_list` reads `--exclude-domains` / `--exclude-urls` files (plain lists);
+  fetch's plan drops what they name before any request (status `excluded`).
+- `Resolver` resolves each host once per shard and shares the answer (and a failure)
+  among the shard's threads for `--dns-cache-ttl` seconds; netguard's address guard
+  checks the very addresses it returns, and the connection is made to them.
+- `HostLimits` holds one shard's share of each host's cluster-wide budget (see
+  docs/fetch.md, "Per-host limits"): requests start only on the host's time slots
+  that belong to this shard, through at most the shard's share of connections;
+  429/503 slow the host down (Retry-After honoured), and a host that keeps failing
+  is given up on (`host_given_up`) instead of eating the shard's time limit.
+"""
+from __future__ import annotations
+
+import math
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from wit_builder.errors import Failure, WitError
+
+# scheme://[userinfo@]host[:port] -> host (brackets kept for IPv6); the plan's SQL twin
+# is HOST_SQL in fetch.py.
+_HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#]*)")
+# Failures that say the host (not the URL) is in trouble: enough in a row and the
+# host is given up on for the rest of the shard.
+HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
+MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
+MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
+
+
+def host_of(url: str) -> str:
+    """The lower-case host of `url` ('' if it has none)."""
+    m = _HOST.match(url or "")
+    return m.group(1).lower() if m else ""
+
+
+def read_list(path: str, flag: str, domains: bool) -> list[str]:
+    """The entries of a plain list file: one per line, blank lines and `#` comments
+    skipped; domains are lower-cased with any leading `*.` or `.` removed."""
+    from wit_builder import storage
+    loc = storage.location(path)
+    if not loc.exists():
+        raise WitError(f"{flag} {path}: no such file; give a plain list, one entry a line")
+    try:
+        text = loc.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WitError(f"{flag} {path}: not UTF-8 text (byte {e.start}); give a plain list") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip() if domains else line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if domains:
+            entry = entry.lower().lstrip("*").lstrip(".")
+            if not entry or "/" in entry or " " in entry:
+                raise WitError(f"{flag} {path} line {n}: {line.strip()!r} is no domain "
+                               "(give e.g. example.com, which also excludes its subdomains)")
+        out.append(entry)
+    return out
+
+
+class Resolver:
+    """One lookup per host for a shard's threads, answers and failures cached.
+
+    With `direct` (nameservers.DirectLookup) the name servers are asked and an answer
+    lives its own TTL, at most `ttl` seconds and at least 1; without, getaddrinfo
+    answers, which tells no TTL, and an answer lives `ttl` seconds. A failure lives
+    `negative_ttl`. `overrides` maps host names to
+    addresses (`--resolve NAME=ADDR`, as curl's): those are never looked up; with
+    `only_overrides` no other name is looked up either (it fails as unknown).
+    """
+
+    def __init__(self, ttl: float = 300.0, negative_ttl: float = 60.0,
+                 overrides: dict[str, str] | None = None, only_overrides: bool = False,
+                 direct=None):
+        self.ttl, self.negative_ttl = ttl, negative_ttl
+        self.direct = direct
+        self.overrides = {k.lower(): v for k, v in (overrides or {}).items()}
+        self.only_overrides = only_overrides
+        self._cache: dict[tuple[str, int], tuple[float, object]] = {}
+        self._pending: dict[tuple[str, int], threading.Event] = {}
+        self._lock = threading.Lock()
+        self.lookups = 0       # distinct resolutions made (not cache hits)
+        self.failures = 0      # of which failed
+        self.failed_hosts: set[str] = set()
+
+    def resolve(self, host: str, port: int) -> list:
+        """getaddrinfo's answer for (host, port), from the cache when fresh; raises
+        socket.gaierror (cached too) when the name does not resolve."""
+        key = (host.lower(), port)
+        while True:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit is not None and hit[0] > time.monotonic():
+                    answer = hit[1]
+                    break
+                waiting = self._pending.get(key)
+                if waiting is None:
+                    self._pending[key] = threading.Event()
+                    answer = None
+                    break
+            waiting.wait(60)   # another thread is resolving this host: share its answer
+        if answer is None:
+            answer = self._lookup(key)
+        if isinstance(answer, socket.gaierror):
+            raise answer
+        return answer  # type: ignore[return-value]
+
+    def _lookup(self, key: tuple[str, int]):
+        host, port = key
+        try:
+            if host in self.overrides or self.only_overrides:
+                # numeric only: never a DNS query (an unlisted name fails here, EAI_NONAME)
+                answer = socket.getaddrinfo(self.overrides.get(host, host.strip("[]")), port,
+                                            type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+                ttl = self.ttl
+            elif self.direct is not None:
+                answer, own = self.direct.lookup(host, port)
+                ttl = self.ttl if own is None else min(self.ttl, max(1.0, own))
+            else:
+                answer = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                ttl = self.ttl
+        except socket.gaierror as e:
+            answer, ttl = e, self.negative_ttl
+        except BaseException:  # not a DNS answer (a name IDNA cannot encode): let waiters retry
+            with self._lock:
+                self._pending.pop(key).set()
+            raise
+        with self._lock:
+            self.lookups += 1
+            if isinstance(answer, socket.gaierror):
+                self.failures += 1
+                self.failed_hosts.add(host)
+            self._cache[key] = (time.monotonic() + ttl, answer)
+            self._pending.pop(key).set()
+        return answer
+
+
+def parse_overrides(entries: list[str], flag: str = "--resolve") -> dict[str, str]:
+    """`NAME=ADDR` entries -> {name: addr}; the address must be an IP address."""
+    import ipaddress
+    out = {}
+    for e in entries:
+        name, eq, addr = e.partition("=")
+        try:
+            ipaddress.ip_address(addr.strip())
+        except ValueError:
+            raise WitError(f"{flag} {e!r}: give NAME=ADDRESS, e.g. images.test=127.0.0.2") from None
+        if not eq or not name.strip():
+            raise WitError(f"{flag} {e!r}: give NAME=ADDRESS, e.g. images.test=127.0.0.2")
+        out[name.strip().lower()] = addr.strip()
+    return out
+
+
+@dataclass
+class HostBudget:
+    """This shard's share of one host: the host's request slots are `interval` seconds
+    apart cluster-wide, and this shard may use those numbered `phase` mod `stride`,
+    through at most `connections` connections."""
+    interval: float
+    stride: int = 1
+    phase: int = 0
+    connections: int = 1
+
+
+@dataclass
+class _Host:
+    budget: HostBudget | None        # None: not limited (only its failures are counted)
+    gate: threading.BoundedSemaphore | None
+    next_slot: int = 0
+    backoff: int = 1                 # use every backoff-th of this shard's slots
+    paused_until: float = 0.0        # wall-clock time (Retry-After)
+    failures_in_a_row: int = 0
+    given_up: str | None = None
+    counts: Counter = field(default_factory=Counter)
+
+
+class HostLimits:
+    """One shard's per-host limits. `budgets` gives each host's share (hosts not in
+    it are not limited, but still given up on after `give_up_after` failures in a
+    row); `deadline` (wall clock) is when a request that has not started is no longer
+    worth waiting for: it fails `host_deferred` so the shard ends in time.
+    `others` is the share a host the shard was not planned with gets when a
+    redirect leads there (see hop)."""
+
+    def __init__(self, budgets: dict[str, HostBudget], give_up_after: int = 0,
+                 deadline: float | None = None, others: HostBudget | None = None):
+        self._hosts = {h: _Host(b, threading.BoundedSemaphore(b.connections))
+                       for h, b in budgets.items()}
+        self.give_up_after = give_up_after
+        self.deadline = deadline
+        self.others = others
+        self._lock = threading.Lock()
+
+    def acquire(self, host: str, until: float | None = None) -> "_Held":
+        """Wait for a connection and a time slot of `host`; raises errors.Failure if
+        the host was given up on or its next slot is past the deadline (or past
+        `until`, wall clock: `timeout` if no connection is free by then)."""
+        h = self._host(host)
+        if h.given_up:
+            raise Failure("host_given_up", h.given_up)
+        if h.budget is None or h.gate is None:
+            return _Held(self, host, None)
+        if not h.gate.acquire(timeout=None if until is None else max(0.0, until - time.time())):
+            raise Failure("timeout", f"{host}: no connection free before the image's deadline "
+                          "(a redirect led there; --per-host-connections)")
+        last = self.deadline if until is None else min(until, self.deadline or until)
+        try:
+            for _ in range(1000):  # bounded: each turn waits for a slot at least
+                with self._lock:
+                    b = h.budget
+                    now = time.time()
+                    k = max(h.next_slot, math.ceil(max(now, h.paused_until) / b.interval))
+                    k += (b.phase - k) % b.stride
+                    h.next_slot = k + b.stride * h.backoff
+                    start = k * b.interval
+                if last is not None and start > last:
+                    raise Failure("host_deferred", f"{host}: its next request slot is past the "
+                                  f"{'shard' if last == self.deadline else 'image'}'s time budget "
+                                  "(--per-host-rps); --retry-failed fetches it later")
+                wait = start - time.time()
+                if wait > 0:
+                    time.sleep(wait)
+                if h.given_up:
+                    raise Failure("host_given_up", h.given_up)
+                if h.paused_until <= start:  # no Retry-After came in while waiting
+                    break
+        except BaseException:
+            h.gate.release()
+            raise
+        return _Held(self, host, h)
+
+    def hop(self, host: str, until: float) -> "_Held":
+        """A slot for a redirect hop to `host`, another host than the URL's, by wall
+        clock `until` (the image's deadline): on this shard's share of the host where
+        the plan gave it one, else on a share of its own (`others`: the whole
+        per-host budget, in this shard). A redirect target is thus never asked faster
+        than --per-host-rps by one shard; across shards that were not planned with it,
+        by each of them."""
+        h = self._host(host)
+        if h.budget is None and self.others is not None:
+            with self._lock:
+                if h.budget is None:
+                    h.gate = threading.BoundedSemaphore(self.others.connections)
+                    h.budget = self.others
+        return self.acquire(host, until)
+
+    def _host(self, host: str) -> _Host:
+        h = self._hosts.get(host)
+        if h is None:
+            with self._lock:
+                h = self._hosts.setdefault(host, _Host(None, None))
+        return h
+
+    def limited(self, host: str) -> bool:
+        """True if `host`'s requests are spaced by a budget (retries need no pause of their own)."""
+        h = self._hosts.get(host)
+        return h is not None and h.budget is not None
+
+    def record(self, host: str, status: str, retry_after: float | None = None) -> None:
+        """Adapt to what one request to `host` gave."""
+        h = self._host(host)
+        with self._lock:
+            h.counts["requests"] += 1
+            h.counts[status] += 1
+            slowed = status in ("rate_limited", "server_error")
+            if h.budget is not None and slowed:
+                h.backoff = min(MAX_BACKOFF, h.backoff * 2)
+                if retry_after:
+                    h.paused_until = max(h.paused_until, time.time() + min(retry_after, MAX_PAUSE))
+            elif h.budget is not None and h.backoff > 1:
+                h.backoff -= 1          # recover slowly: one step per answer that was not 429/5xx
+            if status in HOST_FAILURES:
+                h.failures_in_a_row += 1
+                if self.give_up_after and h.failures_in_a_row >= self.give_up_after and not h.given_up:
+                    h.given_up = (f"{host}: given up on after {h.failures_in_a_row} failures in "
+                                  f"a row (last: {status}; --host-give-up-after)")
+            else:
+                h.failures_in_a_row = 0
+
+
+class _Held:
+    """A granted request: release() (or the with-block's end) frees the connection."""
+
+    def __init__(self, limits: HostLimits, host: str, h: _Host | None):
+        self.limits, self.host, self.h = limits, host, h
+
+    def release(self) -> None:
+        if self.h is not None:
+            self.h.gate.release()
+            self.h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def shard_budgets(rows, rps: float, connections: int,
+                  delays: dict[str, float] | None = None) -> dict[str, HostBudget]:
+    """Each host's budget in one shard from the plan's columns host, host_shards
+    (shards holding the host, m = min(that, connections) of them at once at most) and
+    host_slot (this shard's class among them, 0..m-1). The host's slots are 1/rps
+    apart, or its robots.txt Crawl-delay (`delays`) if longer; with rps 0 only hosts
+    with a Crawl-delay are limited."""
+    out: dict[str, HostBudget] = {}
+    delays = delays or {}
+    for host, shards, slot in zip(rows["host"].to_pylist(), rows["host_shards"].to_pylist(),
+                                  rows["host_slot"].to_pylist()):
+        if host in out:
+            continue
+        interval = max(1.0 / rps if rps > 0 else 0.0, delays.get(host, 0.0))
+        if interval <= 0:
+            continue
+        stride = max(1, min(shards, connections))
+        out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride))
+    return out
+
+
+def digest(entries: list[str]) -> str:
+    """A short hash of a list's entries: part of fetch's parameters, so a changed list
+    fetches again."""
+    import hashlib
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def resolver(polite: dict) -> Resolver:
+    """The DNS cache a shard (or a robots.txt task) shares among its threads."""
+    from wit_builder.stages.fetch.nameservers import direct
+    lookup = None if polite["resolve_only"] else direct(polite.get("dns_server", []),
+                                                         polite.get("dns_timeout", 5.0))
+    return Resolver(polite["dns_cache_ttl"], overrides=polite["resolve"],
+                    only_overrides=polite["resolve_only"], direct=lookup)

@@ -1,0 +1,197 @@
+"""robots.txt for the fetch stage: fetched once per origin per build, kept in the build.
+
+Before any image is requested, fetch's plan lists the distinct origins
+(scheme://host:port) and `fetch_bucket` Ray tasks get each origin's /robots.txt through
+the same guarded client as the images (address guard, deadline, size cap, user agent).
+What they got is a row of `fetch/robots/` (view `robots`): the file, when it was
+fetched and until when it holds. A download shard reads the rows of its origins and
+asks `Rules.verdict` before each URL. As RFC 9309 says:
+
+- 2xx: the rules apply to `ROBOTS_AGENT` (parsed with protego); `Crawl-delay` spaces
+  the host's requests;
+- 4xx (404, 403, ...) or too many redirects: no robots.txt, everything is allowed;
+- 5xx, 429, timeouts and connection failures: unreachable, so everything is
+  disallowed for now (`robots_unavailable`, which `--retry-failed` tries again);
+- a name that does not resolve: its URLs are `dns_error` without further lookups; an
+  address the guard refuses: `blocked_address`.
+
+A row holds for `CACHE_SECONDS` (24 h, RFC 9309's limit); an unreachable one for
+`UNAVAILABLE_SECONDS`. A `--retry-failed` run reuses the previous fetch's rows that
+still hold.
+"""
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from wit_builder.sql import literal
+
+ROBOTS_AGENT = "wit-build"     # the product token robots.txt groups are matched against
+CACHE_SECONDS = 24 * 3600
+UNAVAILABLE_SECONDS = 3600
+MAX_ROBOTS_BYTES = 512 * 1024  # RFC 9309: parse at least 500 KiB
+_ORIGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#]*)")
+# The same key in the plan's SQL (RE2 understands the pattern).
+ORIGIN_SQL = ("lower(regexp_extract(url, {p}, 1)) || '://' || lower(regexp_extract(url, {p}, 2))"
+              .format(p=literal(_ORIGIN.pattern)))
+ALLOW_ALL = ("not_found", "http_error", "redirect_loop", "too_large", "not_an_image")
+COLUMNS = ["origin", "state", "body", "crawl_delay", "fetched_at", "expires", "error"]
+
+
+def origin_of(url: str) -> str:
+    m = _ORIGIN.match(url or "")
+    return f"{m.group(1).lower()}://{m.group(2).lower()}" if m else ""
+
+
+def _schema():
+    import pyarrow as pa
+    return pa.schema([("origin", pa.string()), ("state", pa.string()), ("body", pa.string()),
+                      ("crawl_delay", pa.float64()), ("fetched_at", pa.float64()),
+                      ("expires", pa.float64()), ("error", pa.string())])
+
+
+def _classify(origin: str, fetcher) -> dict:
+    """One origin's row: state is rules, allow_all, unavailable, dns_error or blocked_address."""
+    from wit_builder.errors import Failure
+    now = time.time()
+    row = {"origin": origin, "body": None, "crawl_delay": None, "fetched_at": now,
+           "expires": now + CACHE_SECONDS, "error": None}
+    try:
+        body = fetcher.get(origin + "/robots.txt")
+    except Failure as f:
+        if f.status in ALLOW_ALL:
+            return {**row, "state": "allow_all", "error": str(f)}
+        if f.status in ("dns_error", "blocked_address", "bad_url"):
+            return {**row, "state": f.status, "error": str(f)}
+        return {**row, "state": "unavailable", "error": str(f),
+                "expires": now + UNAVAILABLE_SECONDS}
+    except Exception as e:  # one odd origin must not take its bucket down
+        return {**row, "state": "unavailable", "error": f"{type(e).__name__}: {e}",
+                "expires": now + UNAVAILABLE_SECONDS}
+    text = body[:MAX_ROBOTS_BYTES].decode("utf-8", "replace")
+    delay = None
+    try:
+        from protego import Protego
+        delay = Protego.parse(text).crawl_delay(ROBOTS_AGENT)
+    except Exception:  # unparseable: protego is lenient, this is a last resort
+        return {**row, "state": "allow_all", "error": "robots.txt could not be parsed"}
+    return {**row, "state": "rules", "body": text,
+            "crawl_delay": None if delay is None else float(delay)}
+
+
+def fetch_all(work, first_shard: int, settings: dict, prev, retries: int, time_limit: float) -> None:
+    """The robots pass of a fetch run: the origins of work/plan/origins.parquet, a Ray
+    task per bucket, into work/robots/FFFFF-BBBBB.parquet (F: the run's first shard, so
+    a retry's files do not clash with the last run's). Finished buckets are kept."""
+    import pyarrow.parquet as pq
+
+    from wit_builder.build import cluster
+    with (work / "plan" / "origins.parquet").open("rb") as f:
+        table = pq.read_table(f)
+    buckets: dict[int, list[str]] = {}
+    for origin, b in zip(table["origin"].to_pylist(), table["robots_bucket"].to_pylist()):
+        buckets.setdefault(b, []).append(origin)
+    out = work / "robots"
+    todo = [b for b in sorted(buckets) if not (out / f"{first_shard:05d}-{b:05d}.parquet").exists()]
+    if not todo:
+        return
+    previous = sorted((prev / "robots").glob("*.parquet"), key=str) \
+        if prev is not None and (prev / "robots").exists() else None
+    if len(todo) == 1:  # one bucket (up to 2,000 origins): here, without a round of Ray tasks
+        fetch_bucket(buckets[todo[0]], out / f"{first_shard:05d}-{todo[0]:05d}.parquet", settings, previous)
+        return
+    cluster.ensure_ray()
+    cluster.run_units(fetch_bucket, ((buckets[b], out / f"{first_shard:05d}-{b:05d}.parquet", settings,
+                                      previous) for b in todo),
+                      "fetch: robots.txt", total=len(todo), done=len(buckets) - len(todo),
+                      retries=retries, time_limit=time_limit, unit="bucket")
+
+
+def shard_rows(plan, robots_dir) -> list[dict]:
+    """The robots rows of a download shard's origins (its plan rows name their buckets)."""
+    buckets = set(plan["robots_bucket"].to_pylist())
+    files = [f for f in sorted(robots_dir.glob("*.parquet"), key=str)
+             if int(f.stem.split("-")[1]) in buckets]
+    return read_rows(files, set(plan["origin"].to_pylist()))
+
+
+def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None = None) -> dict:
+    """Ray task: the robots rows of `origins` into `out` (a Parquet file in the build).
+    Rows of `previous` (fetch/robots files of the fetch being retried) that still hold
+    are kept instead of fetched again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wit_builder import storage
+    from wit_builder.stages.fetch.netguard import Fetcher, Policy
+    from wit_builder.stages.fetch.hosts import resolver
+    if out.exists():
+        return {"origins": len(origins)}
+    kept = _still_valid(previous, origins) if previous else {}
+    p = settings["policy"]
+    fetcher = Fetcher(Policy(timeout=p["timeout"], retries=0, user_agent=p["user_agent"],
+                             allow_private_network=p["allow_private_network"],
+                             max_image_bytes=MAX_ROBOTS_BYTES), resolver(settings["polite"]))
+    todo = [o for o in origins if o not in kept]
+    try:
+        with ThreadPoolExecutor(max(1, min(settings["threads"], len(todo) or 1))) as pool:
+            rows = list(kept.values()) + list(pool.map(lambda o: _classify(o, fetcher), todo))
+    finally:
+        fetcher.close()
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="wit-robots-") as tmp:
+        local = f"{tmp}/robots.parquet"
+        pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), local)
+        storage.upload_file(local, out)
+    return {"origins": len(origins), "fetched": len(todo)}
+
+
+def read_rows(files, origins: set[str]) -> list[dict]:
+    """The rows of `origins` in robots files (build locations)."""
+    import pyarrow.parquet as pq
+    if not origins:
+        return []
+    rows = []
+    for f in files:
+        with f.open("rb") as fh:
+            rows += [r for r in pq.read_table(fh).to_pylist() if r["origin"] in origins]
+    return rows
+
+
+def _still_valid(previous: list, origins: list[str]) -> dict[str, dict]:
+    now = time.time()
+    return {r["origin"]: r for r in read_rows(previous, set(origins))
+            if r["expires"] > now and r["state"] != "unavailable"}
+
+
+class Rules:
+    """The robots rows of one shard's origins, asked per URL."""
+
+    def __init__(self, rows: list[dict]):
+        self._rows = {r["origin"]: r for r in rows}
+        self._parsed: dict[str, object] = {}
+
+    def crawl_delays(self) -> dict[str, float]:
+        """origin -> Crawl-delay seconds, for the origins whose robots.txt sets one."""
+        return {o: r["crawl_delay"] for o, r in self._rows.items() if r.get("crawl_delay")}
+
+    def verdict(self, url: str) -> tuple[str, str] | None:
+        """(status, error) if `url` must not be requested, else None."""
+        origin = origin_of(url)
+        row = self._rows.get(origin)
+        if row is None or row["state"] == "allow_all":
+            return None
+        state = row["state"]
+        if state == "unavailable":
+            return "robots_unavailable", (f"{origin}/robots.txt is unreachable ({row['error']}); "
+                                          "disallowed for now (RFC 9309), --retry-failed tries again")
+        if state in ("dns_error", "blocked_address", "bad_url"):
+            return state, row["error"]
+        rp = self._parsed.get(origin)
+        if rp is None:
+            from protego import Protego
+            rp = self._parsed[origin] = Protego.parse(row["body"] or "")
+        if not rp.can_fetch(url, ROBOTS_AGENT):
+            return "robots_disallowed", f"{origin}/robots.txt disallows {url[:200]} for {ROBOTS_AGENT}"
+        return None

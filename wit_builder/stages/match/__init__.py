@@ -1,0 +1,1 @@
+"""Stage match: captions x queries -> matches."""

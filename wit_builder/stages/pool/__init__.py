@@ -1,0 +1,1 @@
+"""Stage pool: candidate (url, caption) files -> one deduplicated pool."""

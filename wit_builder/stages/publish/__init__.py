@@ -1,0 +1,1 @@
+"""Stage publish (and takedown, export): shards, manifests, the data card."""

@@ -1,0 +1,1 @@
+"""Stage queries: Wikipedia dump (or a given list) -> the query list."""
