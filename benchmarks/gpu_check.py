@@ -4,7 +4,7 @@
     python benchmarks/gpu_check.py --dry-run   # any machine: the set-up only, then stop
 
 In order, each timed and printed: the environment; synthetic shards on local disk (256 px
-JPEGs, made by all cores); the `cuda`-marked trainer tests (tests/test_trainer_cuda.py);
+JPEGs, made by all cores); the `cuda`-marked trainer tests (tests/trainer/test_trainer_cuda.py);
 the model FLOPs of one ViT-B/32 training sample (torch's FLOP counter on one forward and
 backward at 77 text tokens); then, each in a fresh process, wit-train at --batch-size with
 bf16 autocast without and with torch.compile, the largest batch that fits (probed with
@@ -78,7 +78,7 @@ def make_shards(folder: Path, shards: int, per_shard: int, size: int = 256) -> s
 
 
 def cuda_tests(out: Path, timeout: int) -> dict:
-    """pytest -m cuda on tests/test_trainer_cuda.py: passed / skipped / failed and the tail."""
+    """pytest -m cuda on tests/trainer/test_trainer_cuda.py: passed / skipped / failed and the tail."""
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_trainer_cuda.py"), "-m", "cuda",
            "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'cuda_tests.xml'}"]
     try:

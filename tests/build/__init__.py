@@ -1,0 +1,1 @@
+"""Tests of wit_builder/build: the executor, stage records, storage across stages."""

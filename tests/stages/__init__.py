@@ -1,0 +1,1 @@
+"""Tests of each stage, one folder per stage."""

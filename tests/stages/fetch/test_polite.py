@@ -1,0 +1,285 @@
+"""A polite crawler: per-host limits across shards, robots.txt, back-off, DNS, opt-outs.
+
+Many "hosts" are names that --resolve maps to different 127.0.0.x addresses, each
+served by its own image server, which logs every request's start and end.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+from tests.support.fetch import write_selected
+
+from wit_builder.build import catalog
+from wit_builder.stages.fetch import fetch
+from wit_builder.demo import imageserver
+from wit_builder.stages.fetch.hosts import Resolver, host_of
+from wit_builder.build.stage import committed
+
+SCENE = "1-red-circle-plain-white-{}"
+
+
+def fast(**kw) -> fetch.Config:
+    base = dict(image_size=32, timeout=5.0, retries=0, threads=4, fetch_shard_size=8,
+                shards_in_flight=4, allow_private_network=True, resolve_only=True)
+    return fetch.Config(**{**base, **kw})
+
+
+@contextlib.contextmanager
+def hosts(n: int, robots: dict[int, str | int] | None = None):
+    """n image servers on 127.0.0.2.. , named h0.test, h1.test, ...; yields
+    [(name, server)] and the --resolve entries."""
+    robots = robots or {}
+    servers = [imageserver.serve(host=f"127.0.0.{2 + i}", robots=robots.get(i)) for i in range(n)]
+    try:
+        named = [(f"h{i}.test", s) for i, s in enumerate(servers)]
+        yield named, [f"{name}=127.0.0.{2 + i}" for i, (name, _) in enumerate(named)]
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def url(name: str, srv, path: str) -> str:
+    return f"http://{name}:{srv.port}{path}"
+
+
+def statuses(build) -> dict[str, dict]:
+    return {r["url"]: r for r in pq.read_table(committed(build, "fetch") / "status").to_pylist()}
+
+
+def most_in_a_second(times: list[float]) -> int:
+    """The most requests that started within any window [t, t + 1 s)."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    now = best = 0
+    for _, d in events:
+        now += d
+        best = max(best, now)
+    return best
+
+
+@pytest.mark.slow
+def test_per_host_limits_hold_across_shards_in_flight(build, ray_cluster):
+    """5 hosts x 11 URLs in shards of 6 (each host in 2-3 shards), 4 shards in flight
+    on 2 Ray workers: every host sees at most --per-host-rps requests (+1) in any
+    second and at most --per-host-connections at once, and every image arrives."""
+    rps, conns = 2.0, 2
+    with hosts(5) as (named, resolve):
+        urls = [url(name, srv, f"/img/{SCENE.format(i)}.jpg") for name, srv in named for i in range(11)]
+        uids = write_selected(build, urls)
+        res = fetch.run(fast(per_host_rps=rps, per_host_connections=conns, resolve=resolve,
+                             fetch_shard_size=6), build)
+        logs = {name: [r for r in srv.requests() if r[2] != "/robots.txt"] for name, srv in named}
+    rows = statuses(build)
+    assert len(rows) == len(uids) and {r["status"] for r in rows.values()} == {"success"}
+    spread = Counter(len({r["fetch_shard"] for r in rows.values() if host_of(r["url"]) == name})
+                     for name, _ in named)
+    assert res.summary["shards"] == 10 and max(spread) == 3  # some hosts in more shards than conns
+    for name, log in logs.items():
+        assert len(log) == 11, name
+        assert most_in_a_second([start for start, _, _ in log]) <= rps + 1, name
+        assert most_at_once([(start, end) for start, end, _ in log]) <= conns, name
+    done = [s for s in (committed(build, "fetch") / "hosts").glob("*.parquet")]
+    assert len(done) == res.summary["shards"]
+    assert res.summary["hosts"] == 5 and res.summary["requests"] == len(urls)
+    assert res.summary["dns_failure_rate"] == 0
+    # shards really ran side by side (the limits held across them, not one after another)
+    spans = [(s["start_time"], s["end_time"]) for s in (
+        json.loads(f.read_text()) for f in (committed(build, "fetch") / "shards").glob("*_stats.json"))]
+    print("shards at once", most_at_once(spans), "seconds", res.seconds)
+    assert most_at_once(spans) >= 2
+
+
+@pytest.mark.slow
+def test_robots_txt_cases(build, ray_cluster):
+    rules = {0: "User-agent: *\nDisallow: /mirror/private/\n",
+             1: "User-agent: otherbot\nDisallow: /\n\nUser-agent: wit-build\nDisallow: /mirror/nowit/\n",
+             2: 503, 3: 404, 4: "User-agent: *\nCrawl-delay: 1\n"}
+    with hosts(5, rules) as (named, resolve):
+        (n0, s0), (n1, s1), (n2, s2), (n3, s3), (n4, s4) = named
+        img = f"/img/{SCENE.format(0)}.jpg"
+        cases = {
+            url(n0, s0, img): "success", url(n0, s0, f"/mirror/private{img}"): "robots_disallowed",
+            url(n1, s1, img): "success", url(n1, s1, f"/mirror/nowit{img}"): "robots_disallowed",
+            url(n2, s2, img): "robots_unavailable", url(n3, s3, img): "success",
+        }
+        delayed = [url(n4, s4, f"/img/{SCENE.format(i)}.jpg") for i in range(4)]
+        write_selected(build, list(cases) + delayed)
+        res = fetch.run(fast(per_host_rps=0, resolve=resolve), build)
+        assert s0.hits(f"/mirror/private{img}") == 0 and s1.hits(f"/mirror/nowit{img}") == 0
+        assert s2.hits(img) == 0                            # robots.txt 503: nothing requested
+        assert all(s.hits("/robots.txt") == 1 for _, s in named)   # once per origin
+        starts = [t for t, _, p in s4.requests() if p != "/robots.txt"]
+    rows = statuses(build)
+    for u, want in cases.items():
+        assert rows[u]["status"] == want, (u, rows[u]["error"])
+    assert "RFC 9309" in rows[url(n2, s2, img)]["error"]
+    assert {rows[u]["status"] for u in delayed} == {"success"}
+    assert len(starts) == 4 and most_in_a_second(starts) <= 2   # Crawl-delay: 1 (+1)
+    robots = catalog.query(build, "SELECT origin, state, crawl_delay FROM robots ORDER BY origin").to_pylist()
+    assert [r["state"] for r in robots] == ["rules", "rules", "unavailable", "allow_all", "rules"]
+    assert robots[4]["crawl_delay"] == 1.0
+    assert res.summary["failures_by_status"] == {"robots_disallowed": 2, "robots_unavailable": 1}
+    # --no-robots-txt: nothing is asked of robots.txt
+    with hosts(1, {0: "User-agent: *\nDisallow: /\n"}) as (named, resolve):
+        (name, srv), = named
+        write_selected(build, [url(name, srv, f"/img/{SCENE.format(1)}.jpg")], tag="t2")
+        fetch.run(fast(per_host_rps=0, resolve=resolve, robots_txt=False), build)
+        assert srv.hits("/robots.txt") == 0
+    assert {r["status"] for r in statuses(build).values()} == {"success"}
+
+
+@pytest.mark.slow
+def test_429_slows_the_host_and_a_failing_host_is_given_up(build, ray_cluster):
+    with hosts(2) as (named, resolve):
+        (busy, s0), (down, s1) = named
+        flaky = [url(busy, s0, f"/flaky/1/img/{SCENE.format(i)}.jpg") for i in range(3)]
+        broken = [url(down, s1, f"/status/500/{i}.jpg") for i in range(6)]
+        write_selected(build, flaky + broken)
+        res = fetch.run(fast(per_host_rps=10, retries=2, host_give_up_after=3, resolve=resolve,
+                             fetch_shard_size=100), build)
+        log0 = [r for r in s0.requests() if r[2] != "/robots.txt"]
+        hits_down = sum(s1.hits(f"/status/500/{i}.jpg") for i in range(6))
+        asked = {u for u in broken if s1.hits(u)}
+    rows = statuses(build)
+    assert {rows[u]["status"] for u in flaky} == {"success"}   # slowed down, and still arrived
+    # every 429 (Retry-After: 1) is followed by a pause of a second before the next request
+    seen: Counter = Counter()
+    for i, (start, end, path) in enumerate(sorted(log0)):
+        seen[path] += 1
+        if seen[path] == 1:    # /flaky/1/...: the first request of each path is the 429
+            later = [s for s, _, _ in log0 if s > end]
+            assert not later or min(later) >= end + 0.95, (path, min(later) - end)
+    assert hits_down == 3     # given up after 3 failures in a row (retries count)
+    for u in broken:          # what was asked keeps the host's answer; the rest is given up
+        assert rows[u]["status"] == ("server_error" if u in asked else "host_given_up"), u
+    assert "--host-give-up-after" in next(rows[u]["error"] for u in broken
+                                          if rows[u]["status"] == "host_given_up")
+    assert res.summary["rate_limited_429"] >= 3
+    assert down in res.summary["top_failing_hosts"]
+
+
+def test_exclusion_lists_and_dns_errors(build, ray_cluster, tmp_path):
+    domains = tmp_path / "domains.txt"
+    domains.write_text("# opted out\nOptedOut.test\n*.gone.test\n")
+    urls_file = tmp_path / "urls.txt"
+    with hosts(1) as (named, resolve):
+        (name, srv), = named
+        keep = [url(name, srv, f"/img/{SCENE.format(i)}.jpg") for i in range(3)]
+        dropped_url = url(name, srv, f"/img/{SCENE.format(9)}.jpg")
+        urls_file.write_text(dropped_url + "\n")
+        by_domain = ["http://optedout.test/a.jpg", "http://img.optedout.test/b.jpg",
+                     "http://x.gone.test/c.jpg"]
+        unknown = [f"http://nowhere{i % 2}.test/{i}.jpg" for i in range(6)]  # not in --resolve
+        write_selected(build, keep + [dropped_url] + by_domain + unknown)
+        res = fetch.run(fast(per_host_rps=0, resolve=resolve, robots_txt=False, fetch_shard_size=100,
+                             exclude_domains=str(domains), exclude_urls=str(urls_file)), build)
+        assert srv.hits(f"/img/{SCENE.format(9)}.jpg") == 0
+    rows = statuses(build)
+    assert {rows[u]["status"] for u in keep} == {"success"}
+    assert {rows[u]["status"] for u in by_domain + [dropped_url]} == {"excluded"}
+    assert "--exclude-domains" in rows[by_domain[1]]["error"] and "optedout.test" in rows[by_domain[1]]["error"]
+    assert "--exclude-urls" in rows[dropped_url]["error"]
+    assert {rows[u]["status"] for u in unknown} == {"dns_error"}
+    assert res.summary["failures_by_status"] == {"dns_error": 6, "excluded": 4}
+    assert res.summary["dns_lookups"] == 3          # one shard, three names: each once
+    assert res.summary["dns_failure_rate"] == round(2 / 3, 4)
+    got = catalog.query(build, "SELECT count(*) AS n FROM samples WHERE status = 'excluded'")
+    assert got["n"].to_pylist() == [4]
+    # the data card shows the per-host figures and the DNS failure rate
+    from wit_builder.app.report import write_report
+    page = write_report(build).read_text()
+    facts = json.loads((build / "reports" / "facts.json").read_text())
+    assert facts["dns_failure_rate"] == round(2 / 3, 4) and facts["hosts"] == 3
+    assert "<h2>Hosts</h2>" in page and "nowhere0.test" in page
+
+
+def test_resolver_answers_each_name_once_for_all_threads():
+    resolver = Resolver(overrides={"a.test": "127.0.0.5"}, only_overrides=True)
+    answers = []
+
+    def ask():
+        answers.append(resolver.resolve("A.test", 80)[0][4][0])
+    threads = [threading.Thread(target=ask) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == ["127.0.0.5"] * 16 and resolver.lookups == 1
+    for _ in range(3):
+        with pytest.raises(OSError):
+            resolver.resolve("other.test", 80)
+    assert resolver.lookups == 2 and resolver.failures == 1 and resolver.failed_hosts == {"other.test"}
+
+
+def test_policy_mistakes_are_one_line(build, tmp_path, capsys):
+    from wit_builder.app.cli import main
+    write_selected(build, ["http://a.test/x.jpg"])
+    assert main(["fetch", "--out", str(build), "--resolve", "a.test=nowhere"]) == 2
+    assert "NAME=ADDRESS" in capsys.readouterr().err
+    assert main(["fetch", "--out", str(build), "--exclude-domains", str(tmp_path / "nope.txt")]) == 2
+    assert "--exclude-domains" in capsys.readouterr().err
+    assert main(["fetch", "--out", str(build), "--per-host-connections", "0"]) == 2
+    assert "--per-host-connections" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
+    """--retry-failed asks no robots.txt again while the build's copy is fresh: its
+    rules still apply (a disallowed URL is still never requested) and only the
+    transient failure is fetched again."""
+    with hosts(2, {0: "User-agent: *\nDisallow: /mirror/private/\n"}) as (named, resolve):
+        (name, srv), (other, srv2) = named
+        img = f"/img/{SCENE.format(3)}.jpg"
+        good, banned = url(name, srv, img), url(name, srv, f"/mirror/private{img}")
+        flaky = url(name, srv, f"/status/503/{SCENE.format(4)}.jpg")
+        write_selected(build, [good, banned, flaky, url(other, srv2, img)])
+        fetch.run(fast(per_host_rps=0, resolve=resolve), build)
+        assert srv.hits("/robots.txt") == 1 and srv2.hits("/robots.txt") == 1
+        retry = fetch.run(fast(per_host_rps=0, resolve=resolve, retry_failed=True), build)
+        assert srv.hits("/robots.txt") == 1                      # the cached copy served the retry
+        assert srv2.hits("/robots.txt") == 1 and srv2.hits(img) == 1  # nothing to retry there
+        assert srv.hits(flaky) == 2 and srv.hits(good) == 1
+        assert srv.hits(f"/mirror/private{img}") == 0
+    rows = statuses(build)
+    assert retry.summary["retried"] == 1
+    assert [rows[u]["status"] for u in (good, banned, flaky)] == [
+        "success", "robots_disallowed", "server_error"]
+    # one row per origin: the retried host's (kept by the retry) and the other's (from the first run)
+    robots = catalog.query(build, "SELECT origin, state FROM robots ORDER BY origin").to_pylist()
+    assert [(r["origin"].split("://")[1].split(":")[0], r["state"]) for r in robots] == [
+        ("h0.test", "rules"), ("h1.test", "allow_all")]
+
+
+@pytest.mark.slow
+def test_redirects_to_another_host_count_against_that_host(build, ray_cluster):
+    """Three hosts redirect every image to a fourth that holds no URL of its own: one
+    shard asks the fourth no faster than --per-host-rps (+1 in a second) and through
+    no more than --per-host-connections, where the three together would send 3 x rps."""
+    rps, conns = 2.0, 2
+    with hosts(4) as (named, resolve):
+        (target, tsrv) = named[3]
+        urls = [url(name, srv, f"/away/{target}:{tsrv.port}/img/{SCENE.format(10 * n + i)}.jpg")
+                for n, (name, srv) in enumerate(named[:3]) for i in range(4)]
+        write_selected(build, urls)
+        fetch.run(fast(per_host_rps=rps, per_host_connections=conns, resolve=resolve,
+                       robots_txt=False, fetch_shard_size=100), build)
+        log = [r for r in tsrv.requests() if r[2].startswith("/img/")]
+    rows = statuses(build)
+    assert {rows[u]["status"] for u in urls} == {"success"}
+    assert len(log) == len(urls)
+    assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
+    assert most_at_once([(start, end) for start, end, _ in log]) <= conns

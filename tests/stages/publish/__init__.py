@@ -1,0 +1,1 @@
+"""Tests of wit_builder/stages/publish."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: fixtures are registered as pytest plugins (conftest.py)."""
