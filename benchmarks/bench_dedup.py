@@ -46,8 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dedup_world import blanks, copies, encode, families  # noqa: E402
 
 from wit_builder import canonical  # noqa: E402
-from wit_builder.stages.curate.curate import EVAL_BITS, EVAL_COLOUR, NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
 from wit_builder.phash import hamming, keepers, phash_array, phash_pixels  # noqa: E402
+from wit_builder.stages.curate.curate import EVAL_BITS, EVAL_COLOUR, NEAR_DUP_BITS, NEAR_DUP_COLOUR  # noqa: E402
 
 # ---------------------------------------------------------------------------------
 # Storing as fetch does, and the three methods' signatures

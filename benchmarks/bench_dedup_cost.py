@@ -45,9 +45,9 @@ from bench_neardup import weight32  # noqa: E402
 from fetch_fixture import encode, picture  # noqa: E402  (the tests' photo-like pictures)
 
 from wit_builder import canonical  # noqa: E402
+from wit_builder.phash import near_pairs, phash_array, phash_pixels  # noqa: E402
 from wit_builder.stages.curate import curate
 from wit_builder.stages.curate.imagefacts import image_facts  # noqa: E402
-from wit_builder.phash import near_pairs, phash_array, phash_pixels  # noqa: E402
 
 
 def gray_phash_facts(blobs: list[bytes]) -> list:

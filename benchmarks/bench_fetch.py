@@ -33,10 +33,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from wit_builder.demo import drawing
-from wit_builder.demo import imageserver
-from wit_builder.io import uid_of
 from wit_builder.build.stage import StageOutput, committed, run_stage
+from wit_builder.demo import drawing, imageserver
+from wit_builder.io import uid_of
 
 PR_SET_CHILD_SUBREAPER = 36
 BIN = Path(sys.executable).parent

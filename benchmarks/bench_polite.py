@@ -27,8 +27,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from fetch_fixture import write_selected  # noqa: E402
 
 from wit_builder.build import cluster  # noqa: E402
-from wit_builder.stages.fetch import fetch
 from wit_builder.demo import imageserver
+from wit_builder.stages.fetch import fetch
 
 ROBOTS = "User-agent: *\nDisallow: /private/\n"
 

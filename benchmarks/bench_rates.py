@@ -27,10 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wit_builder import storage
-from wit_builder.demo import drawing
-from wit_builder.demo import imageserver
-from wit_builder.stages.publish import publish
+from wit_builder.demo import drawing, imageserver
 from wit_builder.stages.curate.imagefacts import shard_facts
+from wit_builder.stages.publish import publish
 
 
 def make_tar(folder: Path, n: int) -> tuple[Path, Path, list[dict]]:

@@ -142,10 +142,10 @@ def main() -> None:
     # The machine is shared: other people's processes must not make Ray's memory
     # monitor kill ours. What this run itself uses is measured below.
     os.environ.setdefault("RAY_memory_monitor_refresh_ms", "0")
+    from wit_builder.build.cluster import ensure_ray, shutdown
     from wit_builder.stages.balance import balance
     from wit_builder.stages.match import match
     from wit_builder.stages.pool import pool
-    from wit_builder.build.cluster import ensure_ray, shutdown
 
     out = Path(args.out)
     sampler = MemorySampler()

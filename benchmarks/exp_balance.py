@@ -41,16 +41,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from wit_builder.app import arms  # noqa: E402
 from wit_builder.app.arms import ARMS, pairs_per_thing, plot, summarize, table  # noqa: E402
-
-from wit_builder.stages.balance import balance  # noqa: E402
 from wit_builder.build import catalog
+from wit_builder.build.stage import StageOutput, run_stage  # noqa: E402
+from wit_builder.demo.drawing import THINGS, Scene, draw_scene, encode  # noqa: E402
+from wit_builder.demo.wikiprose import CONCEPTS  # noqa: E402
+from wit_builder.demo.wikiprose import plural_of as _plural
+from wit_builder.demo.world import EVAL_SEED_BASE, PROMPTS, UNSERVED_BASE_URL, _sample_scene, caption_of  # noqa: E402
+from wit_builder.stages.balance import balance  # noqa: E402
 from wit_builder.stages.match import match
 from wit_builder.stages.pool import pool
-from wit_builder.demo.drawing import THINGS, Scene, draw_scene, encode  # noqa: E402
-from wit_builder.build.stage import StageOutput, run_stage  # noqa: E402
-from wit_builder.demo.wikiprose import CONCEPTS, plural_of as _plural  # noqa: E402
-from wit_builder.demo.world import (EVAL_SEED_BASE, PROMPTS, UNSERVED_BASE_URL, _sample_scene,  # noqa: E402
-                               caption_of)
 
 
 @dataclass

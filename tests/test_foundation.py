@@ -14,10 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.errors import WitError
+from wit_builder.build import catalog
 from wit_builder.build.stage import StageOutput, committed, read_record, run_stage
+from wit_builder.errors import WitError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from wit_builder import storage
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.errors import WitError
+from wit_builder.build import catalog
 from wit_builder.build.records import records
 from wit_builder.build.stage import StageOutput, committed, read_record, run_stage
+from wit_builder.errors import WitError
 
 
 def numbers_stage(build, n=10, force=False):

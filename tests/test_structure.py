@@ -125,9 +125,9 @@ def test_the_drop_reasons_table_is_the_enum():
 
 
 def test_the_fetch_status_columns_are_the_schema():
+    from wit_builder.schemas import FETCH_COLUMNS, fetch_status_schema
     from wit_builder.stages.curate import curate
     from wit_builder.stages.fetch import fetch_status
-    from wit_builder.schemas import FETCH_COLUMNS, fetch_status_schema
     assert fetch_status.with_status(None).schema == fetch_status_schema()
     assert fetch_status_schema().names == list(FETCH_COLUMNS)
     assert set(curate.FETCH_COLUMNS) | set(curate.SIGNATURE) == set(FETCH_COLUMNS)

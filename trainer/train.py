@@ -21,8 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 from wit_builder.errors import WitError
 
 from . import curves
-from .checkpoint import (RESUME_KEYS, RunFolder, check_resumable, check_same_model, load_checkpoint,
-                         save_checkpoint)
+from .checkpoint import (
+    RESUME_KEYS,
+    RunFolder,
+    check_resumable,
+    check_same_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .data import check_shards, count_samples, read_captions, resolve_shards
 from .loop import Meter, Run, StopRequest, batch_stream, next_batch, train_step

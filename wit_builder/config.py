@@ -121,6 +121,21 @@ def at_least(low: float, why: str = ""):
     return check
 
 
+def above(low: float, why: str = ""):
+    """A field `check`: the value is more than `low`."""
+    def check(value):
+        return None if value > low else f"must be above {low:g}" + (f" ({why})" if why else "")
+    return check
+
+
+def within(low: float, high: float, why: str = ""):
+    """A field `check`: low <= value <= high."""
+    def check(value):
+        return None if low <= value <= high else \
+            f"must be from {low:g} to {high:g}" + (f" ({why})" if why else "")
+    return check
+
+
 def one_of(names) -> Callable[[Any], str | None]:
     """A field `check`: the value is one of `names`."""
     def check(value):

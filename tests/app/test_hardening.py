@@ -19,15 +19,15 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.support.fetch import Sample, encode, make_fetch, picture, write_selected
 
-from wit_builder.build import catalog
+from tests.support.fetch import Sample, encode, make_fetch, picture, write_selected
 from wit_builder.app import cli
-from wit_builder.stages.fetch import fetch
-from wit_builder.demo import imageserver
-from wit_builder.stages.pool import pool
-from wit_builder.stages.fetch.netguard import DEADLINE_FACTOR, Fetcher, Policy, address_problem
+from wit_builder.build import catalog
 from wit_builder.build.stage import committed
+from wit_builder.demo import imageserver
+from wit_builder.stages.fetch import fetch
+from wit_builder.stages.fetch.netguard import DEADLINE_FACTOR, Fetcher, Policy, address_problem
+from wit_builder.stages.pool import pool
 
 SCENE = "1-red-circle-plain-white-0"
 GOOD = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
@@ -262,6 +262,7 @@ def test_sql_reads_only_the_build_and_loads_no_extension(samples_build, tmp_path
 
 def test_sql_on_an_s3_build_reads_only_that_build(s3_server, capsys):
     import pyarrow as pa
+
     from wit_builder import storage
     from wit_builder.build.stage import StageOutput, run_stage
     url = s3_server.bucket("hardening-sql") + "/build"
@@ -467,10 +468,9 @@ def test_a_bad_memory_limit_is_refused_before_the_first_stage(tmp_path, capsys):
 @pytest.mark.usefixtures("ray_cluster")
 def test_downstream_of_a_rerun_stage_shows_as_stale(build, tmp_path, capsys):
     from tests.stages.match.test_match import write_pool_file, write_queries
-
+    from wit_builder.app import report
     from wit_builder.stages.balance import balance
     from wit_builder.stages.match import match
-    from wit_builder.app import report
     write_queries(build, ["red fox", "blue car"])
     src = write_pool_file(tmp_path / "pool.parquet", ["a red fox", "a blue car", "red fox at dusk"])
     pool.run(pool.Config(pool=[str(src)]), build)
@@ -510,7 +510,7 @@ def test_huge_captions_are_cut_and_counted(build, tmp_path, capsys):
     assert catalog.query(build, "SELECT text FROM pool ORDER BY text").to_pylist() == [
         {"text": "a sho"}, {"text": "äääää"}]
     code, out, err = wit("pool", "--pool", f, "--max-caption-chars", "-1", "--out", build, capsys=capsys)
-    assert code == 2 and "--max-caption-chars -1: must be >= 0" in err
+    assert code == 2 and "--max-caption-chars -1: must be at least 0 (0 = no limit)" in err
 
 
 # ----------------------------------------------------------------------------------
@@ -541,8 +541,8 @@ def test_a_jpeg_claiming_more_rows_than_its_scan_is_not_stored_with_the_false_si
     from PIL import Image
 
     from tests.support.fetch import encode, picture
-    from wit_builder.stages.fetch import i2d
     from wit_builder.canonical import short_scan, signature_bytes
+    from wit_builder.stages.fetch import i2d
     from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
     good = encode(picture(7, 640, 480), quality=90)
     liar = _taller_header(good, 960)

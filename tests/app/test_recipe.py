@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 
 from wit_builder import config as cfgmod
-from wit_builder.app import cli
+from wit_builder.app import cli, recipe
 from wit_builder.build import pipeline
-from wit_builder.app import recipe
 from wit_builder.errors import WitError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,9 +78,9 @@ def test_full_scale_recipe_marks_what_to_fill_in():
 
 
 @pytest.mark.parametrize("section, message", [
-    ("[publish]\nshard_size = 0\n", r"--shard-size 0"),
+    ("[publish]\nshard_size = 0\n", r"recipe \[publish\]: shard_size = 0: must be at least 1"),
     ("[curate]\neval_images = '/no/such/dir'\n", r"--eval-images /no/such/dir: not a directory"),
-    ("[balance]\nper_query = 0\n", r"--per-query 0"),
+    ("[balance]\nper_query = 0\n", r"recipe \[balance\]: per_query = 0: must be at least 1"),
     ("[train]\nbatch_size = 1\n", r"recipe \[train\]: batch_size = 1: must be at least 2"),
     ("[train]\nbatch = 64\n", r"recipe \[train\]: unknown setting\(s\) batch"),
     ("[eval]\nimages = '/no/such/eval'\n", r"\[eval\] images = '/no/such/eval': no such folder"),

@@ -7,19 +7,17 @@ import time
 
 import pytest
 
-from tests.support.fetch import Sample, encode, make_fetch, picture
 from tests.stages.balance.test_balance import QUERIES, skewed_captions
 from tests.stages.match.test_match import write_pool_file, write_queries
-from wit_builder.build.stage import committed
-from wit_builder.stages.balance import balance
+from tests.support.fetch import Sample, encode, make_fetch, picture
+from wit_builder.app import cli, report
 from wit_builder.build import catalog
-from wit_builder.app import cli
+from wit_builder.build.stage import committed, read_record
+from wit_builder.stages.balance import balance
 from wit_builder.stages.curate import curate
 from wit_builder.stages.match import match
 from wit_builder.stages.pool import pool
 from wit_builder.stages.publish import publish
-from wit_builder.app import report
-from wit_builder.build.stage import read_record
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import pytest
 
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.demo import imageserver
 from wit_builder.build.stage import committed
+from wit_builder.demo import imageserver
 from wit_builder.demo.world import make_world, write_pool
 
 BIN = Path(sys.executable).parent

@@ -16,15 +16,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from tests.support.fetch import write_selected
 
+from tests.support.fetch import write_selected
 from trainer.train import TrainConfig, train
 from wit_builder import storage
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.demo import imageserver
-from wit_builder.build import pipeline
+from wit_builder.build import catalog, pipeline
 from wit_builder.build.stage import committed, read_record
+from wit_builder.demo import imageserver
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green", "black") for t in ("circle", "star", "square", "heart"))]

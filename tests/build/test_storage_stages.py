@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from wit_builder import storage
-from wit_builder.build import catalog
 from wit_builder.app import cli
+from wit_builder.build import catalog
 from wit_builder.build.stage import committed, read_record
 from wit_builder.demo.world import make_world
 

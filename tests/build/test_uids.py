@@ -9,12 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.fetch import make_queries
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.stages.pool import pool
-from wit_builder.build import stage
+from wit_builder.build import catalog, stage
 from wit_builder.errors import WitError
 from wit_builder.io import file_fingerprint, uid_of
+from wit_builder.stages.pool import pool
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -8,8 +8,8 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from wit_builder.build import catalog
 from wit_builder.app import cli
+from wit_builder.build import catalog
 from wit_builder.build.stage import committed
 
 pytestmark = pytest.mark.slow
@@ -46,10 +46,10 @@ def test_demo_model_beats_chance(demo_run):
 
 def test_the_demo_model_scores_the_same_in_open_clip(demo_run, tmp_path):
     """Exported to open_clip, the demo's model classifies the held-out images as wit did."""
+    from tests.support.trainer import open_clip_zero_shot
     from trainer.cli import main as wit_train
     from trainer.evaluate import TEMPLATES
     from trainer.tokenizer import CaptionTokenizer
-    from tests.support.trainer import open_clip_zero_shot
     out, _, _ = demo_run
     zs = json.loads((out / "reports" / "eval.json").read_text())["zero_shot"]
     assert wit_train(["export", str(out / "train" / "checkpoint.pt"), str(tmp_path / "oc")]) == 0

@@ -19,11 +19,19 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from wit_builder.errors import WitError
 from wit_builder.demo.drawing import Scene, blobs, color_mask
 from wit_builder.demo.imageserver import serve
-from wit_builder.demo.world import (CONCEPTS, EVAL_SEED_BASE, KINDS, SIZES, World, make_world,
-                               mentions_of, write_pool)
+from wit_builder.demo.world import (
+    CONCEPTS,
+    EVAL_SEED_BASE,
+    KINDS,
+    SIZES,
+    World,
+    make_world,
+    mentions_of,
+    write_pool,
+)
+from wit_builder.errors import WitError
 
 NS = "{http://www.mediawiki.org/xml/export-0.11/}"
 SIMPLE_SHAPES = {"circle", "square", "triangle", "star", "heart", "hexagon", "pentagon", "diamond", "cross"}

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from wit_builder.io import uid_of
 from wit_builder.build.stage import StageOutput, run_stage
+from wit_builder.io import uid_of
 from wit_builder.schemas import fetch_status_schema
 
 STATUS_SCHEMA = fetch_status_schema(signature=False)  # a fetch/status without the signature

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 
 from tests.support.fetch import Sample, encode, make_fetch, make_queries, picture
 from wit_builder.app import cli
-from wit_builder.stages.curate import curate
-from wit_builder.io import uid_of
 from wit_builder.build.stage import StageOutput, run_stage
+from wit_builder.io import uid_of
+from wit_builder.stages.curate import curate
 
 FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"
 FOX_TEXT = "red fox (Vulpes vulpes) in snow"

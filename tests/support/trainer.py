@@ -127,6 +127,7 @@ def checkpoint_of(path, name: str, tokenizer, seed: int = 0, **overrides):
     """A wit checkpoint of a `name` model whose every weight and BatchNorm statistic is
     random (a fresh init leaves the ResNet's blocks as identities and its statistics at 0/1)."""
     import torch
+
     from trainer.checkpoint import save_checkpoint
     from trainer.model import CLIP, model_config
     torch.manual_seed(seed)

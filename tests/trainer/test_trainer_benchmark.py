@@ -6,12 +6,12 @@ import shutil
 
 import torch
 
+from tests.support.trainer import checkpoint_of, make_image_folder
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from trainer.cli import main
 from trainer.data import eval_image, load_image, normalize
 from trainer.evaluate import class_embeddings, clip80
 from trainer.tokenizer import clip_bpe
-from tests.support.trainer import checkpoint_of, make_image_folder
 
 torch.set_num_threads(2)
 

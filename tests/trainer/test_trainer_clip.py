@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from tests.support.trainer import make_shards
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from trainer.config import TrainConfig
 from trainer.tokenizer import CaptionTokenizer, clip_bpe
 from trainer.train import train
-from tests.support.trainer import make_shards
 from wit_builder.errors import WitError
 
 torch.set_num_threads(1)

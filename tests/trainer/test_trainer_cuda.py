@@ -11,13 +11,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.support.trainer import PHRASES, make_shards
 from tests.trainer.test_trainer_ddp import free_port
 from trainer.data import ShardStream, loader, resolve_shards
 from trainer.loss import clip_loss
 from trainer.model import CLIP, model_config
 from trainer.tokenizer import train_bpe
 from trainer.train import TrainConfig, train
-from tests.support.trainer import PHRASES, make_shards
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]

@@ -5,9 +5,9 @@ import tarfile
 import pytest
 import torch
 
+from tests.support.trainer import add_member, make_shards
 from trainer.data import ShardStream, check_shards, count_samples, loader, resolve_shards
 from trainer.tokenizer import train_bpe
-from tests.support.trainer import add_member, make_shards
 from wit_builder.errors import WitError
 
 torch.set_num_threads(1)

@@ -9,10 +9,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from tests.support.trainer import make_shards
 from trainer.loss import clip_loss
 from trainer.model import CLIP, model_config
 from trainer.train import TrainConfig, train
-from tests.support.trainer import make_shards
 
 CFG = model_config("tiny", vocab_size=300, eot_id=2, image_size=32)
 

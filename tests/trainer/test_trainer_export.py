@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from tests.support.trainer import PHRASES, checkpoint_of, make_image_folder, open_clip_zero_shot
 from trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from trainer.cli import main
 from trainer.evaluate import zero_shot
 from trainer.export import WEIGHTS
 from trainer.tokenizer import CaptionTokenizer, clip_bpe, train_bpe
-from tests.support.trainer import PHRASES, checkpoint_of, make_image_folder, open_clip_zero_shot
 
 torch.set_num_threads(2)
 CAPTIONS = ["a photo of a red circle", "the square is blue", "a picture showing one green cross",
@@ -62,6 +62,7 @@ def test_zero_shot_scores_the_same_through_open_clip(tmp_path):
     """wit-train eval's zero-shot and the same classification done entirely in open_clip
     (its model, its preprocessing, its tokenizer) agree."""
     import open_clip
+
     from trainer.evaluate import TEMPLATES, class_embeddings
     images = make_image_folder(tmp_path / "eval", per_class=3, size=48)
     ckpt = checkpoint_of(tmp_path / "ckpt.pt", "tiny", clip_bpe(), image_size=32)

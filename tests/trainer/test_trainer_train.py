@@ -12,10 +12,10 @@ import time
 import pytest
 import torch
 
+from tests.support.trainer import make_image_folder, make_shards
 from trainer.checkpoint import load_checkpoint
 from trainer.cli import main
 from trainer.train import TrainConfig, train
-from tests.support.trainer import make_image_folder, make_shards
 
 torch.set_num_threads(1)
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from tests.support.trainer import make_image_folder, make_shards
 from trainer.evaluate import retrieval, zero_shot
 from trainer.train import TrainConfig, train
-from tests.support.trainer import make_image_folder, make_shards
 
 torch.set_num_threads(1)
 

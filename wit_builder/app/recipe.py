@@ -103,8 +103,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
 def run(recipe: dict[str, Any], build: Path, force: bool = False,
         echo: Callable[[str], None] = print, where: str = "recipe") -> dict[str, Any]:
     """Run the recipe's stages in order; returns {stage: result}."""
-    from wit_builder.app.cli import print_result
     from wit_builder.app import steps
+    from wit_builder.app.cli import print_result
     results: dict[str, Any] = {}
     stages = [s for s in pipeline.STAGES if s in recipe]
     for step in AFTER:  # checked with the stages' settings, before the first stage starts

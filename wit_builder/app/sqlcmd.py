@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 from wit_builder.build import catalog
-from wit_builder.errors import WitError
 from wit_builder.build.records import records, stale
-
+from wit_builder.errors import WitError
 
 # C0/C1 controls (ESC starts a terminal escape sequence), DEL, and the bidi overrides and
 # isolates that reorder what a terminal shows: escaped in table output.

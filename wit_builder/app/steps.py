@@ -14,7 +14,6 @@ from wit_builder import config as cfgmod
 from wit_builder import storage
 from wit_builder.errors import WitError
 
-
 EVAL_KEYS = ("checkpoint", "images", "classnames", "templates", "shards")
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from wit_builder import storage
-from wit_builder.errors import WitError
 from wit_builder.build.records import records, stale
+from wit_builder.errors import WitError
 from wit_builder.sql import literal
 
 DB_NAME = "catalog.duckdb"

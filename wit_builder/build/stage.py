@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wit_builder import storage
-from wit_builder.build import catalog
-from wit_builder.build import lock
-from wit_builder.errors import WitError
+from wit_builder.build import catalog, lock
 from wit_builder.build.records import read_record, record_path
+from wit_builder.errors import WitError
 
 TMP_DIR = "_tmp"
 WORK_DIR = "_work"

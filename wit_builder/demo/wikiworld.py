@@ -14,9 +14,21 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from wit_builder.demo.drawing import COLORS
-from wit_builder.demo.wikiprose import (ADJECTIVES, CONCEPTS, FILLER, FILLER_TITLES, MARKUP_ONLY_WORDS,
-                                   TALK_ONLY_WORD, WIKI_RANK, Wiki, page_text, plural_of, prose_plan,
-                                   talk_text, title_case)
+from wit_builder.demo.wikiprose import (
+    ADJECTIVES,
+    CONCEPTS,
+    FILLER,
+    FILLER_TITLES,
+    MARKUP_ONLY_WORDS,
+    TALK_ONLY_WORD,
+    WIKI_RANK,
+    Wiki,
+    page_text,
+    plural_of,
+    prose_plan,
+    talk_text,
+    title_case,
+)
 from wit_builder.demo.worldspec import Size, World
 
 # ---------------------------------------------------------------------------

@@ -24,12 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-from wit_builder.errors import WitError
-from wit_builder.demo.worldspec import SIZES, Size, World  # noqa: F401 (the world's types, here too)
-from wit_builder.demo.wikiprose import (ADJECTIVES, CONCEPTS, MARKUP_ONLY_WORDS, SCENE_NOUNS,  # noqa: F401
-                                   TALK_ONLY_WORD, WIKI_RANK, plural_of as _plural, title_case as _title)
-from wit_builder.demo.wikiworld import _write_pageviews, _write_wiki, _write_wordnet
 from wit_builder.demo.drawing import BACKGROUNDS, COLORS, TEXTURES, THINGS, Scene, draw_scene, encode
+from wit_builder.demo.wikiprose import (  # noqa: F401
+    ADJECTIVES,
+    CONCEPTS,
+    MARKUP_ONLY_WORDS,
+    SCENE_NOUNS,
+    TALK_ONLY_WORD,
+    WIKI_RANK,
+)
+from wit_builder.demo.wikiprose import plural_of as _plural
+from wit_builder.demo.wikiprose import title_case as _title
+from wit_builder.demo.wikiworld import _write_pageviews, _write_wiki, _write_wordnet
+from wit_builder.demo.worldspec import SIZES, Size, World  # noqa: F401 (the world's types, here too)
+from wit_builder.errors import WitError
 
 UNSERVED_BASE_URL = "http://127.0.0.1:9"  # the discard port: refused at once, never leaves the host
 EVAL_SEED_BASE = 1_000_000                # pool layouts use seeds below, eval layouts above

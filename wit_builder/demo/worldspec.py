@@ -9,8 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from wit_builder.errors import WitError
 from wit_builder.demo.drawing import DEFAULT_PX
+from wit_builder.errors import WitError
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from tests.stages.match.test_match import write_pool_file, write_queries
-from wit_builder.stages.balance import balance
-from wit_builder.build import catalog
 from wit_builder.app import cli
+from wit_builder.build import catalog
+from wit_builder.build.stage import committed
+from wit_builder.errors import WitError
+from wit_builder.stages.balance import balance
 from wit_builder.stages.match import match
 from wit_builder.stages.pool import pool
-from wit_builder.errors import WitError
-from wit_builder.build.stage import committed
 
 K = 150            # per-query cap used throughout
 _MASK = (1 << 64) - 1
@@ -175,6 +175,7 @@ def test_metaclip_coins_are_uniform_over_many_seeds(tmp_path):
     # binomial law of MetaCLIP's rule (mean and spread), not just one lucky seed.
     import pyarrow as pa
     import pyarrow.parquet as pq
+
     from wit_builder.io import uid_of
     rng = np.random.default_rng(5)
     n, counts = 4000, np.array([4000, 1200, 300, 50])

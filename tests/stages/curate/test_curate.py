@@ -17,16 +17,22 @@ import pytest
 from PIL import Image
 
 from tests.support.fetch import Sample, encode, make_fetch, make_queries, picture, write_selected
-from wit_builder.build.stage import committed, read_record
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.stages.curate import curate
-from wit_builder.stages.fetch import fetch
+from wit_builder.build import catalog
+from wit_builder.build.stage import committed, read_record
+from wit_builder.canonical import (
+    BLANK_DETAIL,
+    colour_distance,
+    phash_bytes,
+    signature,
+    signature_bytes,
+    thumbs,
+)
 from wit_builder.demo import imageserver
 from wit_builder.errors import WitError
-from wit_builder.canonical import (BLANK_DETAIL, colour_distance, phash_bytes, signature,
-                                   signature_bytes, thumbs)
 from wit_builder.phash import hamming, keepers, near_pairs, phash_array, phash_pixels, plan_bands
+from wit_builder.stages.curate import curate
+from wit_builder.stages.fetch import fetch
 
 REPO = Path(__file__).resolve().parents[3]
 FOX_URL = "https://upload.wikimedia.org/wikipedia/commons/4/4f/Red_fox_in_snow.jpg"

@@ -17,18 +17,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from tests.support.fetch import encode, picture, write_selected
 from PIL import Image
 
+from tests.support.fetch import encode, picture, write_selected
 from wit_builder.build import catalog
-from wit_builder.stages.fetch import fetch
+from wit_builder.build.stage import committed
+from wit_builder.canonical import phash_bytes
 from wit_builder.demo import imageserver
 from wit_builder.errors import WitError
-from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
-from wit_builder.canonical import phash_bytes
 from wit_builder.phash import hamming
+from wit_builder.stages.fetch import fetch
+from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT, Fetcher, Policy, address_problem
 from wit_builder.stages.fetch.resizing import CvTap, reduction
-from wit_builder.build.stage import committed
 
 SCENES = [f"1-{c}-{t}-plain-white-{i}" for i, (c, t) in enumerate(
     (c, t) for c in ("red", "blue", "green") for t in ("circle", "star", "square", "heart"))]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wit_builder.stages.fetch import i2d
 from wit_builder.errors import WitError
+from wit_builder.stages.fetch import i2d
 from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -12,12 +12,11 @@ import time
 from collections import Counter
 
 import pytest
-from tests.support.fetch import write_selected
-from tests.stages.fetch.test_polite import SCENE, fast, hosts, statuses, url
 
-from wit_builder.stages.fetch import fetch
-from wit_builder.stages.fetch import nameservers
+from tests.stages.fetch.test_polite import SCENE, fast, hosts, statuses, url
+from tests.support.fetch import write_selected
 from wit_builder.errors import WitError
+from wit_builder.stages.fetch import fetch, nameservers
 from wit_builder.stages.fetch.hosts import Resolver
 
 

@@ -12,13 +12,13 @@ from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
-from tests.support.fetch import write_selected
 
+from tests.support.fetch import write_selected
 from wit_builder.build import catalog
-from wit_builder.stages.fetch import fetch
-from wit_builder.demo import imageserver
-from wit_builder.stages.fetch.hosts import Resolver, host_of
 from wit_builder.build.stage import committed
+from wit_builder.demo import imageserver
+from wit_builder.stages.fetch import fetch
+from wit_builder.stages.fetch.hosts import Resolver, host_of
 
 SCENE = "1-red-circle-plain-white-{}"
 

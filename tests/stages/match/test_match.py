@@ -11,12 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wit_builder.build import catalog
-from wit_builder.stages.match import match
-from wit_builder.stages.pool import pool
-from wit_builder.errors import WitError
-from wit_builder.stages.match.match import Matcher, code_book, reference_automaton, reference_match
 from wit_builder.build.stage import StageOutput, committed, read_record, run_stage
-
+from wit_builder.errors import WitError
+from wit_builder.stages.match import match
+from wit_builder.stages.match.match import Matcher, code_book, reference_automaton, reference_match
+from wit_builder.stages.pool import pool
 
 # ----------------------------------------------------------------------------------
 # Helpers shared with test_balance.py: a queries stage and a pool file.

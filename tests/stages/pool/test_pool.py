@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.stages.pool import pool
+from wit_builder.build import catalog
+from wit_builder.build.stage import committed, read_record
 from wit_builder.errors import WitError
 from wit_builder.io import uid_of
-from wit_builder.build.stage import committed, read_record
+from wit_builder.stages.pool import pool
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -17,12 +17,11 @@ import pytest
 from tests.support.fetch import Sample, encode, make_fetch, picture
 from tests.support.publish import FOX_URL, SHARD_SIZE, make_published
 from wit_builder import storage
-from wit_builder.build.stage import committed
-from wit_builder.build import catalog
 from wit_builder.app import cli
-from wit_builder.build import pipeline
-from wit_builder.stages.publish import publish
+from wit_builder.build import catalog, pipeline
+from wit_builder.build.stage import committed
 from wit_builder.errors import WitError
+from wit_builder.stages.publish import publish
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -7,13 +7,12 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from tests.support.fetch import Sample, encode, make_fetch, picture
 
-from wit_builder.build import catalog
+from tests.support.fetch import Sample, encode, make_fetch, picture
 from wit_builder.app import cli
-from wit_builder.stages.curate import curate
-from wit_builder.build import pipeline
+from wit_builder.build import catalog, pipeline
 from wit_builder.build.stage import committed
+from wit_builder.stages.curate import curate
 
 pytestmark = pytest.mark.slow  # Ray, and a curated build to publish
 

@@ -22,9 +22,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from wit_builder.stages.queries import queries
-from wit_builder.errors import WitError
 from wit_builder.build.stage import committed
+from wit_builder.errors import WitError
+from wit_builder.stages.queries import queries
 
 FILLER = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
           "incididunt ut labore et dolore magna aliqua enim minim veniam quis nostrud").split()

@@ -12,10 +12,9 @@ import pytest
 
 from tests.stages.queries.test_queries import World, page_xml, run, table, write_dump, write_wordnet
 from wit_builder.app import cli
-from wit_builder.stages.queries import queries
-from wit_builder.stages.queries import wikitext
-from wit_builder.errors import WitError
 from wit_builder.build.stage import committed
+from wit_builder.errors import WitError
+from wit_builder.stages.queries import queries, wikitext
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.stages.queries.test_queries import World, page_xml, write_dump
-from wit_builder.stages.queries import markup
-from wit_builder.stages.queries import wikidump
-from wit_builder.stages.queries import wikitext
 from wit_builder.errors import WitError
+from wit_builder.stages.queries import markup, wikidump, wikitext
 
 
 def plain(wikitext_: str) -> str:

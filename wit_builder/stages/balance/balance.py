@@ -17,9 +17,9 @@ from typing import Any
 
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.config import output_settings
-from wit_builder.errors import WitError
 from wit_builder.build.stage import StageContext, StageOutput, StageResult, read_record, run_stage
+from wit_builder.config import at_least, check_fields, one_of, output_settings
+from wit_builder.errors import WitError
 
 MODES = ("cap", "metaclip")
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB          # splitmix64 finaliser
@@ -30,10 +30,10 @@ _NO_QUERY = (1 << 63) - 1
 
 @dataclass
 class Config:
-    per_query: int = field(default=20_000, metadata={
+    per_query: int = field(default=20_000, metadata={"check": at_least(1),
         "help": "most pairs any one query may select (CLIP: 20,000)"})
     seed: int = field(default=0, metadata={"help": "seed of the hash that picks among a query's pairs"})
-    mode: str = field(default="cap", metadata={
+    mode: str = field(default="cap", metadata={"check": one_of(MODES),
         "help": "cap: a hard per-query cap, rarest query claims a pair; metaclip: "
                 "MetaCLIP's probabilistic rule", "choices": MODES})
     memory_limit: str = catalog.memory_limit_setting("counting and selecting the pairs")
@@ -161,11 +161,9 @@ def _candidates(src, dest, counts, per_query: int, seed: int, mode: str, stack) 
 # The stage.
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
-    if cfg.mode not in MODES:
-        raise WitError(f"--mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
-    if cfg.per_query < 1:
-        raise WitError(f"--per-query {cfg.per_query}: must be at least 1")
+    """The flag values' own mistakes (bounds and names, on the fields), found before
+    anything runs."""
+    check_fields(cfg)
 
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
@@ -192,6 +190,7 @@ def _balance(ctx: StageContext, cfg: Config) -> StageOutput:
     import numpy as np
     import pyarrow.parquet as pq
     import ray
+
     from wit_builder.build import cluster
     matches, counts_glob = _glob(ctx, "match", "matches"), _glob(ctx, "match", "match_counts")
     pool = _glob(ctx, "pool", "pool")

@@ -29,18 +29,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wit_builder import storage
-from wit_builder.build import catalog
-from wit_builder.build import cluster
-from wit_builder.build import stage
+from wit_builder.build import catalog, cluster, stage
+from wit_builder.build.stage import StageContext, StageOutput, StageResult
 from wit_builder.canonical import BLANK_DETAIL
-from wit_builder.config import output_settings
-from wit_builder.stages.curate.dedup import duplicates, eval_hits
+from wit_builder.config import at_least, check_fields, output_settings, within
 from wit_builder.errors import WitError
-from wit_builder.stages.curate.imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
 from wit_builder.schemas import DROP_REASONS, SIGNATURE
 from wit_builder.schemas import FETCH_COLUMNS as FETCH_STATUS_COLUMNS
-from wit_builder.build.stage import StageContext, StageOutput, StageResult
 from wit_builder.sql import literal
+from wit_builder.stages.curate.dedup import duplicates, eval_hits
+from wit_builder.stages.curate.imagefacts import IMAGE_EXTS, eval_facts, facts_schema, shard_facts
 
 # wit_builder.schemas: the drop reasons in precedence order, fetch's columns and the
 # signature columns among them
@@ -56,26 +54,35 @@ EVAL_BITS = 10
 EVAL_COLOUR = 24.0
 
 
+_BITS = "-1: off; pHashes of different pictures are typically 20-40 bits apart"
+
+
+def _colour(value: float) -> str | None:
+    """A colour threshold's own check: 0 to 255 levels, or -1 (the pHash alone decides)."""
+    return None if value == -1 or 0 <= value <= 255 else \
+        "give 0 to 255 levels, or -1 to let the pHash alone decide"
+
+
 @dataclass
 class Config:
-    min_side: int = field(default=200, metadata={
+    min_side: int = field(default=200, metadata={"check": at_least(0, "pixels"),
         "help": "drop images whose shorter side (of the original image) is below this many "
                 "pixels; DataComp's basic filter uses 200", "metavar": "PX"})
-    max_aspect: float = field(default=3.0, metadata={
+    max_aspect: float = field(default=3.0, metadata={"check": at_least(1, "longer side / shorter side"),
         "help": "drop images whose longer/shorter side ratio is above this; DataComp uses 3",
         "metavar": "RATIO"})
-    min_caption_words: int = field(default=3, metadata={
+    min_caption_words: int = field(default=3, metadata={"check": at_least(0),
         "help": "drop captions with fewer words (DataComp keeps captions of more than 2 words)",
         "metavar": "N"})
-    min_caption_chars: int = field(default=6, metadata={
+    min_caption_chars: int = field(default=6, metadata={"check": at_least(0),
         "help": "drop captions with fewer characters (DataComp keeps more than 5; LAION "
                 "drops fewer than 5)", "metavar": "N"})
-    near_dup_bits: int = field(default=NEAR_DUP_BITS, metadata={
+    near_dup_bits: int = field(default=NEAR_DUP_BITS, metadata={"check": within(-1, 16, _BITS),
         "help": "near-duplicate candidates across the whole build: pHash Hamming distance at "
                 "most this many of 64 bits (0: identical pHash only; -1: no near-duplicate "
                 "search); the search's cost grows fast with it (docs/curate.md)",
         "metavar": "BITS"})
-    near_dup_colour: float = field(default=NEAR_DUP_COLOUR, metadata={
+    near_dup_colour: float = field(default=NEAR_DUP_COLOUR, metadata={"check": _colour,
         "help": "a candidate is a near copy only if its colour thumbnail is within this many "
                 "levels (0-255) of the other's, cell by cell (-1: pHash alone decides)",
         "metavar": "LEVELS"})
@@ -83,31 +90,18 @@ class Config:
         "help": "directory of evaluation images (searched recursively); samples showing "
                 "any of them (same bytes, or a near copy by --eval-bits and --eval-colour) "
                 "are dropped", "metavar": "DIR"})
-    eval_bits: int = field(default=EVAL_BITS, metadata={
+    eval_bits: int = field(default=EVAL_BITS, metadata={"check": within(-1, 16, _BITS),
         "help": "near copies of --eval-images: pHash Hamming distance at most this many bits "
                 "(-1: same bytes only)", "metavar": "BITS"})
-    eval_colour: float = field(default=EVAL_COLOUR, metadata={
+    eval_colour: float = field(default=EVAL_COLOUR, metadata={"check": _colour,
         "help": "a near copy of an evaluation image needs its colour thumbnail within this "
                 "many levels (-1: pHash alone decides)", "metavar": "LEVELS"})
 
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
-    if cfg.min_side < 0:
-        raise WitError(f"--min-side {cfg.min_side}: give 0 or more pixels")
-    if cfg.max_aspect < 1:
-        raise WitError(f"--max-aspect {cfg.max_aspect}: the ratio longer/shorter side is "
-                       "at least 1; give 1 or more")
-    if cfg.min_caption_words < 0 or cfg.min_caption_chars < 0:
-        raise WitError("--min-caption-words/--min-caption-chars: give 0 or more")
-    for flag, bits, colour in (("--near-dup", cfg.near_dup_bits, cfg.near_dup_colour),
-                               ("--eval", cfg.eval_bits, cfg.eval_colour)):
-        if not -1 <= bits <= 16:
-            raise WitError(f"{flag}-bits {bits}: give -1 (off) to 16; pHashes of different "
-                           "pictures are typically 20-40 bits apart")
-        if not (colour == -1 or 0 <= colour <= 255):
-            raise WitError(f"{flag}-colour {colour:g}: give 0 to 255 levels, or -1 to let "
-                           "the pHash alone decide")
+    """The flag values' own mistakes, found before anything runs: each field's own
+    check (bounds, on the field), then what needs the disk."""
+    check_fields(cfg)
     if cfg.eval_images and not storage.location(cfg.eval_images, "--eval-images").is_dir():
         raise WitError(f"--eval-images {cfg.eval_images}: not a directory; give the folder "
                        "holding the evaluation images")

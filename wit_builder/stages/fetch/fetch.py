@@ -26,17 +26,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wit_builder import storage
-from wit_builder.stages.fetch import i2d
-from wit_builder.stages.fetch import nameservers
 from wit_builder import config as cfgmod
+from wit_builder import storage
+from wit_builder.build.stage import (
+    StageContext,
+    StageOutput,
+    StageResult,
+    output_dir,
+    params_hash,
+    read_record,
+    run_stage,
+)
+from wit_builder.config import above, at_least, one_of
 from wit_builder.errors import WitError
+from wit_builder.stages.fetch import i2d, nameservers
 from wit_builder.stages.fetch.fetch_plan import plan_shards, retry_params, transient_rows
 from wit_builder.stages.fetch.fetch_status import STATUS_COLUMNS, assemble  # noqa: F401 (fetch.STATUS_COLUMNS: tests)
 from wit_builder.stages.fetch.fetch_task import download, task_settings
 from wit_builder.stages.fetch.hosts import digest, parse_overrides, read_list
 from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT
-from wit_builder.build.stage import StageContext, StageOutput, StageResult, output_dir, params_hash, read_record, run_stage
 
 RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]
 ENCODE_FORMATS = ["jpg", "png", "webp"]
@@ -44,10 +52,10 @@ ENCODE_FORMATS = ["jpg", "png", "webp"]
 
 @dataclass
 class Config:
-    image_size: int = field(default=256, metadata={"help": "resize images to this many pixels"})
-    resize_mode: str = field(default="border", metadata={
+    image_size: int = field(default=256, metadata={"check": above(0), "help": "resize images to this many pixels"})
+    resize_mode: str = field(default="border", metadata={"check": one_of(RESIZE_MODES),
         "help": "img2dataset resize mode", "choices": RESIZE_MODES})
-    encode_format: str = field(default="jpg", metadata={
+    encode_format: str = field(default="jpg", metadata={"check": one_of(ENCODE_FORMATS),
         "help": "format of the stored images", "choices": ENCODE_FORMATS})
     encode_quality: int = field(default=95, metadata={
         "help": "JPEG/WebP quality (0-100) or PNG compression (0-9) of stored images"})
@@ -56,18 +64,18 @@ class Config:
                 "still at least --image-size, before img2dataset's resize: about half the "
                 "decoding and resizing work on large images (default: on); "
                 "--no-reduced-decode decodes every image at full size"})
-    timeout: float = field(default=10.0, metadata={
+    timeout: float = field(default=10.0, metadata={"check": above(0),
         "help": "seconds each wait (connect, a read) may take; an image must arrive whole "
                 "within 2x this, connect to last byte, or it is a timeout"})
-    retries: int = field(default=1, metadata={
+    retries: int = field(default=1, metadata={"check": at_least(0),
         "help": "tries again per image for transient failures (timeout, connection, 429, 5xx)"})
-    threads: int = field(default=64, metadata={"help": "download threads per shard"})
-    fetch_shard_size: int = field(default=10000, metadata={"help": "images per download shard"})
-    shards_in_flight: int = field(default=0, metadata={
+    threads: int = field(default=64, metadata={"check": above(0), "help": "download threads per shard"})
+    fetch_shard_size: int = field(default=10000, metadata={"check": above(0), "help": "images per download shard"})
+    shards_in_flight: int = field(default=0, metadata={"check": at_least(0),
         "help": "download shards running at once (0: one per Ray CPU)"})
-    shard_time_limit: float = field(default=3600.0, metadata={
+    shard_time_limit: float = field(default=3600.0, metadata={"check": above(0),
         "help": "seconds a shard may run before it is stopped and tried again"})
-    shard_retries: int = field(default=2, metadata={
+    shard_retries: int = field(default=2, metadata={"check": at_least(0),
         "help": "tries again for a shard that failed or hit --shard-time-limit"})
     retry_failed: bool = field(default=False, metadata={
         "help": "download again the samples of the last fetch that failed for transient "
@@ -85,15 +93,15 @@ class Config:
     exclude_urls: str | None = field(default=None, metadata={
         "help": "plain list of URLs (one a line) that are never requested (status excluded)",
         "metavar": "FILE"})
-    per_host_rps: float = field(default=2.0, metadata={
+    per_host_rps: float = field(default=2.0, metadata={"check": at_least(0),
         "help": "requests per second to any one host, across the whole cluster "
                 "(0: no per-host limits)"})
-    per_host_connections: int = field(default=2, metadata={
+    per_host_connections: int = field(default=2, metadata={"check": above(0),
         "help": "connections open to any one host at once, across the whole cluster"})
-    host_give_up_after: int = field(default=10, metadata={
+    host_give_up_after: int = field(default=10, metadata={"check": at_least(0),
         "help": "a host failing this many requests in a row (timeouts, refusals, 429, 5xx) "
                 "is given up on for the shard: its other URLs are host_given_up (0: never)"})
-    dns_cache_ttl: float = field(default=300.0, metadata={
+    dns_cache_ttl: float = field(default=300.0, metadata={"check": above(0),
         "help": "seconds a shard keeps a host's DNS answer at most: the answer's own TTL when "
                 "shorter (at least 1 s; a failure: 60 s); with --dns-server system, always"})
     dns_server: list[str] = field(default_factory=list, metadata={
@@ -113,26 +121,18 @@ class Config:
         "noai", "noimageai", "noindex", "noimageindex"], metadata={
         "help": "X-Robots-Tag directives that mean: do not use this image"})
     user_agent: str = field(default=DEFAULT_USER_AGENT, metadata={"help": "User-Agent header sent"})
-    max_image_area: int = field(default=89_478_485, metadata={
+    max_image_area: int = field(default=89_478_485, metadata={"check": above(0),
         "help": "refuse images with more pixels (checked before decoding: decompression bombs)"})
-    max_image_bytes: int = field(default=50_000_000, metadata={
+    max_image_bytes: int = field(default=50_000_000, metadata={"check": above(0),
         "help": "refuse responses larger than this many bytes"})
 
 
 def check(cfg: Config) -> None:
     """The flag values' own mistakes, found before anything runs (and an img2dataset
-    release fetch does not support: a shard would only find out in its task)."""
+    release fetch does not support: a shard would only find out in its task): each
+    field's own check, then the rules that need several fields."""
     i2d.check_version()
-    zero_ok = ("retries", "shards_in_flight", "shard_retries", "per_host_rps", "host_give_up_after")
-    for name in ("image_size", "timeout", "threads", "fetch_shard_size", "shard_time_limit",
-                 "max_image_area", "max_image_bytes", "per_host_connections", "dns_cache_ttl") + zero_ok:
-        least = 0 if name in zero_ok else 1e-9
-        if getattr(cfg, name) < least:
-            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: must be "
-                           f"{'0 or more' if least == 0 else 'above 0'}")
-    for name, choices in (("resize_mode", RESIZE_MODES), ("encode_format", ENCODE_FORMATS)):
-        if getattr(cfg, name) not in choices:
-            raise WitError(f"{cfgmod.flag(name)} {getattr(cfg, name)}: choose one of {', '.join(choices)}")
+    cfgmod.check_fields(cfg)  # bounds and names, on the fields
     parse_overrides(cfg.resolve)
     nameservers.parse_servers(cfg.dns_server)
     top = 9 if cfg.encode_format == "png" else 100

@@ -7,13 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+from wit_builder import config as cfgmod
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.stages.fetch import polite
-from wit_builder import config as cfgmod
-from wit_builder.errors import WitError
-from wit_builder.stages.fetch.fetch_status import IN_TRANSIENT
 from wit_builder.build.stage import StageContext, output_dir, params_hash, read_record, require
+from wit_builder.errors import WitError
+from wit_builder.stages.fetch import polite
+from wit_builder.stages.fetch.fetch_status import IN_TRANSIENT
 
 # A retry adds images to the previous shards, so these must not change between them.
 SAME_ON_RETRY = ("image_size", "resize_mode", "encode_format", "encode_quality", "fetch_shard_size")

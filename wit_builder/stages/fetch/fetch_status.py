@@ -7,10 +7,9 @@ from pathlib import Path
 
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.stages.fetch import i2d
-from wit_builder.stages.fetch import polite
-from wit_builder.schemas import FETCH_COLUMNS, TRANSIENT, fetch_status_schema
 from wit_builder.build.stage import StageContext, StageOutput
+from wit_builder.schemas import FETCH_COLUMNS, TRANSIENT, fetch_status_schema
+from wit_builder.stages.fetch import i2d, polite
 
 IN_TRANSIENT = "(" + ", ".join(f"'{s}'" for s in sorted(TRANSIENT)) + ")"  # SQL: status IN ...
 STATUS_COLUMNS = list(FETCH_COLUMNS)  # wit_builder.schemas.FETCH_STATUS

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from wit_builder import storage
 from wit_builder.build import cluster
-from wit_builder.stages.fetch import i2d
+from wit_builder.stages.fetch import i2d, nameservers
 from wit_builder.stages.fetch.fetch_status import shard_name, status_table
-from wit_builder.stages.fetch import nameservers
 from wit_builder.stages.fetch.hosts import parse_overrides
 
 
@@ -92,8 +91,8 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> 
 
     from wit_builder.stages.fetch.netguard import Fetcher, Policy
     from wit_builder.stages.fetch.polite import Shard, stop_after
-    from wit_builder.stages.fetch.robots import shard_rows
     from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
+    from wit_builder.stages.fetch.robots import shard_rows
 
     oom = settings["oom_shard_count"]
     name = shard_name(shard, oom)

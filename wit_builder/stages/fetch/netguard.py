@@ -35,11 +35,18 @@ from dataclasses import dataclass
 from urllib.parse import urljoin
 
 from wit_builder.errors import Failure
+from wit_builder.schemas import RETRY_NOW
 from wit_builder.stages.fetch.hosts import host_of
 from wit_builder.stages.fetch.netguard_address import address_problem, url_parts  # noqa: F401 (netguard.address_problem: tests)
 from wit_builder.stages.fetch.netguard_checks import image_problem, is_opted_out, status_failure
-from wit_builder.stages.fetch.netguard_socket import HTTP, HTTPS, DeadlinePassed, DeadlineSSLSocket, getaddrinfo, set_deadline
-from wit_builder.schemas import RETRY_NOW
+from wit_builder.stages.fetch.netguard_socket import (
+    HTTP,
+    HTTPS,
+    DeadlinePassed,
+    DeadlineSSLSocket,
+    getaddrinfo,
+    set_deadline,
+)
 
 DEFAULT_USER_AGENT = ("wit-build/0.1 (CLIP-style image-text dataset builder; "
                       "honours X-Robots-Tag noai/noimageai; uses img2dataset)")

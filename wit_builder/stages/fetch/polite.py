@@ -18,9 +18,9 @@ import threading
 import time
 from collections import Counter
 
+from wit_builder.sql import literal
 from wit_builder.stages.fetch.hosts import HostBudget, HostLimits, host_of, resolver, shard_budgets
 from wit_builder.stages.fetch.robots import ORIGIN_SQL, Rules
-from wit_builder.sql import literal
 
 # Same host rule as hosts.host_of (RE2).
 HOST_SQL = ("lower(coalesce(regexp_extract(url, "

@@ -124,8 +124,8 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
     import pyarrow.parquet as pq
 
     from wit_builder import storage
-    from wit_builder.stages.fetch.netguard import Fetcher, Policy
     from wit_builder.stages.fetch.hosts import resolver
+    from wit_builder.stages.fetch.netguard import Fetcher, Policy
     if out.exists():
         return {"origins": len(origins)}
     kept = _still_valid(previous, origins) if previous else {}

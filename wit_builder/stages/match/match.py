@@ -17,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wit_builder.config import output_settings
-from wit_builder.errors import WitError
-from wit_builder.stages.match.match_engine import Matcher
-from wit_builder.stages.match.match_engine import (  # noqa: F401 (the matcher's names where tests and benchmarks look)
-    code_book, reference_automaton, reference_match, spacing)
 from wit_builder.build.stage import StageContext, StageOutput, StageResult, run_stage
+from wit_builder.config import at_least, check_fields, output_settings
+from wit_builder.errors import WitError
+from wit_builder.stages.match.match_engine import (  # noqa: F401 (the matcher's names where tests and benchmarks look)
+    Matcher,
+    code_book,
+    reference_automaton,
+    reference_match,
+    spacing,
+)
 
 SAMPLE_ROWS = 20_000      # captions used to rank tokens by frequency (speed only)
 # Settings that change what is written; the others only change how fast.
@@ -31,10 +35,10 @@ class Config:
     case_sensitive: bool = field(default=True, metadata={
         "help": "match case-sensitively, as MetaCLIP does (--no-case-sensitive lowercases "
                 "queries and captions)"})
-    workers: int = field(default=0, metadata={
+    workers: int = field(default=0, metadata={"check": at_least(0, "0 = one per CPU"),
         "help": "parts matched at once (Ray tasks; each worker process builds the automaton "
                 "once); 0 = one per CPU", "output": False})
-    batch_size: int = field(default=50_000, metadata={
+    batch_size: int = field(default=50_000, metadata={"check": at_least(1),
         "help": "captions matched per call; larger amortises per-batch setup", "output": False})
 
 
@@ -42,10 +46,8 @@ class Config:
 # The stage.
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
-    if cfg.workers < 0 or cfg.batch_size < 1:
-        raise WitError(f"--workers {cfg.workers} --batch-size {cfg.batch_size}: --workers must "
-                       "be >= 0 (0 = one per CPU) and --batch-size >= 1")
+    """The flag values' own mistakes (bounds, on the fields), found before anything runs."""
+    check_fields(cfg)
 
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:
@@ -117,6 +119,7 @@ def match_unit(key: str, shared: list, src: str, row_group: int, dest: str,
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
     from wit_builder import storage
     matcher, built = _matcher(key, shared)
     with storage.location(src).open("rb") as f:
@@ -169,6 +172,7 @@ def _key(queries, case_sensitive: bool, sample) -> str:
 def _match(ctx: StageContext, cfg: Config) -> StageOutput:
     import pyarrow.parquet as pq
     import ray
+
     from wit_builder import storage
     from wit_builder.build import cluster
     queries = _read_queries(_files(ctx, "queries", "queries"))

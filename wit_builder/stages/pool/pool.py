@@ -21,15 +21,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wit_builder import config as cfgmod
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder import config as cfgmod
+from wit_builder.build.stage import StageContext, StageOutput, StageResult, run_stage
+from wit_builder.config import at_least
 from wit_builder.errors import WitError
 from wit_builder.io import UID_BYTES
 from wit_builder.stages.pool.pool_dedupe import dedupe
 from wit_builder.stages.pool.pool_formats import BLOCK_BYTES, ReadSpec, fmt_of  # noqa: F401 (pool.BLOCK_BYTES: tests)
 from wit_builder.stages.pool.pool_read import BUCKET, ORDER, REASONS, read_file  # noqa: F401 (pool.ORDER, .BUCKET: tests)
-from wit_builder.build.stage import StageContext, StageOutput, StageResult, run_stage
 
 BUCKET_BYTES = 256 << 20     # input bytes per pool part when --pool-parts is 0
 MAX_CAPTION_CHARS = 2000  # LAION's longest useful alt texts; a 26 MB "caption" costs the trainer GBs
@@ -47,23 +48,21 @@ class Config:
         "help": "column holding the caption (default: recognised: text, caption, alt_text, ...)"})
     skip_broken_rows: bool = field(default=False, metadata={
         "help": "skip and count malformed CSV/TSV/JSONL rows instead of stopping at the first"})
-    max_caption_chars: int = field(default=MAX_CAPTION_CHARS, metadata={
+    max_caption_chars: int = field(default=MAX_CAPTION_CHARS, metadata={"check": at_least(0, "0 = no limit"),
         "help": "cut captions longer than this many characters (counted as captions_cut; "
                 "0: no limit); CLIP's text encoder sees 77 tokens, a few hundred characters"})
-    pool_parts: int = field(default=0, metadata={
+    pool_parts: int = field(default=0, metadata={"check": at_least(0, "0 = automatic"),
         "help": "number of pool/ files (uid buckets); 0 = one per ~256 MB of input"})
     memory_limit: str = catalog.memory_limit_setting("the pool's dedup of pairs")
 
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
+    """The flag values' own mistakes, found before anything runs: each field's own
+    check (bounds, on the field), then what needs the files."""
+    cfgmod.check_fields(cfg)
     if not cfg.pool:
         raise WitError("--pool: give the candidate files (Parquet, CSV, TSV or JSONL, "
                        "optionally .gz; globs and directories work)")
-    if cfg.max_caption_chars < 0:
-        raise WitError(f"--max-caption-chars {cfg.max_caption_chars}: must be >= 0 (0 = no limit)")
-    if cfg.pool_parts < 0:
-        raise WitError(f"--pool-parts {cfg.pool_parts}: must be >= 0 (0 = automatic)")
     find_files(cfg.pool)
 
 

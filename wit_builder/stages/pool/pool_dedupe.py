@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.stages.pool.pool_read import BUCKET, ORDER
 from wit_builder.build.stage import StageContext
+from wit_builder.stages.pool.pool_read import BUCKET, ORDER
 
 
 def dedupe(ctx: StageContext, dirs: list, buckets: int, memory_limit: str) -> dict[str, int]:

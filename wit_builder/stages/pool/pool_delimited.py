@@ -10,8 +10,16 @@ from typing import Any, Iterator
 from wit_builder import storage
 from wit_builder.errors import WitError
 from wit_builder.stages.pool.pool_checks import first_bad_line
-from wit_builder.stages.pool.pool_formats import (BLOCK_BYTES, TEXT_NAMES, URL_NAMES, ReadSpec, SlowPath, first_line,
-                           open_text, pick_column)
+from wit_builder.stages.pool.pool_formats import (
+    BLOCK_BYTES,
+    TEXT_NAMES,
+    URL_NAMES,
+    ReadSpec,
+    SlowPath,
+    first_line,
+    open_text,
+    pick_column,
+)
 
 
 def _input_stream(path):

@@ -11,9 +11,18 @@ from typing import Any, Iterator
 
 from wit_builder.errors import WitError
 from wit_builder.stages.pool.pool_checks import clean_copy, first_bad_line
-from wit_builder.stages.pool.pool_formats import (BLOCK_BYTES, MAX_JSON_DEPTH, TEXT_NAMES, URL_NAMES, ReadSpec, SlowPath,
-                           first_line, open_bytes, open_text, pick_column)
-
+from wit_builder.stages.pool.pool_formats import (
+    BLOCK_BYTES,
+    MAX_JSON_DEPTH,
+    TEXT_NAMES,
+    URL_NAMES,
+    ReadSpec,
+    SlowPath,
+    first_line,
+    open_bytes,
+    open_text,
+    pick_column,
+)
 
 _JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
 

@@ -41,6 +41,7 @@ def _clean(batch, url_col: str, text_col: str, path: Path, stats: dict, first_ro
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
+
     from wit_builder.io import uids
     url = pc.utf8_trim_whitespace(_as_text(batch.column(url_col), url_col, path))
     text = _as_text(batch.column(text_col), text_col, path)

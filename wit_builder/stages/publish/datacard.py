@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wit_builder import storage
-from wit_builder.build import catalog
-from wit_builder.build import records
+from wit_builder.build import catalog, records
 from wit_builder.errors import WitError
 from wit_builder.stages.publish.publish import published
 

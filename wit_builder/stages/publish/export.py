@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 
 from wit_builder import storage
-from wit_builder.stages.publish.datacard import export_hf
 from wit_builder.errors import WitError
+from wit_builder.stages.publish.datacard import export_hf
 from wit_builder.stages.publish.publish import published
 
 TARGETS = ("hf", "open_clip")

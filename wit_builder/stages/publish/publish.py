@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from wit_builder import storage
-from wit_builder.build import catalog
-from wit_builder.build import cluster
-from wit_builder.stages.publish import shardmeta
-from wit_builder.build import stage
-from wit_builder.config import output_settings
-from wit_builder.errors import WitError
-from wit_builder.storage import write_json
+from wit_builder.build import catalog, cluster, stage
 from wit_builder.build.stage import StageContext, StageOutput, StageResult
+from wit_builder.config import at_least, check_fields, output_settings
+from wit_builder.errors import WitError
+from wit_builder.stages.publish import shardmeta
+from wit_builder.storage import write_json
 
 MANIFEST_VIEW = "manifest/*.parquet"
 TAR_MTIME = 0  # fixed member times: the same inputs give byte-identical shards
@@ -42,7 +40,7 @@ OPEN_FILES = 64  # fetch shards a writer keeps open at once
 
 @dataclass
 class Config:
-    shard_size: int = field(default=10000, metadata={
+    shard_size: int = field(default=10000, metadata={"check": at_least(1, "samples per shard"),
         "help": "samples per final shard (the last shard may hold fewer)", "metavar": "N"})
     seed: int = field(default=0, metadata={
         "help": "random seed (publish: the order of samples across the shards)"})
@@ -280,9 +278,8 @@ def _work(cfg: Config):
 
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
-    if cfg.shard_size < 1:
-        raise WitError(f"--shard-size {cfg.shard_size}: give at least 1 sample per shard")
+    """The flag values' own mistakes (bounds, on the fields), found before anything runs."""
+    check_fields(cfg)
 
 
 def run(cfg: Config, build: str | Path, force: bool = False) -> StageResult:

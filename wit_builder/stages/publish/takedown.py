@@ -26,11 +26,10 @@ import uuid
 from pathlib import Path
 
 from wit_builder import storage
-from wit_builder.build import catalog
-from wit_builder.build import lock
+from wit_builder.build import catalog, lock
+from wit_builder.build.stage import output_dir, read_record, record_path, require
 from wit_builder.errors import WitError
 from wit_builder.stages.fetch.hosts import read_list
-from wit_builder.build.stage import output_dir, read_record, record_path, require
 
 LOG_DIR = "takedowns"
 VIEW = "takedowns"

@@ -19,14 +19,18 @@ from typing import Any
 
 from wit_builder import storage
 from wit_builder.build import catalog
-from wit_builder.stages.queries import wikitext
-from wit_builder.stages.queries import wordnet
-from wit_builder.config import output_settings
+from wit_builder.build.stage import WORK_DIR, StageContext, StageOutput, StageResult, run_stage
+from wit_builder.config import above, at_least, check_fields, output_settings
 from wit_builder.errors import WitError
 from wit_builder.io import expand_inputs, file_fingerprint
-from wit_builder.stages.queries.queries_input import blocklist_file, load_count_table, load_pageviews, wiki_sources
+from wit_builder.stages.queries import wikitext, wordnet
+from wit_builder.stages.queries.queries_input import (
+    blocklist_file,
+    load_count_table,
+    load_pageviews,
+    wiki_sources,
+)
 from wit_builder.stages.queries.queries_list import SOURCES, select
-from wit_builder.build.stage import WORK_DIR, StageContext, StageOutput, StageResult, run_stage
 
 
 @dataclass
@@ -45,13 +49,13 @@ class Config:
     wordnet: str = field(default="auto", metadata={
         "metavar": "DIR", "help": "WordNet in Princeton format (data.noun …); auto looks in "
         "/usr/share/wordnet and NLTK data folders; none leaves WordNet out"})
-    min_freq: int = field(default=100, metadata={"help": "keep words seen at least this often"})
-    min_bigram_count: int = field(default=1, metadata={"help": "keep bigrams seen at least this often"})
+    min_freq: int = field(default=100, metadata={"check": at_least(1), "help": "keep words seen at least this often"})
+    min_bigram_count: int = field(default=1, metadata={"check": at_least(1), "help": "keep bigrams seen at least this often"})
     min_pmi: float = field(default=30.0, metadata={
         "help": "keep bigrams with log2(p(xy)/(p(x)p(y))) at least this (MetaCLIP: 30)"})
-    min_views: int = field(default=70, metadata={"help": "keep article titles with at least "
+    min_views: int = field(default=70, metadata={"check": at_least(1), "help": "keep article titles with at least "
                                                  "this many page views, summed over --pageviews"})
-    max_entries: int = field(default=500_000, metadata={"help": "cap on the list's size"})
+    max_entries: int = field(default=500_000, metadata={"check": at_least(1), "help": "cap on the list's size"})
     priority: list[str] = field(default_factory=lambda: ["wordnet", "wiki_unigram", "wiki_title",
                                                          "wiki_bigram"], metadata={
         "metavar": "SOURCE", "help": "which sources stay first when there are more than "
@@ -66,23 +70,20 @@ class Config:
         "help": "wiki of the pageviews lines to read (en = English Wikipedia, desktop and mobile)"})
     blocklist: str = field(default="default", metadata={
         "metavar": "FILE", "help": "entries never to emit, one a line; default: queries/blocklist.txt; none"})
-    workers: int = field(default=0, metadata={"help": "Ray tasks counting at once (0: all CPUs)",
+    workers: int = field(default=0, metadata={"check": at_least(0, "0: all CPUs"), "help": "Ray tasks counting at once (0: all CPUs)",
                                               "output": False})
-    chunk_mb: float = field(default=8.0, metadata={
+    chunk_mb: float = field(default=8.0, metadata={"check": above(0),
         "help": "MB of input file per counting task (compressed MB for .bz2)", "output": False})
 
 
 def check(cfg: Config) -> None:
-    """The flag values' own mistakes, found before anything runs."""
+    """The flag values' own mistakes, found before anything runs: each field's own
+    check (bounds, on the field), then the rules that need several."""
+    check_fields(cfg)
     bad = [s for s in cfg.priority if s not in SOURCES]
     if bad or len(set(cfg.priority)) != len(cfg.priority):
         raise WitError(f"--priority {' '.join(cfg.priority)}: give each of {', '.join(SOURCES)} "
                        "at most once, highest priority first")
-    for name in ("min_freq", "min_bigram_count", "min_views", "max_entries"):
-        if getattr(cfg, name) < 1:
-            raise WitError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if cfg.chunk_mb <= 0:
-        raise WitError(f"--chunk-mb {cfg.chunk_mb}: must be positive")
     if not (cfg.wiki or cfg.unigram_counts):
         raise WitError("give --wiki (a dump, article files or hf:NAME:CONFIG) or --unigram-counts")
     if cfg.bigram_counts and not (cfg.wiki or cfg.unigram_counts):
@@ -167,6 +168,7 @@ def _count(ctx: StageContext, cfg: Config, sources: list[dict[str, Any]]) -> dic
     """Count every wiki source under Ray (finished chunks are reused); returns the stores
     and the stats of every chunk."""
     import ray
+
     from wit_builder.build import cluster
     chunk_bytes = max(1, int(cfg.chunk_mb * (1 << 20)))
     stores, plans, finished = [], [], []

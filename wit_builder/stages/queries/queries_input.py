@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from wit_builder import storage
-from wit_builder.stages.queries import wikitext
 from wit_builder.errors import WitError
 from wit_builder.io import expand_inputs, file_fingerprint
 from wit_builder.sql import literal
+from wit_builder.stages.queries import wikitext
 
 REPO_QUERIES = Path(__file__).resolve().parents[3] / "queries"
 

@@ -37,6 +37,7 @@ def _class_tables():
     """Byte classes of ASCII, and classes and ASCII stand-ins of BMP code points."""
     if not _TABLES:
         import unicodedata
+
         import numpy as np
         ascii_ = np.full(256, WORD, np.uint8)   # bytes >= 0x80 are fixed up per character
         for b in range(128):
