@@ -39,10 +39,10 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # the tests' helpers: tests.support
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_neardup import weight32  # noqa: E402
-from fetch_fixture import encode, picture  # noqa: E402  (the tests' photo-like pictures)
+from tests.support.fetch import encode, picture  # noqa: E402  (the tests' photo-like pictures)
 
 from wit_builder import canonical  # noqa: E402
 from wit_builder.phash import near_pairs, phash_array, phash_pixels  # noqa: E402

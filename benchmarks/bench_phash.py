@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fetch_fixture import encode, picture  # noqa: E402  (the tests' photo-like pictures)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers: tests.support
+from tests.support.fetch import encode, picture  # noqa: E402  (the tests' photo-like pictures)
 
 from wit_builder.canonical import phash_bytes  # noqa: E402
 from wit_builder.phash import hamming, phash_array  # noqa: E402

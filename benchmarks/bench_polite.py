@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers: tests.support
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from fetch_fixture import write_selected  # noqa: E402
+from tests.support.fetch import write_selected  # noqa: E402
 
 from wit_builder.build import cluster  # noqa: E402
 from wit_builder.demo import imageserver

@@ -29,9 +29,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))  # the tests' helpers: tests.support
 import bench_fetch  # noqa: E402  (measured: wall and CPU of a command and its descendants)
-from s3_server import S3Server  # noqa: E402
+from tests.support.s3 import S3Server  # noqa: E402
 
 from wit_builder import storage  # noqa: E402
 from wit_builder.demo import imageserver

@@ -26,7 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def clip_tokenizer_json(path: Path) -> Path:
@@ -193,7 +192,7 @@ def main():
         print(json.dumps(result))
         return
 
-    from trainer_fixtures import make_shards
+    from tests.support.trainer import make_shards
 
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)

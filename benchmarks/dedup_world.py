@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fetch_fixture import picture  # noqa: E402  (the tests' photo-like pictures)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' helpers: tests.support
+from tests.support.fetch import picture  # noqa: E402  (the tests' photo-like pictures)
 
 from wit_builder import canonical  # noqa: E402
 

@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import bench_train  # noqa: E402  (the CPU benchmark's open_clip child and CLIP tokenizer)
 
@@ -56,7 +56,7 @@ def environment() -> dict:
 
 
 def _one_shard(job):
-    from trainer_fixtures import make_shards
+    from tests.support.trainer import make_shards
     folder, index, per_shard, size = job
     tmp = Path(folder) / f"part-{index}"
     (path,) = make_shards(tmp, shards=1, per_shard=per_shard, size=size, seed=index)
@@ -79,7 +79,7 @@ def make_shards(folder: Path, shards: int, per_shard: int, size: int = 256) -> s
 
 def cuda_tests(out: Path, timeout: int) -> dict:
     """pytest -m cuda on tests/trainer/test_trainer_cuda.py: passed / skipped / failed and the tail."""
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "test_trainer_cuda.py"), "-m", "cuda",
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests" / "trainer" / "test_trainer_cuda.py"), "-m", "cuda",
            "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'cuda_tests.xml'}"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
