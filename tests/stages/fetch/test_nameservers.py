@@ -98,6 +98,7 @@ def test_answers_live_their_own_ttl_and_failures_say_why():
         assert res.resolve("127.0.0.5", 80)[0][4] == ("127.0.0.5", 80)
         assert not any(name in ("pinned.test", "127.0.0.5") for name, _ in asked)
         assert res.lookups == 7 and res.failures == 1
+        assert lookup.lookup("Long.Test.", 80)[0][0][4] == ("127.0.0.3", 80)  # an FQDN, any case
     with dns_server({}, answer=False) as (port, asked):
         lookup = nameservers.DirectLookup([("127.0.0.1", port)], timeout=0.5, hosts={})
         with pytest.raises(socket.gaierror) as e:

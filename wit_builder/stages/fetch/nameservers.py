@@ -83,7 +83,7 @@ class DirectLookup:
 
     def lookup(self, host: str, port: int) -> tuple[list, float | None]:
         """(getaddrinfo-like answer, seconds it may be kept: None = the caller's default)."""
-        name = host.strip("[]").lower()
+        name = host.strip("[]").lower().rstrip(".")
         if name in self.hosts or name == "localhost" or _literal(name):
             return socket.getaddrinfo(self.hosts.get(name, [name])[0], port,
                                       type=socket.SOCK_STREAM), None
