@@ -333,7 +333,6 @@ def digest(entries: list[str]) -> str:
 def resolver(polite: dict) -> Resolver:
     """The DNS cache a shard (or a robots.txt task) shares among its threads."""
     from wit_builder.stages.fetch.nameservers import direct
-    lookup = None if polite["resolve_only"] else direct(polite.get("dns_server", []),
-                                                         polite.get("dns_timeout", 5.0))
+    lookup = None if polite["resolve_only"] else direct(polite["dns_server"], polite["dns_timeout"])
     return Resolver(polite["dns_cache_ttl"], overrides=polite["resolve"],
                     only_overrides=polite["resolve_only"], direct=lookup)

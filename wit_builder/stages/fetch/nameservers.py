@@ -126,7 +126,8 @@ def direct(servers: list[tuple[str, int]] | None, timeout: float) -> DirectLooku
     (`system`, or no /etc/resolv.conf to read the servers from)."""
     if servers is None:
         return None
+    import dns.resolver
     try:
         return DirectLookup(servers, timeout)
-    except Exception:  # no resolv.conf, or one naming no server: the system resolver
+    except (dns.resolver.NoResolverConfiguration, OSError):  # no resolv.conf, or no server in it
         return None
