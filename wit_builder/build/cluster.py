@@ -53,18 +53,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         finally:
             if saved is not None:
                 os.environ["RAY_ADDRESS"] = saved
-    _quiet_ray_data()
-
-
-def _quiet_ray_data() -> None:
-    """Ray Data prints a progress bar per operator; wit prints its own summary."""
-    try:
-        from ray.data import DataContext
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-    except Exception:  # older/newer Ray without these knobs: cosmetic only
-        pass
 
 
 def cpus() -> int:

@@ -452,3 +452,34 @@ def test_mistakes_name_the_flag_or_the_missing_stage(build, capsys):
             fetch.run(fetch.Config(**bad), build)
     with pytest.raises(WitError, match="no finished fetch"):
         fetch.run(fetch.Config(retry_failed=True), build)
+
+
+def test_image_checks_read_a_jpeg_header_as_pil_does():
+    """netguard's image checks read a plain JPEG's size from its frame header, not PIL:
+    the verdicts are PIL's on the same bytes (size, area cap, cut files), and a JPEG
+    the header reader leaves alone (CMYK) still goes through PIL."""
+    from wit_builder.stages.fetch import netguard_checks
+
+    def pil_verdict(data, area):  # the checks as they were, through PIL alone
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                w, h = im.size
+        except Image.DecompressionBombError:
+            return "too_large"
+        if w * h > area:
+            return "too_large"
+        return None if netguard_checks._jpeg_complete(data) else "truncated"
+
+    rgb = encode(picture(1, 120, 80))
+    gray = encode(Image.fromarray(np.full((50, 70), 90, np.uint8)))
+    buf = io.BytesIO()
+    Image.new("CMYK", (40, 30), (10, 20, 30, 40)).save(buf, "JPEG")
+    cmyk = buf.getvalue()
+    sof = rgb.index(b"\xff\xc0")
+    huge = rgb[:sof + 5] + (30000).to_bytes(2, "big") * 2 + rgb[sof + 9:]  # the header lies
+    for data in (rgb, gray, cmyk, huge, rgb[:len(rgb) // 2], rgb[:-2]):
+        for area in (89_478_485, 9_000):
+            got = netguard_checks.image_problem(data, area)
+            assert (got and got[0]) == pil_verdict(data, area), (len(data), area, got)
+    assert "30000x30000 = 900,000,000 pixels" in netguard_checks.image_problem(huge, 89_478_485)[1]
+    assert netguard_checks.image_problem(b"<html>", 100)[0] == "not_an_image"

@@ -46,20 +46,23 @@ def test_the_resizer_result_is_read_by_name_and_another_shape_refused():
         i2d.resized((b"x", 4, 3, 8, None))
 
 
-def test_patched_swaps_the_two_globals_and_restores_them_even_on_error():
+def test_patched_swaps_the_globals_and_restores_them_even_on_error():
     from img2dataset import downloader, resizer
-    before = downloader.download_image_with_retry, resizer.cv2
+    before = downloader.download_image_with_retry, resizer.cv2, resizer.A, resizer.SuppressStdoutStderr
     tap = object()
     with pytest.raises(RuntimeError):
-        with i2d.patched(lambda index, url: (None, f"no {url}"), tap):
+        with i2d.patched(lambda index, url: (None, f"no {url}"), tap, reuse=True):
             assert resizer.cv2 is tap
+            assert isinstance(resizer.A, i2d.SharedTransforms)
+            assert isinstance(resizer.SuppressStdoutStderr, i2d.Quiet)
             # called as img2dataset's Downloader calls it, keyword options and all
             got = downloader.download_image_with_retry(
                 (7, "http://a.test/x.jpg"), timeout=1, retries=0, user_agent_token=None,
                 disallowed_header_directives=None)
             assert got == (7, None, "no http://a.test/x.jpg")
             raise RuntimeError("the shard failed")
-    assert (downloader.download_image_with_retry, resizer.cv2) == before
+    assert (downloader.download_image_with_retry, resizer.cv2, resizer.A,
+            resizer.SuppressStdoutStderr) == before
 
 
 def test_sample_key_is_img2dataset_s():
@@ -98,3 +101,41 @@ def test_only_the_adapter_reaches_into_img2dataset():
                  for p in sorted((ROOT / folder).rglob("*.py"))
                  if p.name != "i2d.py" and reach.search(p.read_text())]
     assert offenders == []
+
+
+def _pictures() -> list[bytes]:
+    """JPEGs and PNGs of many shapes: wide, tall, smaller than the target (upscaled),
+    gray, with alpha, one the size of the target."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i, (w, h, mode) in enumerate([(900, 600, "RGB"), (333, 517, "RGB"), (40, 90, "RGB"),
+                                      (128, 128, "RGB"), (257, 64, "L"), (300, 200, "RGBA"),
+                                      (61, 61, "LA"), (1000, 999, "RGB"), (97, 300, "RGBA")]):
+        a = rng.integers(0, 255, (h, w, len(mode)), dtype=np.uint8)
+        im = Image.fromarray(a[..., 0] if mode == "L" else a, mode)
+        buf = io.BytesIO()
+        im.save(buf, "PNG" if "A" in mode else "JPEG", **({} if "A" in mode else {"quality": 80 + i}))
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.mark.parametrize("mode", ["border", "keep_ratio", "center_crop", "keep_ratio_largest", "no"])
+def test_reused_transforms_store_the_very_bytes_of_img2dataset_s_resizer(mode):
+    """A fetch shard's resizer builds each albumentations transform once (reuse=True):
+    every stored image, in every resize mode and over images of every shape, is byte
+    for byte what img2dataset's own resizer stores, run after run."""
+    import cv2
+    pictures = _pictures()
+    for size, fmt in ((128, "jpg"), (64, "png"), (200, "webp")):
+        quality = {"jpg": 90, "png": 6, "webp": 80}[fmt]
+        plain = [i2d.resized(i2d.resizer(size, mode, fmt, quality)(io.BytesIO(d))) for d in pictures]
+        assert all(p.error is None for p in plain)
+        tap = CvTap(cv2, None, mode)
+        with i2d.patched(cv2=tap, reuse=True):
+            from img2dataset import resizer as i2d_resizer
+            reuse = i2d.resizer(size, mode, fmt, quality)
+            again = [i2d.resized(reuse(io.BytesIO(d))) for _ in range(2) for d in pictures]
+            built = dict(i2d_resizer.A.built)
+        assert again == plain + plain, (size, fmt)
+        # built once, whatever the image: one per interpolation and step ("no" builds none)
+        assert (mode == "no") == (not built) and len(built) <= 4

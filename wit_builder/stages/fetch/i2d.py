@@ -14,7 +14,13 @@ img2dataset's own `WebDatasetSampleWriter`. Two things it offers no seam for:
 
 `patched` swaps those two globals for one `with` block and puts them back on exit:
 it is the only patch wit makes to img2dataset (`download_shard` uses it for a fetch
-shard, the benchmarks for the resizer alone). It, the resizer's six-value result
+shard, the benchmarks for the resizer alone). For a fetch shard it also swaps two
+more of the resizer's globals that cost time, not results: its `Resizer` builds its
+albumentations transforms (LongestMaxSize, PadIfNeeded...) anew for every image,
+about 0.5 ms of argument validation each time, and opens /dev/null twice per image
+to silence libjpeg's warnings. `SharedTransforms` builds each transform once per
+argument set and `Quiet` opens /dev/null once per shard; the stored bytes are the
+same (tests/stages/fetch/test_i2d.py compares them). It, the resizer's six-value result
 (`resized`) and the sample keys (`sample_key`) rely on img2dataset 1.47, so
 `check_version` refuses any other release with a one-line `WitError`;
 pyproject.toml and constraints.txt pin the same range.
@@ -22,6 +28,7 @@ pyproject.toml and constraints.txt pin the same range.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -99,19 +106,72 @@ def sample_key(index: int, shard: int, shard_size: int, oom_shard_count: int) ->
     return f"{shard * 10 ** oom_sample + index:0{oom_sample + oom_shard_count}d}"
 
 
+class SharedTransforms:
+    """Stands in for the albumentations module inside img2dataset's resizer: each
+    transform it asks for is built once per set of arguments and then reused. They are
+    deterministic (p=1, no random parameters; sizes and padding are worked out from
+    each image as it comes), and the resizer runs in its shard's one main thread."""
+    SHARED = ("LongestMaxSize", "SmallestMaxSize", "PadIfNeeded", "CenterCrop")
+
+    def __init__(self, module):
+        self.module = module
+        self.built: dict[str, Any] = {}
+
+    def __getattr__(self, name: str):
+        make = getattr(self.module, name)
+        if name not in self.SHARED:
+            return make
+
+        def shared(**kwargs):
+            key = f"{name}{sorted(kwargs.items())!r}"
+            if key not in self.built:
+                self.built[key] = make(**kwargs)
+            return self.built[key]
+        return shared
+
+
+class Quiet:
+    """img2dataset's SuppressStdoutStderr (fds 1 and 2 point at /dev/null around each
+    image, so libjpeg's warnings do not flood the log) with /dev/null and the saved
+    descriptors opened once, not twice per image; `close` gives them back."""
+
+    def __init__(self):
+        self.null = os.open(os.devnull, os.O_RDWR)
+        self.saved = (os.dup(1), os.dup(2))
+
+    def __call__(self) -> "Quiet":  # the resizer writes `with SuppressStdoutStderr():`
+        return self
+
+    def __enter__(self) -> None:
+        os.dup2(self.null, 1)
+        os.dup2(self.null, 2)
+
+    def __exit__(self, *_) -> None:
+        os.dup2(self.saved[0], 1)
+        os.dup2(self.saved[1], 2)
+
+    def close(self) -> None:
+        for fd in (self.null, *self.saved):
+            os.close(fd)
+
+
 @contextmanager
-def patched(download: Callable | None = None, cv2: Any = None) -> Iterator[None]:
+def patched(download: Callable | None = None, cv2: Any = None, reuse: bool = False) -> Iterator[None]:
     """Inside the block, img2dataset's downloader fetches with `download(index, url)
-    -> (stream or None, error or None)` and its resizer uses `cv2`; both are restored
-    on exit. The one patch of img2dataset in wit (see the module doc)."""
+    -> (stream or None, error or None)` and its resizer uses `cv2`, and with `reuse`
+    its resizer builds each transform once (`SharedTransforms`) and silences libjpeg
+    without reopening /dev/null per image (`Quiet`); all are restored on exit. The one
+    patch of img2dataset in wit (see the module doc)."""
     from img2dataset import downloader as i2d_downloader
     from img2dataset import resizer as i2d_resizer
     check_version()
-    for module, name in ((i2d_downloader, "download_image_with_retry"), (i2d_resizer, "cv2")):
+    swaps = [(i2d_downloader, "download_image_with_retry"), (i2d_resizer, "cv2"),
+             (i2d_resizer, "A"), (i2d_resizer, "SuppressStdoutStderr")]
+    for module, name in swaps:
         if not hasattr(module, name):
             raise WitError(f"{module.__name__} has no {name}; wit's fetch supports img2dataset "
                            f"{SUPPORTED}.x; install with -c constraints.txt")
-    saved = i2d_downloader.download_image_with_retry, i2d_resizer.cv2
+    saved = [getattr(module, name) for module, name in swaps]
     if download is not None:
         def with_retry(row, **_options):  # its timeout/retries/robots options: fetch's own
             index, url = row
@@ -119,10 +179,17 @@ def patched(download: Callable | None = None, cv2: Any = None) -> Iterator[None]
         i2d_downloader.download_image_with_retry = with_retry
     if cv2 is not None:
         i2d_resizer.cv2 = cv2
+    quiet = Quiet() if reuse else None
+    if reuse:
+        i2d_resizer.A = SharedTransforms(i2d_resizer.A)
+        i2d_resizer.SuppressStdoutStderr = quiet
     try:
         yield
     finally:
-        i2d_downloader.download_image_with_retry, i2d_resizer.cv2 = saved
+        for (module, name), value in zip(swaps, saved):
+            setattr(module, name, value)
+        if quiet is not None:
+            quiet.close()
 
 
 def download_shard(shard: int, input_file: Path, out: Path, *, download: Callable, resize: Callable,
@@ -141,6 +208,6 @@ def download_shard(shard: int, input_file: Path, out: Path, *, download: Callabl
         timeout=timeout, number_sample_per_shard=shard_size, oom_shard_count=oom_shard_count,
         compute_hash="sha256", verify_hash_type=None, encode_format=encode_format,
         retries=retries, user_agent_token=None, disallowed_header_directives=None)
-    with patched(download, cv2):  # the task owns its worker process: nothing else runs here
+    with patched(download, cv2, reuse=True):  # the task owns its worker process: nothing else runs here
         downloader.download_shard((shard, str(input_file)))
     return out / f"{shard:0{oom_shard_count}d}.parquet"

@@ -7,6 +7,7 @@ import http.client
 import io
 import re
 
+from wit_builder.canonical import jpeg_frame
 from wit_builder.errors import Failure
 
 # X-Robots-Tag directives addressed to these tokens (or to no token) apply to us.
@@ -35,15 +36,21 @@ def is_opted_out(headers: http.client.HTTPMessage, directives: frozenset[str]) -
 
 
 def image_problem(data: bytes, max_area: int) -> tuple[str, str] | None:
-    """(status, message) if `data` is no image fetch accepts, read from headers only."""
-    from PIL import Image
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            (width, height), fmt = im.size, im.format
-    except Image.DecompressionBombError as e:
-        return "too_large", f"decompression bomb, not decoded: {e}"
-    except Exception:  # UnidentifiedImageError, or a plugin choking on a malformed header
-        return "not_an_image", f"not an image ({len(data):,} bytes starting {data[:24]!r})"
+    """(status, message) if `data` is no image fetch accepts, read from headers only.
+    A plain JPEG's size comes from its frame header (canonical.jpeg_frame, a few
+    microseconds); any other file is opened by PIL, which reads its header."""
+    frame = jpeg_frame(data)
+    if frame is not None:
+        (width, height, _), fmt = frame, "JPEG"
+    else:
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                (width, height), fmt = im.size, im.format
+        except Image.DecompressionBombError as e:
+            return "too_large", f"decompression bomb, not decoded: {e}"
+        except Exception:  # UnidentifiedImageError, or a plugin choking on a malformed header
+            return "not_an_image", f"not an image ({len(data):,} bytes starting {data[:24]!r})"
     if width * height > max_area:
         return "too_large", (f"image is {width}x{height} = {width * height:,} pixels, above "
                              f"--max-image-area {max_area:,} (not decoded)")
