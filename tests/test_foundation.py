@@ -222,3 +222,36 @@ def test_ray_session_starts_and_joins(ray_cluster):
     assert ray.is_initialized() and cpus() >= 1
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
     assert ray.get(ray.remote(lambda: 41 + 1).remote()) == 42
+
+
+def test_stopping_a_private_ray_kills_its_idle_autoscaler_first(tmp_path):
+    """cluster.shutdown stops the autoscaler monitor of a Ray the command started before
+    ray.shutdown (which would stop it last, after the GCS, and wait for it), and every
+    process that Ray started is gone afterwards."""
+    script = textwrap.dedent("""
+        import json, sys
+        import ray
+        from ray._private import ray_constants, worker
+        from wit_builder.build import cluster
+        cluster.ensure_ray(num_cpus=1)
+        assert ray.get(ray.remote(lambda: 7).remote()) == 7
+        node = worker._global_node
+        monitor = [i.process for i in node.all_processes[ray_constants.PROCESS_TYPE_MONITOR]]
+        started = [i.process for infos in node.all_processes.values() for i in infos]
+        seen = {}
+        real = ray.shutdown
+        def shutdown(*a, **k):
+            seen["monitor_alive"] = [p.poll() is None for p in monitor]
+            real(*a, **k)
+        ray.shutdown = shutdown
+        cluster.shutdown()
+        seen["left"] = [p.pid for p in started if p.poll() is None]
+        print(json.dumps(seen))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180,
+                         cwd=tmp_path, env={**os.environ, "RAY_ADDRESS": "",
+                                            "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {"monitor_alive": [False], "left": []}
+    assert "autoscaler failed" not in out.stderr

@@ -66,7 +66,30 @@ def cpus() -> int:
 def shutdown() -> None:
     import ray
     if ray.is_initialized():
+        _stop_autoscaler()
         ray.shutdown()
+
+
+def _stop_autoscaler() -> None:
+    """Kill the autoscaler monitor of a Ray this process started, before ray.shutdown.
+
+    A private local Ray has a fixed size, so its monitor has nothing to do, and
+    ray.shutdown stops it last, after the GCS it reports to: it then ignores SIGTERM
+    for the whole second Ray waits before SIGKILL, a second added to every command.
+    Ray offers no public way to start without it or stop it; where its internals
+    differ, ray.shutdown's own order applies. A joined cluster's driver started
+    no process, so nothing is killed there."""
+    try:
+        from ray._private import ray_constants, worker
+        node = worker._global_node
+        if node is None or not node.is_head():
+            return
+        for info in node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, []):
+            if info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(timeout=5)
+    except Exception:  # another Ray's internals: the slower shutdown still works
+        pass
 
 
 @contextlib.contextmanager
