@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 from pathlib import Path
 
@@ -139,3 +140,28 @@ def test_reused_transforms_store_the_very_bytes_of_img2dataset_s_resizer(mode):
         assert again == plain + plain, (size, fmt)
         # built once, whatever the image: one per interpolation and step ("no" builds none)
         assert (mode == "no") == (not built) and len(built) <= 4
+
+
+@pytest.mark.parametrize("torch_first", [False, True])
+def test_a_fetch_worker_imports_img2dataset_without_torch_and_torch_still_imports(torch_first):
+    """i2d.load in a fresh process (a Ray worker's first fetch shard) imports img2dataset
+    with torch hidden; torch imports normally afterwards. A process that already has
+    torch keeps it, and webdataset gets torch's own classes."""
+    import subprocess
+    import sys
+    script = "\n".join([
+        "import sys",
+        "import torch" if torch_first else "pass",
+        "from wit_builder.stages.fetch import i2d",
+        "i2d.load(); i2d.load()",
+        "import img2dataset.downloader, img2dataset.writer, img2dataset.resizer, webdataset",
+        "print('torch' in sys.modules, webdataset.pytorch.IterableDataset.__module__)",
+        "import torch",
+        "print(torch.tensor([1, 2]).sum().item())",
+    ])
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT, env={**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.split("\n")[:2]
+    assert first == ("True torch.utils.data.dataset" if torch_first else "False webdataset.pytorch")
+    assert second == "3"

@@ -85,6 +85,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> 
     import tempfile
     import warnings
 
+    i2d.load()  # before anything else imports img2dataset: a worker without torch
     import cv2
     import pyarrow.parquet as pq
     from PIL import Image
