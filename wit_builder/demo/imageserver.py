@@ -121,6 +121,9 @@ def _route(path: str, hit: int, site: _Site) -> Reply:
         code = int(arg) if arg.isdigit() and 400 <= int(arg) <= 599 else 400
         headers = (("Retry-After", "1"),) if code in (429, 503) else ()
         return Reply(code, f"status {code}\n".encode(), "text/plain", headers)
+    if head == "pause":             # /pause/<seconds>/<anything>: 429 with Retry-After: <seconds>
+        wait = str(min(int(arg), 600)) if arg.isdigit() else "1"
+        return Reply(429, b"slow down\n", "text/plain", (("Retry-After", wait),))
     if head == "flaky":             # /flaky/<n>/<path>: 429 for the first n requests, then the path
         if hit <= int(arg):
             return Reply(429, b"slow down\n", "text/plain", (("Retry-After", "1"),))

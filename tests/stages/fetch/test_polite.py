@@ -283,3 +283,77 @@ def test_redirects_to_another_host_count_against_that_host(build, ray_cluster):
     assert len(log) == len(urls)
     assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
     assert most_at_once([(start, end) for start, end, _ in log]) <= conns
+
+
+def test_the_board_passes_slow_downs_between_shards(ray_cluster):
+    """Two shards' limits share a host through the run's board (a real Ray actor): a
+    429 with Retry-After and the back-off it causes in one shard, and a give-up, are
+    taken on by the other shard at its next exchange; a shard's own posts change
+    nothing when they come back, and a host the other shard lacks is left alone."""
+    import time
+
+    import ray
+
+    from wit_builder.stages.fetch.board import Board, BoardClient
+    from wit_builder.stages.fetch.hosts import HostBudget, HostLimits
+    board = ray.remote(num_cpus=0)(Board).remote()
+    try:
+        a = HostLimits({"h.test": HostBudget(0.5, 2, 0, 1), "x.test": HostBudget(0.5, 2, 0, 1)}, 3)
+        b = HostLimits({"h.test": HostBudget(0.5, 2, 1, 1)}, 3)
+        a.board, b.board = BoardClient(board, a, interval=60), BoardClient(board, b, interval=60)
+        before = time.time()
+        a.record("h.test", "rate_limited", retry_after=30)   # the host said: wait 30 s
+        a.record("x.test", "success")                         # nothing to share
+        a.board.sync()
+        b.board.sync()
+        hb, ha = b._hosts["h.test"], a._hosts["h.test"]
+        assert (hb.backoff, hb.paused_until) == (ha.backoff, ha.paused_until) == (2, ha.paused_until)
+        assert ha.paused_until >= before + 30
+        assert (a.board.posted, b.board.adopted, "x.test" in b._hosts) == (1, 1, False)
+        for _ in range(3):                                     # given up on in shard b
+            b.record("h.test", "server_error")
+        b.board.sync()
+        a.board.sync()
+        assert ha.given_up and "given up on after 3 failures" in ha.given_up
+        assert a.board.adopted == 1  # b's give-up (its own 429 came back and changed nothing)
+        with pytest.raises(Exception, match="given up on"):
+            a.acquire("h.test")
+        a.board.close()
+        b.board.close()
+        # the board's order: a reader gets only what changed after its last read
+        seq, news = ray.get(board.exchange.remote([], 0))
+        assert {h for h, *_ in news} == {"h.test"}
+        assert ray.get(board.exchange.remote([], seq)) == (seq, [])
+    finally:
+        ray.kill(board)
+
+
+@pytest.mark.slow
+def test_a_429_in_one_shard_pauses_the_host_in_every_shard(build, ray_cluster):
+    """One host's 16 URLs in 2 shards that run side by side; two of them answer 429
+    with Retry-After: 3. Through the run's board, the other shard waits out the pause
+    as well: none of its requests starts from 0.6 s after the 429 until the 3 s are
+    over (without the board it went on at its own pace), and its images still arrive."""
+    with hosts(1) as (named, resolve):
+        (name, srv), = named
+        pauses = [url(name, srv, f"/pause/3/{i}.jpg") for i in range(2)]
+        images = [url(name, srv, f"/img/{SCENE.format(i)}.jpg") for i in range(14)]
+        write_selected(build, pauses + images)
+        res = fetch.run(fast(per_host_rps=2, per_host_connections=2, resolve=resolve,
+                             fetch_shard_size=8), build)
+        log = [r for r in srv.requests() if r[2] != "/robots.txt"]
+    rows = statuses(build)
+    shard_of = {u.split(f":{srv.port}", 1)[1]: r["fetch_shard"] for u, r in rows.items()}
+    assert {rows[u]["status"] for u in images} == {"success"}
+    assert {rows[u]["status"] for u in pauses} == {"rate_limited"}
+    assert len({r["fetch_shard"] for r in rows.values()}) == 2
+    spans = [(s["start_time"], s["end_time"]) for s in (
+        json.loads(f.read_text()) for f in (committed(build, "fetch") / "shards").glob("*_stats.json"))]
+    assert most_at_once(spans) == 2
+    waited_out = 0
+    for _, end, path in [r for r in log if r[2].startswith("/pause/")]:
+        others = [start for start, _, p in log if shard_of[p] != shard_of[path] and start > end]
+        assert not [t for t in others if end + 0.6 <= t < end + 2.9], (path, [t - end for t in others])
+        waited_out += any(t >= end + 2.9 for t in others)  # the other shard had work left after
+    assert waited_out >= 1
+    assert res.summary["slowdowns_shared"] >= 1

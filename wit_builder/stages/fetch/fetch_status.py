@@ -88,7 +88,7 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
     settings = {"shard_size": ctx.params["fetch_shard_size"], "oom_shard_count": oom}
     counts: dict[str, int] = {}
     total_bytes = 0
-    dns_lookups = 0
+    dns_lookups = shared = 0
 
     def add(statuses: dict[str, int], size: int = 0) -> None:
         nonlocal total_bytes
@@ -103,6 +103,7 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
             summary = storage.read_json(done / "summary.json")
             add(summary["statuses"], summary["bytes"])
             dns_lookups += summary.get("dns", {}).get("lookups", 0)
+            shared += summary.get("board", {}).get("adopted", 0)
             for f in (f"{name}.tar", f"{name}_stats.json"):
                 ctx.adopt(done / f, f"fetch/shards/{f}")
             ctx.adopt(done / "hosts.parquet", f"fetch/hosts/{name}.parquet")
@@ -145,6 +146,8 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
     }
     summary.update(polite.figures(ctx.work / "done" / "*" / "hosts.parquet", dns_lookups,
                                   remote=ctx.build, scratch=ctx.scratch))
+    if shared:  # hosts slowed down (or given up on) because another shard was told to
+        summary["slowdowns_shared"] = shared
     if plan["duplicate_uids"]:
         summary["duplicate_uids_dropped"] = plan["duplicate_uids"]
     if prev is not None:

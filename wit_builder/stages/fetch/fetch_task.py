@@ -40,16 +40,30 @@ def download(work, plan: dict, cfg) -> tuple[dict, dict[int, str]]:
     # in flight is running and --shard-time-limit counts from its start
     # two shards holding the same slot class of a host never run at once (polite.exclusive)
     exclusive = plan.get("exclusive", {})
-    outcome = cluster.run_units(
-        fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings,
-                        work / "robots") for s in todo),
-        "fetch", total=len(todo), done=len(finished), in_flight=limit,
-        retries=cfg.shard_retries, time_limit=cfg.shard_time_limit,
-        num_cpus=min(1.0, cluster.cpus() / limit), raise_failed=False, on_result=progress,
-        unit="shard", tokens=lambda args: exclusive.get(str(args[0]), ()))
+    board = _board() if cfg.per_host_rps > 0 and len(todo) > 1 else None
+    try:
+        outcome = cluster.run_units(
+            fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings,
+                            work / "robots", board) for s in todo),
+            "fetch", total=len(todo), done=len(finished), in_flight=limit,
+            retries=cfg.shard_retries, time_limit=cfg.shard_time_limit,
+            num_cpus=min(1.0, cluster.cpus() / limit), raise_failed=False, on_result=progress,
+            unit="shard", tokens=lambda args: exclusive.get(str(args[0]), ()))
+    finally:
+        if board is not None:
+            import ray
+            ray.kill(board)
     failed = {todo[i]: f"shard {todo[i]} {why}".replace(
         "its time limit of", "--shard-time-limit") for i, why in outcome.failed.items()}
     return run_stats, failed
+
+
+def _board():
+    """The run's board of slowed-down hosts (board.Board as a Ray actor on no CPU)."""
+    import ray
+
+    from wit_builder.stages.fetch.board import Board
+    return ray.remote(num_cpus=0, max_restarts=0)(Board).remote()
 
 
 def task_settings(cfg, oom: int) -> dict:
@@ -71,13 +85,14 @@ def task_settings(cfg, oom: int) -> dict:
     }
 
 
-def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> dict:
+def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, board=None) -> dict:
     """Ray task: download one shard with img2dataset into done_dir/NNNNN/ in the build.
 
     It works in a temporary folder of the machine it runs on and puts NNNNN.tar and
     NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status),
     hosts.parquet (its per-host counts) and, last, summary.json (the proof that the
     shard is done) into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
+    `board` (a board.Board actor) shares slow-downs with the run's other shards.
     """
     started = time.monotonic()  # the shard stops fetching at polite.stop_after of its limit
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -109,7 +124,8 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> 
 
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
-        manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [])
+        manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [],
+                        board)
         limit = settings["polite"]["shard_time_limit"]
         fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}),
                           manners.resolver, manners.limits, manners.request,
@@ -138,6 +154,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> 
                 timeout=p["timeout"], retries=p["retries"], encode_format=r["encode_format"])
         finally:
             fetcher.close()
+            manners.close()
         table = status_table(plan, results, outcomes, stored, shard, settings)
         pq.write_table(table, out / "status.parquet")
         statuses = table["status"].to_pylist()
@@ -146,7 +163,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir) -> 
             counts[st] = counts.get(st, 0) + 1
         summary = {"shard": shard, "rows": len(statuses), "success": counts.get("success", 0),
                    "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b),
-                   "dns": manners.dns()}
+                   "dns": manners.dns(), "board": manners.shared()}
         pq.write_table(manners.table(), out / "hosts.parquet")
         for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet", "hosts.parquet"):
             storage.upload_file(out / f, final / f)

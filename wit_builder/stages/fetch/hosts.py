@@ -195,6 +195,7 @@ class HostLimits:
         self.give_up_after = give_up_after
         self.deadline = deadline
         self.others = others
+        self.board = None   # a board.BoardClient: slow-downs shared with the run's other shards
         self._lock = threading.Lock()
 
     def acquire(self, host: str, until: float | None = None) -> "_Held":
@@ -263,9 +264,11 @@ class HostLimits:
         return h is not None and h.budget is not None
 
     def record(self, host: str, status: str, retry_after: float | None = None) -> None:
-        """Adapt to what one request to `host` gave."""
+        """Adapt to what one request to `host` gave (and post a slow-down or a give-up
+        to the board, if there is one)."""
         h = self._host(host)
         with self._lock:
+            before = (h.backoff, h.paused_until, h.given_up)
             h.counts["requests"] += 1
             h.counts[status] += 1
             slowed = status in ("rate_limited", "server_error")
@@ -282,6 +285,29 @@ class HostLimits:
                                   f"a row (last: {status}; --host-give-up-after)")
             else:
                 h.failures_in_a_row = 0
+            stricter = (h.backoff > before[0] or h.paused_until > before[1]
+                        or (h.given_up is not None and before[2] is None))
+            if stricter and self.board is not None:
+                self.board.post(host, h.backoff, h.paused_until, h.given_up)
+
+    def adopt(self, news: list[tuple[str, int, float, str | None]]) -> int:
+        """Take on the slow-downs other shards posted (board.Board) for the hosts this
+        shard holds: the stricter back-off and pause, their give-up. Returns how many
+        hosts it made stricter (a shard's own posts come back too, and change nothing)."""
+        n = 0
+        with self._lock:
+            for host, backoff, paused_until, given_up in news:
+                h = self._hosts.get(host)
+                if h is None:
+                    continue
+                before = (h.backoff, h.paused_until, h.given_up)
+                if h.budget is not None:
+                    h.backoff = max(h.backoff, min(MAX_BACKOFF, backoff))
+                    h.paused_until = max(h.paused_until, paused_until)
+                if given_up and not h.given_up:
+                    h.given_up = given_up
+                n += (h.backoff, h.paused_until, h.given_up) != before
+        return n
 
 
 class _Held:

@@ -8,7 +8,8 @@ not run at once (`exclusive`); `origins` lists the robots.txt origins, in bucket
 
 Shard side: `Shard` holds what a download shard needs: the robots verdicts of its
 origins, the shared DNS cache, its share of each host's budget (hosts.HostLimits),
-and the per-host counts that end up in `fetch/hosts/` (view `hosts`).
+its link to the run's board of slowed-down hosts (board.BoardClient), and the
+per-host counts that end up in `fetch/hosts/` (view `hosts`).
 docs/fetch.md, "Politeness at scale", explains the design.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections import Counter
 
 from wit_builder.sql import literal
+from wit_builder.stages.fetch.board import BoardClient
 from wit_builder.stages.fetch.hosts import HostBudget, HostLimits, host_of, resolver, shard_budgets
 from wit_builder.stages.fetch.robots import ORIGIN_SQL, Rules
 
@@ -141,7 +143,7 @@ def stop_after(limit: float) -> float:
 class Shard:
     """Politeness for one download shard (see the module docstring)."""
 
-    def __init__(self, plan, settings: dict, robots_rows: list[dict]):
+    def __init__(self, plan, settings: dict, robots_rows: list[dict], board=None):
         p = settings["polite"]
         self.resolver = resolver(p)
         self.rules = Rules(robots_rows) if p["robots_txt"] else None
@@ -154,8 +156,22 @@ class Shard:
         others = HostBudget(1.0 / rps, 1, 0, conns) if rps > 0 else None  # redirect targets
         self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline, others)
                        if budgets or others or p["host_give_up_after"] else None)
+        self.board = None  # the run's board (a Ray actor), if any: slow-downs shared across shards
+        if board is not None and self.limits is not None:
+            self.board = self.limits.board = BoardClient(board, self.limits)
         self.counts: dict[str, Counter] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Send the last slow-downs to the board and stop exchanging."""
+        if self.board is not None:
+            self.board.close()
+
+    def shared(self) -> dict:
+        """What this shard told the board and took from it."""
+        b = self.board
+        return {} if b is None else {"posted": b.posted, "adopted": b.adopted,
+                                     **({"broken": b.broken} if b.broken else {})}
 
     def refuse(self, url: str) -> tuple[str, str] | None:
         """(status, error) if robots.txt (or its host's DNS) rules `url` out."""

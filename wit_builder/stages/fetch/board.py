@@ -1,0 +1,93 @@
+"""One notice board per fetch run for the hosts that asked to be slowed down, so
+that every shard holding a host slows down when one of them is told to.
+
+A host's URLs sit in few shards (polite.deal), each with a share of the host's budget
+(hosts.HostLimits). The limits hold across shards by construction; a slow-down does
+not: a 429 or 503 (and its Retry-After) reaches only the shard that got it, and a
+host given up on in one shard would be asked again by the others. So each shard
+posts what changed for a host — a longer back-off, a pause until a time, a give-up —
+to the run's `Board`, a Ray actor, and reads what the other shards posted: every
+`INTERVAL` seconds, one call each way (`BoardClient`). A shard adopts the strictest
+of its own and the posted state (hosts.HostLimits.adopt); its own answers then
+let it recover, one step per answer, as before.
+
+Only changes travel, and only for hosts that were slowed: a quiet crawl makes one
+empty call per shard per interval. The board keeps the latest state per host in the
+order it changed, so a read costs what changed since the reader's last one. Should
+the actor fail, shards go on with their own back-off.
+"""
+from __future__ import annotations
+
+import threading
+
+INTERVAL = 0.25           # seconds between a shard's exchanges with the board
+CALL_TIMEOUT = 10.0       # seconds one exchange may take before the shard stops sharing
+
+
+class Board:
+    """The Ray actor (see the module doc): host -> (seq, back-off, paused until (wall
+    clock), given-up reason), newest change last."""
+
+    def __init__(self):
+        self.seq = 0
+        self.hosts: dict[str, tuple[int, int, float, str | None]] = {}
+
+    def exchange(self, posts: list[tuple[str, int, float, str | None]], since: int) -> tuple[int, list]:
+        """Merge `posts` (host, back-off, paused until, given up) and return (the
+        board's sequence number, the hosts' states changed after `since`)."""
+        for host, backoff, paused, given_up in posts:
+            old = self.hosts.pop(host, None)
+            if old is not None:
+                backoff, paused = max(backoff, old[1]), max(paused, old[2])
+                given_up = old[3] or given_up
+            self.seq += 1
+            self.hosts[host] = (self.seq, backoff, paused, given_up)  # moved to the end
+        news = []
+        for host, (seq, backoff, paused, given_up) in reversed(self.hosts.items()):
+            if seq <= since:
+                break
+            news.append((host, backoff, paused, given_up))
+        return self.seq, news
+
+
+class BoardClient:
+    """A shard's side of the board: `post` queues a host's new state; a thread sends
+    the queue and adopts the others' news into `limits` every INTERVAL seconds;
+    `close` sends what is left and stops it."""
+
+    def __init__(self, board, limits, interval: float = INTERVAL):
+        self.board, self.limits, self.interval = board, limits, interval
+        self.seq = 0
+        self.posted = self.adopted = 0
+        self.broken: str | None = None
+        self._queue: list[tuple[str, int, float, str | None]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="wit-host-board", daemon=True)
+        self._thread.start()
+
+    def post(self, host: str, backoff: int, paused_until: float, given_up: str | None) -> None:
+        with self._lock:
+            self._queue.append((host, backoff, paused_until, given_up))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval) and self.broken is None:
+            self.sync()
+
+    def sync(self) -> None:
+        import ray
+        with self._lock:
+            posts, self._queue = self._queue, []
+        try:
+            self.seq, news = ray.get(self.board.exchange.remote(posts, self.seq), timeout=CALL_TIMEOUT)
+        except Exception as e:  # the board is gone: this shard keeps its own back-off
+            self.broken = f"{type(e).__name__}: {e}"[:300]
+            return
+        self.posted += len(posts)
+        self.adopted += self.limits.adopt(news)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=CALL_TIMEOUT + 1)
+        if self.broken is None and self._queue:
+            self.sync()
