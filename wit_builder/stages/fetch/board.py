@@ -11,30 +11,47 @@ to the run's `Board`, a Ray actor, and reads what the other shards posted: every
 of its own and the posted state (hosts.HostLimits.adopt); its own answers then
 let it recover, one step per answer, as before.
 
-Only changes travel, and only for hosts that were slowed: a quiet crawl makes one
-empty call per shard per interval. The board keeps the latest state per host in the
-order it changed, so a read costs what changed since the reader's last one. Should
-the actor fail, shards go on with their own back-off.
+Only changes travel, and only for hosts that were slowed. The board is a named,
+detached actor that the first shard with something to post creates
+(`get_if_exists`): a crawl no host slows down starts no process for it (a process
+start is a second of CPU that a 2-core machine feels), and the other shards look it
+up by name (half a millisecond, no process). The board keeps the latest state per
+host in the order it changed, so a read costs what changed since the reader's last
+one. The driver kills it when the download ends (`close`); one whose driver died
+exits after IDLE seconds without a call. Should the actor fail, shards go on with
+their own back-off.
 """
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 INTERVAL = 0.25           # seconds between a shard's exchanges with the board
 CALL_TIMEOUT = 10.0       # seconds one exchange may take before the shard stops sharing
+IDLE = 900.0              # seconds without a call after which a board exits by itself
 
 
 class Board:
     """The Ray actor (see the module doc): host -> (seq, back-off, paused until (wall
     clock), given-up reason), newest change last."""
 
-    def __init__(self):
+    def __init__(self, idle: float = IDLE):
         self.seq = 0
         self.hosts: dict[str, tuple[int, int, float, str | None]] = {}
+        self.last_call = time.monotonic()
+        threading.Thread(target=self._expire, args=(idle,), daemon=True).start()
+
+    def _expire(self, idle: float) -> None:
+        while True:  # ends with the process: by the driver's kill, or here when idle
+            time.sleep(min(60.0, idle / 4))
+            if time.monotonic() - self.last_call > idle:
+                os._exit(0)
 
     def exchange(self, posts: list[tuple[str, int, float, str | None]], since: int) -> tuple[int, list]:
         """Merge `posts` (host, back-off, paused until, given up) and return (the
         board's sequence number, the hosts' states changed after `since`)."""
+        self.last_call = time.monotonic()
         for host, backoff, paused, given_up in posts:
             old = self.hosts.pop(host, None)
             if old is not None:
@@ -50,13 +67,29 @@ class Board:
         return self.seq, news
 
 
-class BoardClient:
-    """A shard's side of the board: `post` queues a host's new state; a thread sends
-    the queue and adopts the others' news into `limits` every INTERVAL seconds;
-    `close` sends what is left and stops it."""
+def name_for(run: str) -> str:
+    """The board's actor name for one download (a fresh one per attempt)."""
+    return f"wit-fetch-board-{run}"
 
-    def __init__(self, board, limits, interval: float = INTERVAL):
-        self.board, self.limits, self.interval = board, limits, interval
+
+def close(name: str) -> None:
+    """Kill the board `name`, if a shard created it (the driver, when the download ends)."""
+    import ray
+    try:
+        ray.kill(ray.get_actor(name))
+    except ValueError:  # no host was slowed: no board was made
+        pass
+
+
+class BoardClient:
+    """A shard's side of the board named `name`: `post` queues a host's new state; a
+    thread sends the queue and adopts the others' news into `limits` every INTERVAL
+    seconds (creating the board with the first post); `close` sends what is left and
+    stops it."""
+
+    def __init__(self, name: str, limits, interval: float = INTERVAL):
+        self.name, self.limits, self.interval = name, limits, interval
+        self.board = None
         self.seq = 0
         self.posted = self.adopted = 0
         self.broken: str | None = None
@@ -79,12 +112,27 @@ class BoardClient:
         with self._lock:
             posts, self._queue = self._queue, []
         try:
+            if self.board is None and not self._find(create=bool(posts)):
+                return  # no shard has posted anything yet
             self.seq, news = ray.get(self.board.exchange.remote(posts, self.seq), timeout=CALL_TIMEOUT)
         except Exception as e:  # the board is gone: this shard keeps its own back-off
             self.broken = f"{type(e).__name__}: {e}"[:300]
             return
         self.posted += len(posts)
         self.adopted += self.limits.adopt(news)
+
+    def _find(self, create: bool) -> bool:
+        import ray
+        if create:
+            self.board = ray.remote(Board).options(
+                name=self.name, get_if_exists=True, lifetime="detached", num_cpus=0,
+                max_restarts=0).remote()
+            return True
+        try:
+            self.board = ray.get_actor(self.name)
+        except ValueError:
+            return False
+        return True
 
     def close(self) -> None:
         self._stop.set()

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 
 from wit_builder import storage
 from wit_builder.build import cluster
 from wit_builder.stages.fetch import i2d, nameservers
+from wit_builder.stages.fetch.board import close as close_board
+from wit_builder.stages.fetch.board import name_for as board_name
 from wit_builder.stages.fetch.fetch_status import shard_name, status_table
 from wit_builder.stages.fetch.hosts import parse_overrides
 
@@ -40,7 +43,7 @@ def download(work, plan: dict, cfg) -> tuple[dict, dict[int, str]]:
     # in flight is running and --shard-time-limit counts from its start
     # two shards holding the same slot class of a host never run at once (polite.exclusive)
     exclusive = plan.get("exclusive", {})
-    board = _board() if cfg.per_host_rps > 0 and len(todo) > 1 else None
+    board = board_name(uuid.uuid4().hex[:12]) if cfg.per_host_rps > 0 and len(todo) > 1 else None
     try:
         outcome = cluster.run_units(
             fetch_shard, ((s, work / "plan" / f"fetch_shard={s}.parquet", done_dir, settings,
@@ -51,19 +54,10 @@ def download(work, plan: dict, cfg) -> tuple[dict, dict[int, str]]:
             unit="shard", tokens=lambda args: exclusive.get(str(args[0]), ()))
     finally:
         if board is not None:
-            import ray
-            ray.kill(board)
+            close_board(board)
     failed = {todo[i]: f"shard {todo[i]} {why}".replace(
         "its time limit of", "--shard-time-limit") for i, why in outcome.failed.items()}
     return run_stats, failed
-
-
-def _board():
-    """The run's board of slowed-down hosts (board.Board as a Ray actor on no CPU)."""
-    import ray
-
-    from wit_builder.stages.fetch.board import Board
-    return ray.remote(num_cpus=0, max_restarts=0)(Board).remote()
 
 
 def task_settings(cfg, oom: int) -> dict:
@@ -92,7 +86,8 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
     NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status),
     hosts.parquet (its per-host counts) and, last, summary.json (the proof that the
     shard is done) into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
-    `board` (a board.Board actor) shares slow-downs with the run's other shards.
+    `board` (the name of the run's board.Board actor) shares slow-downs with the
+    run's other shards.
     """
     started = time.monotonic()  # the shard stops fetching at polite.stop_after of its limit
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
