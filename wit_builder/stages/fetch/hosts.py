@@ -159,9 +159,10 @@ def parse_overrides(entries: list[str], flag: str = "--resolve") -> dict[str, st
 
 @dataclass
 class HostBudget:
-    """This shard's share of one host: the host's request slots are `interval` seconds
-    apart cluster-wide, and this shard may use those numbered `phase` mod `stride`,
-    through at most `connections` connections."""
+    """This shard's share of one host: the host's request slots are spans of
+    `interval` seconds, numbered cluster-wide; one request starts in each, and this
+    shard may use those numbered `phase` mod `stride`, through at most `connections`
+    connections."""
     interval: float
     stride: int = 1
     phase: int = 0
@@ -215,11 +216,14 @@ class HostLimits:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
                     b = h.budget
-                    now = time.time()
-                    k = max(h.next_slot, math.ceil(max(now, h.paused_until) / b.interval))
+                    # slot k is the span [k, k + 1) x interval: a request starts in it,
+                    # at once if the span has begun (so any second holds at most
+                    # rps + 1 starts, and an idle host is asked without a wait)
+                    now = max(time.time(), h.paused_until)
+                    k = max(h.next_slot, math.floor(now / b.interval))
                     k += (b.phase - k) % b.stride
                     h.next_slot = k + b.stride * h.backoff
-                    start = k * b.interval
+                    start = max(k * b.interval, now)
                 if last is not None and start > last:
                     raise Failure("host_deferred", f"{host}: its next request slot is past the "
                                   f"{'shard' if last == self.deadline else 'image'}'s time budget "
