@@ -379,3 +379,22 @@ def test_a_429_in_one_shard_pauses_the_host_in_every_shard(build, ray_cluster):
         waited_out += any(t >= end + 5.9 for t in others)  # the other shard had work left after
     assert waited_out >= 1
     assert res.summary["slowdowns_shared"] >= 1
+
+
+def test_a_posted_back_off_fades_and_a_give_up_stays():
+    """On the board, a back-off halves every HALF_LIFE seconds since it was posted (a
+    shard that starts later does not begin a long-quiet host at its worst pace), a
+    new post merges with what is left of the old one, and a give-up never fades."""
+    from wit_builder.stages.fetch import board as boards
+    b = boards.Board()
+    b.exchange([("slow.test", 64, 0.0, None), ("dead.test", 8, 0.0, "dead.test: given up")], 0)
+    assert sorted(b.exchange([], 0)[1]) == [("dead.test", 8, 0.0, "dead.test: given up"),
+                                            ("slow.test", 64, 0.0, None)]
+    for host in ("slow.test", "dead.test"):  # posted 2 minutes ago: four half-lives
+        seq, backoff, posted, paused, given_up = b.hosts[host]
+        b.hosts[host] = (seq, backoff, posted - 4 * boards.HALF_LIFE, paused, given_up)
+    assert sorted(b.exchange([], 0)[1]) == [("dead.test", 1, 0.0, "dead.test: given up"),
+                                            ("slow.test", 4, 0.0, None)]
+    seq, news = b.exchange([("slow.test", 2, 5.0, None)], 0)   # max(2, what is left: 4)
+    assert news[0] == ("slow.test", 4, 5.0, None) and seq == 3
+    assert boards.decayed(64, 0.0, 10 * 3600) == 1

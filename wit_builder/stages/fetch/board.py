@@ -9,7 +9,9 @@ posts what changed for a host — a longer back-off, a pause until a time, a giv
 to the run's `Board`, a Ray actor, and reads what the other shards posted: every
 `INTERVAL` seconds, one call each way (`BoardClient`). A shard adopts the strictest
 of its own and the posted state (hosts.HostLimits.adopt); its own answers then
-let it recover, one step per answer, as before.
+let it recover, one step per answer, as before. A posted back-off halves every
+HALF_LIFE seconds on the board, so a shard that starts an hour later does not begin a
+host at the pace of a 429 long past; a give-up holds for the whole run.
 
 Only changes travel, and only for hosts that were slowed. The board is a named,
 detached actor that the first shard with something to post creates
@@ -30,15 +32,23 @@ import time
 INTERVAL = 0.25           # seconds between a shard's exchanges with the board
 CALL_TIMEOUT = 10.0       # seconds one exchange may take before the shard stops sharing
 IDLE = 900.0              # seconds without a call after which a board exits by itself
+HALF_LIFE = 30.0          # seconds: a posted back-off halves this often until posted again
+
+
+def decayed(backoff: int, posted: float, now: float) -> int:
+    """A back-off posted at `posted` as it stands at `now`: the shards that posted it
+    have been winning it back by their own answers since, and a shard that starts
+    later must not begin a long-quiet host at its worst pace."""
+    return max(1, backoff >> min(16, int(max(0.0, now - posted) // HALF_LIFE)))
 
 
 class Board:
-    """The Ray actor (see the module doc): host -> (seq, back-off, paused until (wall
-    clock), given-up reason), newest change last."""
+    """The Ray actor (see the module doc): host -> (seq, back-off, posted at, paused
+    until, given-up reason; times by the board's wall clock), newest change last."""
 
     def __init__(self, idle: float = IDLE):
         self.seq = 0
-        self.hosts: dict[str, tuple[int, int, float, str | None]] = {}
+        self.hosts: dict[str, tuple[int, int, float, float, str | None]] = {}
         self.last_call = time.monotonic()
         threading.Thread(target=self._expire, args=(idle,), daemon=True).start()
 
@@ -51,19 +61,19 @@ class Board:
     def exchange(self, posts: list[tuple[str, int, float, str | None]], since: int) -> tuple[int, list]:
         """Merge `posts` (host, back-off, paused until, given up) and return (the
         board's sequence number, the hosts' states changed after `since`)."""
-        self.last_call = time.monotonic()
+        self.last_call, now = time.monotonic(), time.time()
         for host, backoff, paused, given_up in posts:
             old = self.hosts.pop(host, None)
             if old is not None:
-                backoff, paused = max(backoff, old[1]), max(paused, old[2])
-                given_up = old[3] or given_up
+                backoff, paused = max(backoff, decayed(old[1], old[2], now)), max(paused, old[3])
+                given_up = old[4] or given_up
             self.seq += 1
-            self.hosts[host] = (self.seq, backoff, paused, given_up)  # moved to the end
+            self.hosts[host] = (self.seq, backoff, now, paused, given_up)  # moved to the end
         news = []
-        for host, (seq, backoff, paused, given_up) in reversed(self.hosts.items()):
+        for host, (seq, backoff, posted, paused, given_up) in reversed(self.hosts.items()):
             if seq <= since:
                 break
-            news.append((host, backoff, paused, given_up))
+            news.append((host, decayed(backoff, posted, now), paused, given_up))
         return self.seq, news
 
 
