@@ -1,4 +1,5 @@
-"""Files: atomic writes, checked Parquet reads, input discovery."""
+"""Files: atomic writes, checked Parquet reads, input discovery, plain lists (the
+opt-out and takedown lists: `read_list`, `digest`)."""
 from __future__ import annotations
 
 import contextlib
@@ -143,3 +144,35 @@ def uids(urls, texts) -> "list[str]":
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         texts = texts.to_pylist()
     return [uid_of(u, t) for u, t in zip(urls, texts)]
+
+
+def read_list(path: str, flag: str, domains: bool) -> list[str]:
+    """The entries of a plain list file: one per line, blank lines and `#` comments
+    skipped; domains are lower-cased with any leading `*.` or `.` removed."""
+    from wit_builder import storage
+    loc = storage.location(path)
+    if not loc.exists():
+        raise WitError(f"{flag} {path}: no such file; give a plain list, one entry a line")
+    try:
+        text = loc.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise WitError(f"{flag} {path}: not UTF-8 text (byte {e.start}); give a plain list") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        entry = line.split("#", 1)[0].strip() if domains else line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        if domains:
+            entry = entry.lower().lstrip("*").lstrip(".")
+            if not entry or "/" in entry or " " in entry:
+                raise WitError(f"{flag} {path} line {n}: {line.strip()!r} is no domain "
+                               "(give e.g. example.com, which also excludes its subdomains)")
+        out.append(entry)
+    return out
+
+
+def digest(entries: list[str]) -> str:
+    """A short hash of a list's entries: part of fetch's parameters, so a changed list
+    fetches again."""
+    import hashlib
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]

@@ -265,22 +265,44 @@ def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
         ("h0.test", "rules"), ("h1.test", "allow_all")]
 
 
+def redirected_to_a_fourth(build, **cfg) -> tuple[list[str], dict, list]:
+    """Fetch 12 URLs of three hosts that all redirect to a fourth host holding no URL of
+    its own; (the URLs, their status rows, the fourth's log of image requests)."""
+    with hosts(4) as (named, resolve):
+        (target, tsrv) = named[3]
+        urls = [url(name, srv, f"/away/{target}:{tsrv.port}/img/{SCENE.format(10 * n + i)}.jpg")
+                for n, (name, srv) in enumerate(named[:3]) for i in range(4)]
+        write_selected(build, urls)
+        fetch.run(fast(resolve=resolve, robots_txt=False, **cfg), build)
+        log = [r for r in tsrv.requests() if r[2].startswith("/img/")]
+    return urls, statuses(build), log
+
+
 @pytest.mark.slow
 def test_redirects_to_another_host_count_against_that_host(build, ray_cluster):
     """Three hosts redirect every image to a fourth that holds no URL of its own: one
     shard asks the fourth no faster than --per-host-rps (+1 in a second) and through
     no more than --per-host-connections, where the three together would send 3 x rps."""
     rps, conns = 2.0, 2
-    with hosts(4) as (named, resolve):
-        (target, tsrv) = named[3]
-        urls = [url(name, srv, f"/away/{target}:{tsrv.port}/img/{SCENE.format(10 * n + i)}.jpg")
-                for n, (name, srv) in enumerate(named[:3]) for i in range(4)]
-        write_selected(build, urls)
-        fetch.run(fast(per_host_rps=rps, per_host_connections=conns, resolve=resolve,
-                       robots_txt=False, fetch_shard_size=100), build)
-        log = [r for r in tsrv.requests() if r[2].startswith("/img/")]
-    rows = statuses(build)
+    urls, rows, log = redirected_to_a_fourth(build, per_host_rps=rps, per_host_connections=conns,
+                                             fetch_shard_size=100)
     assert {rows[u]["status"] for u in urls} == {"success"}
+    assert len(log) == len(urls)
+    assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
+    assert most_at_once([(start, end) for start, end, _ in log]) <= conns
+
+
+@pytest.mark.slow
+def test_a_redirect_target_keeps_its_limits_across_shards(build, ray_cluster):
+    """Three hosts in 4 shards running at once redirect every image to a fourth that
+    no shard was planned with: each hop leases a slot and a connection from the run's
+    board, so the fourth sees --per-host-rps (+1 in a second) and --per-host-connections
+    for the whole cluster, where 4 shards with a share each would send 4 x rps."""
+    rps, conns = 2.0, 1
+    urls, rows, log = redirected_to_a_fourth(build, per_host_rps=rps, per_host_connections=conns,
+                                             fetch_shard_size=3, shards_in_flight=4, timeout=10.0)
+    assert {rows[u]["status"] for u in urls} == {"success"}
+    assert len({r["fetch_shard"] for r in rows.values()}) == 4
     assert len(log) == len(urls)
     assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
     assert most_at_once([(start, end) for start, end, _ in log]) <= conns
@@ -398,3 +420,28 @@ def test_a_posted_back_off_fades_and_a_give_up_stays():
     seq, news = b.exchange([("slow.test", 2, 5.0, None)], 0)   # max(2, what is left: 4)
     assert news[0] == ("slow.test", 4, 5.0, None) and seq == 3
     assert boards.decayed(64, 0.0, 10 * 3600) == 1
+
+
+def test_board_leases_space_a_redirect_target_for_the_whole_cluster():
+    """Board.lease: slots `interval` apart whoever asks, no more open leases than the
+    connections, a lease freed by release or by its end, and the host's posted
+    back-off and pause applied to the slots."""
+    import time
+
+    from wit_builder.stages.fetch import board as boards
+    b = boards.Board()
+    now = time.time()
+    s1, l1 = b.lease("cdn.test", 0.5, 2, now + 60)
+    s2, l2 = b.lease("cdn.test", 0.5, 2, now + 60)
+    assert s2 - s1 == pytest.approx(0.5) and l1 != l2
+    assert b.lease("cdn.test", 0.5, 2, now + 60) == (None, 0)       # both connections open
+    b.release("cdn.test", l1)
+    s3, _ = b.lease("cdn.test", 0.5, 2, time.time() - 1)              # a lease that has ended
+    assert s3 - s2 == pytest.approx(0.5)
+    s4, _ = b.lease("cdn.test", 0.5, 2, now + 60)                    # the ended one is not counted
+    assert s4 is not None and s4 - s3 == pytest.approx(0.5)
+    b.exchange([("cdn.test", 4, now + 30, None)], 0)                 # a 429: back-off 4, paused 30 s
+    b.leases["cdn.test"].clear()
+    s5, _ = b.lease("cdn.test", 0.5, 2, now + 60)
+    s6, _ = b.lease("cdn.test", 0.5, 2, now + 60)
+    assert s5 >= now + 30 and s6 - s5 == pytest.approx(2.0)

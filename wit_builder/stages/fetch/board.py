@@ -19,7 +19,16 @@ detached actor that the first shard with something to post creates
 start is a second of CPU that a 2-core machine feels), and the other shards look it
 up by name (half a millisecond, no process). The board keeps the latest state per
 host in the order it changed, so a read costs what changed since the reader's last
-one. The driver kills it when the download ends (`close`); one whose driver died
+one.
+
+The board also hands out slots and connections for the hosts no shard was planned
+with, which shards meet only through redirects (a CDN many sites redirect to): a
+shard cannot have a share of those, so every hop there leases a slot and a
+connection from the board (`Board.lease`), and the host sees --per-host-rps and
+--per-host-connections for the whole cluster. A lease ends with its request, or at
+the attempt's deadline if a shard dies holding it.
+
+The driver kills the board when the download ends (`close`); one whose driver died
 exits after IDLE seconds without a call. Should the actor fail, shards go on with
 their own back-off.
 """
@@ -49,6 +58,9 @@ class Board:
     def __init__(self, idle: float = IDLE):
         self.seq = 0
         self.hosts: dict[str, tuple[int, int, float, float, str | None]] = {}
+        self.next_free: dict[str, float] = {}           # leased hosts: their next slot
+        self.leases: dict[str, dict[int, float]] = {}   # leased hosts: open leases' ends
+        self.lease_id = 0
         self.last_call = time.monotonic()
         threading.Thread(target=self._expire, args=(idle,), daemon=True).start()
 
@@ -75,6 +87,29 @@ class Board:
                 break
             news.append((host, decayed(backoff, posted, now), paused, given_up))
         return self.seq, news
+
+
+    def lease(self, host: str, interval: float, connections: int, until: float) -> tuple[float | None, int]:
+        """A slot and a connection on `host` for the whole cluster, for a host no shard
+        was planned with (a redirect target): (start time, lease id), or (None, 0)
+        while `connections` leases are open. Slots are `interval` apart, times the
+        host's posted back-off, and not before its pause; a lease ends by `release` or
+        at `until` (the attempt's deadline), whichever comes first."""
+        self.last_call = now = time.time()
+        open_ = {k: end for k, end in self.leases.get(host, {}).items() if end > now}
+        self.leases[host] = open_
+        if len(open_) >= connections:
+            return None, 0
+        state = self.hosts.get(host)
+        backoff, paused = (decayed(state[1], state[2], now), state[3]) if state else (1, 0.0)
+        start = max(now, self.next_free.get(host, 0.0), paused)
+        self.next_free[host] = start + interval * backoff
+        self.lease_id += 1
+        open_[self.lease_id] = until
+        return start, self.lease_id
+
+    def release(self, host: str, lease: int) -> None:
+        self.leases.get(host, {}).pop(lease, None)
 
 
 def name_for(run: str) -> str:
@@ -130,6 +165,26 @@ class BoardClient:
             return
         self.posted += len(posts)
         self.adopted += self.limits.adopt(news)
+
+    def lease(self, host: str, interval: float, connections: int, until: float):
+        """Board.lease from a fetch thread (the board is made if need be); None if the
+        board cannot answer (the caller then uses the shard's own share)."""
+        import ray
+        if self.broken is not None:
+            return None
+        try:
+            if self.board is None:
+                self._find(create=True)
+            return ray.get(self.board.lease.remote(host, interval, connections, until), timeout=CALL_TIMEOUT)
+        except Exception as e:  # the board is gone: this shard keeps its own limits
+            self.broken = f"{type(e).__name__}: {e}"[:300]
+            return None
+
+    def release(self, host: str, lease: int) -> None:
+        try:
+            self.board.release.remote(host, lease)  # not waited for: the lease also expires
+        except Exception:
+            pass
 
     def _find(self, create: bool) -> bool:
         import ray

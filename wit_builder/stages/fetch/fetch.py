@@ -39,11 +39,12 @@ from wit_builder.build.stage import (
 )
 from wit_builder.config import above, at_least, one_of
 from wit_builder.errors import WitError
+from wit_builder.io import digest, read_list
 from wit_builder.stages.fetch import i2d, nameservers
 from wit_builder.stages.fetch.fetch_plan import plan_shards, retry_params, transient_rows
 from wit_builder.stages.fetch.fetch_status import STATUS_COLUMNS, assemble  # noqa: F401 (fetch.STATUS_COLUMNS: tests)
 from wit_builder.stages.fetch.fetch_task import download, task_settings
-from wit_builder.stages.fetch.hosts import digest, parse_overrides, read_list
+from wit_builder.stages.fetch.hosts import parse_overrides
 from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT
 
 RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]

@@ -1,7 +1,5 @@
 """Per-host machinery of the fetch stage: opt-out lists, the DNS cache, and per-host limits.
 
-- `read_list` reads `--exclude-domains` / `--exclude-urls` files (plain lists);
-  fetch's plan drops what they name before any request (status `excluded`).
 - `Resolver` resolves each host once per shard and shares the answer (and a failure)
   among the shard's threads for `--dns-cache-ttl` seconds; netguard's address guard
   checks the very addresses it returns, and the connection is made to them.
@@ -31,37 +29,13 @@ _HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#
 HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
 MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
 MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
+LEASE_POLL = 0.02    # seconds between asks for a cluster-wide connection to a redirect target
 
 
 def host_of(url: str) -> str:
     """The lower-case host of `url` ('' if it has none)."""
     m = _HOST.match(url or "")
     return m.group(1).lower() if m else ""
-
-
-def read_list(path: str, flag: str, domains: bool) -> list[str]:
-    """The entries of a plain list file: one per line, blank lines and `#` comments
-    skipped; domains are lower-cased with any leading `*.` or `.` removed."""
-    from wit_builder import storage
-    loc = storage.location(path)
-    if not loc.exists():
-        raise WitError(f"{flag} {path}: no such file; give a plain list, one entry a line")
-    try:
-        text = loc.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise WitError(f"{flag} {path}: not UTF-8 text (byte {e.start}); give a plain list") from None
-    out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        entry = line.split("#", 1)[0].strip() if domains else line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        if domains:
-            entry = entry.lower().lstrip("*").lstrip(".")
-            if not entry or "/" in entry or " " in entry:
-                raise WitError(f"{flag} {path} line {n}: {line.strip()!r} is no domain "
-                               "(give e.g. example.com, which also excludes its subdomains)")
-        out.append(entry)
-    return out
 
 
 class Resolver:
@@ -178,6 +152,7 @@ class _Host:
     paused_until: float = 0.0        # wall-clock time (Retry-After)
     failures_in_a_row: int = 0
     given_up: str | None = None
+    leased: bool = False             # a redirect target paced by the board's leases
     counts: Counter = field(default_factory=Counter)
 
 
@@ -243,17 +218,47 @@ class HostLimits:
     def hop(self, host: str, until: float) -> "_Held":
         """A slot for a redirect hop to `host`, another host than the URL's, by wall
         clock `until` (the image's deadline): on this shard's share of the host where
-        the plan gave it one, else on a share of its own (`others`: the whole
-        per-host budget, in this shard). A redirect target is thus never asked faster
-        than --per-host-rps by one shard; across shards that were not planned with it,
-        by each of them."""
+        the plan gave it one, else leased from the run's board (board.Board.lease: the
+        whole per-host budget, for the whole cluster), else — no board, or it failed —
+        on a share of its own (`others`: the whole per-host budget, in this shard)."""
         h = self._host(host)
+        if h.budget is None and self.others is not None and self.board is not None:
+            held = self._lease(host, h, until)
+            if held is not None:
+                return held
         if h.budget is None and self.others is not None:
             with self._lock:
                 if h.budget is None:
                     h.gate = threading.BoundedSemaphore(self.others.connections)
                     h.budget = self.others
         return self.acquire(host, until)
+
+    def _lease(self, host: str, h: _Host, until: float) -> "_Held | None":
+        """A cluster-wide slot and connection on `host` from the board (None: the board
+        cannot answer); waits for a free connection by `until` at most."""
+        b = self.others
+        for _ in range(100_000):  # bounded: each turn waits 20 ms at least (the deadline ends it)
+            if h.given_up:
+                raise Failure("host_given_up", h.given_up)
+            got = self.board.lease(host, b.interval, b.connections, until)
+            if got is None:
+                return None
+            start, lease = got
+            if start is None:
+                if time.time() + LEASE_POLL > until:
+                    raise Failure("timeout", f"{host}: no connection free before the image's deadline "
+                                  "(a redirect led there; --per-host-connections, cluster-wide)")
+                time.sleep(LEASE_POLL)
+                continue
+            h.leased = True
+            if start > until:
+                self.board.release(host, lease)
+                raise Failure("host_deferred", f"{host}: its next request slot is past the image's "
+                              "time budget (--per-host-rps, cluster-wide); --retry-failed fetches it later")
+            if start > time.time():
+                time.sleep(start - time.time())
+            return _Held(self, host, None, lease)
+        raise Failure("timeout", f"{host}: no connection free (--per-host-connections, cluster-wide)")
 
     def _host(self, host: str) -> _Host:
         h = self._hosts.get(host)
@@ -276,11 +281,11 @@ class HostLimits:
             h.counts["requests"] += 1
             h.counts[status] += 1
             slowed = status in ("rate_limited", "server_error")
-            if h.budget is not None and slowed:
+            if (h.budget is not None or h.leased) and slowed:
                 h.backoff = min(MAX_BACKOFF, h.backoff * 2)
                 if retry_after:
                     h.paused_until = max(h.paused_until, time.time() + min(retry_after, MAX_PAUSE))
-            elif h.budget is not None and h.backoff > 1:
+            elif (h.budget is not None or h.leased) and h.backoff > 1:
                 h.backoff -= 1          # recover slowly: one step per answer that was not 429/5xx
             if status in HOST_FAILURES:
                 h.failures_in_a_row += 1
@@ -315,15 +320,19 @@ class HostLimits:
 
 
 class _Held:
-    """A granted request: release() (or the with-block's end) frees the connection."""
+    """A granted request: release() (or the with-block's end) frees the connection
+    (this shard's, or the board's lease)."""
 
-    def __init__(self, limits: HostLimits, host: str, h: _Host | None):
-        self.limits, self.host, self.h = limits, host, h
+    def __init__(self, limits: HostLimits, host: str, h: _Host | None, lease: int | None = None):
+        self.limits, self.host, self.h, self.lease = limits, host, h, lease
 
     def release(self) -> None:
         if self.h is not None:
             self.h.gate.release()
             self.h = None
+        if self.lease is not None:
+            self.limits.board.release(self.host, self.lease)
+            self.lease = None
 
     def __enter__(self):
         return self
@@ -351,13 +360,6 @@ def shard_budgets(rows, rps: float, connections: int,
         stride = max(1, min(shards, connections))
         out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride))
     return out
-
-
-def digest(entries: list[str]) -> str:
-    """A short hash of a list's entries: part of fetch's parameters, so a changed list
-    fetches again."""
-    import hashlib
-    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
 
 
 def resolver(polite: dict) -> Resolver:

@@ -29,7 +29,7 @@ from wit_builder import storage
 from wit_builder.build import catalog, lock
 from wit_builder.build.stage import output_dir, read_record, record_path, require
 from wit_builder.errors import WitError
-from wit_builder.stages.fetch.hosts import read_list
+from wit_builder.io import read_list
 
 LOG_DIR = "takedowns"
 VIEW = "takedowns"
