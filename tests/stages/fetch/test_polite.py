@@ -265,16 +265,18 @@ def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
         ("h0.test", "rules"), ("h1.test", "allow_all")]
 
 
-def redirected_to_a_fourth(build, **cfg) -> tuple[list[str], dict, list]:
-    """Fetch 12 URLs of three hosts that all redirect to a fourth host holding no URL of
-    its own; (the URLs, their status rows, the fourth's log of image requests)."""
+def redirected_to_a_fourth(build, target: str = "/img/" + SCENE + ".jpg", per_host: int = 4,
+                           **cfg) -> tuple[list[str], dict, list]:
+    """Fetch `per_host` URLs of each of three hosts that all redirect to a fourth host
+    holding no URL of its own (its path `target`, numbered); (the URLs, their status
+    rows, the fourth's log of those requests)."""
     with hosts(4) as (named, resolve):
-        (target, tsrv) = named[3]
-        urls = [url(name, srv, f"/away/{target}:{tsrv.port}/img/{SCENE.format(10 * n + i)}.jpg")
-                for n, (name, srv) in enumerate(named[:3]) for i in range(4)]
+        (name4, tsrv) = named[3]
+        urls = [url(name, srv, f"/away/{name4}:{tsrv.port}" + target.format(10 * n + i))
+                for n, (name, srv) in enumerate(named[:3]) for i in range(per_host)]
         write_selected(build, urls)
         fetch.run(fast(resolve=resolve, robots_txt=False, **cfg), build)
-        log = [r for r in tsrv.requests() if r[2].startswith("/img/")]
+        log = [r for r in tsrv.requests() if r[2].startswith(target.split("{")[0])]
     return urls, statuses(build), log
 
 
@@ -306,6 +308,22 @@ def test_a_redirect_target_keeps_its_limits_across_shards(build, ray_cluster):
     assert len(log) == len(urls)
     assert most_in_a_second([start for start, _, _ in log]) <= rps + 1
     assert most_at_once([(start, end) for start, end, _ in log]) <= conns
+
+
+@pytest.mark.slow
+def test_a_redirect_target_s_429_pauses_it_for_the_whole_cluster(build, ray_cluster):
+    """Four shards in flight each hop to a fourth host that answers 429 with
+    Retry-After: 3: the target's own answer pauses it on the board, so no shard asks
+    it again until the 3 s are over (after the moment the post takes to travel)."""
+    urls, rows, log = redirected_to_a_fourth(build, per_host_rps=5.0, per_host_connections=4,
+                                             fetch_shard_size=1, shards_in_flight=4,
+                                             target="/pause/3/{}.jpg", per_host=1)
+    assert {rows[u]["status"] for u in urls} == {"rate_limited"}
+    assert len({r["fetch_shard"] for r in rows.values()}) == 3 and len(log) == 3
+    starts = sorted(start for start, _, _ in log)
+    ends = sorted(end for _, end, _ in log)
+    for end, later in zip(ends, starts[1:]):
+        assert later >= end + 2.5, [s - ends[0] for s in starts]
 
 
 def test_the_board_passes_slow_downs_between_shards(ray_cluster):

@@ -111,6 +111,13 @@ class Board:
     def release(self, host: str, lease: int) -> None:
         self.leases.get(host, {}).pop(lease, None)
 
+    def paused(self, host: str) -> float:
+        """Until when `host` is paused (0: it is not): asked by a shard that waited for
+        its leased slot, since a 429 may have come in meanwhile."""
+        self.last_call = time.time()
+        state = self.hosts.get(host)
+        return state[3] if state and state[3] > time.time() else 0.0
+
 
 def name_for(run: str) -> str:
     """The board's actor name for one download (a fresh one per attempt)."""
@@ -144,9 +151,26 @@ class BoardClient:
         self._thread = threading.Thread(target=self._run, name="wit-host-board", daemon=True)
         self._thread.start()
 
-    def post(self, host: str, backoff: int, paused_until: float, given_up: str | None) -> None:
+    def post(self, host: str, backoff: int, paused_until: float, given_up: str | None,
+             now: bool = False) -> None:
+        """Queue a host's new state for the next exchange; `now`: send it at once (a
+        host paced by the board's leases, whose next lease must see it)."""
+        if now and self.board is not None and self.broken is None:
+            try:
+                self.board.exchange.remote([(host, backoff, paused_until, given_up)], 1 << 62)
+                return
+            except Exception:  # sent with the next exchange instead
+                pass
         with self._lock:
             self._queue.append((host, backoff, paused_until, given_up))
+
+    def paused(self, host: str) -> float:
+        """Board.paused (0 if the board cannot answer)."""
+        import ray
+        try:
+            return ray.get(self.board.paused.remote(host), timeout=CALL_TIMEOUT)
+        except Exception:
+            return 0.0
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval) and self.broken is None:

@@ -29,6 +29,7 @@ _HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#
 HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
 MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
 MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
+SLOT_GRACE = 0.5    # of an interval: how late in its slot a request may still start
 LEASE_POLL = 0.02    # seconds between asks for a cluster-wide connection to a redirect target
 
 
@@ -191,11 +192,12 @@ class HostLimits:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
                     b = h.budget
-                    # slot k is the span [k, k + 1) x interval: a request starts in it,
-                    # at once if the span has begun (so any second holds at most
-                    # rps + 1 starts, and an idle host is asked without a wait)
+                    # slot k starts at k x interval; a request may still take it in the
+                    # slot's first half (an idle host is asked without a wait), so any
+                    # second holds at most rps + 1 starts while arrival times vary by
+                    # less than half an interval
                     now = max(time.time(), h.paused_until)
-                    k = max(h.next_slot, math.floor(now / b.interval))
+                    k = max(h.next_slot, math.ceil(now / b.interval - SLOT_GRACE))
                     k += (b.phase - k) % b.stride
                     h.next_slot = k + b.stride * h.backoff
                     start = max(k * b.interval, now)
@@ -257,6 +259,11 @@ class HostLimits:
                               "time budget (--per-host-rps, cluster-wide); --retry-failed fetches it later")
             if start > time.time():
                 time.sleep(start - time.time())
+                paused = self.board.paused(host)  # a 429 may have come in while waiting
+                if paused:
+                    self.board.release(host, lease)
+                    time.sleep(max(0.0, min(paused, until) - time.time()))
+                    continue
             return _Held(self, host, None, lease)
         raise Failure("timeout", f"{host}: no connection free (--per-host-connections, cluster-wide)")
 
@@ -297,7 +304,7 @@ class HostLimits:
             stricter = (h.backoff > before[0] or h.paused_until > before[1]
                         or (h.given_up is not None and before[2] is None))
             if stricter and self.board is not None:
-                self.board.post(host, h.backoff, h.paused_until, h.given_up)
+                self.board.post(host, h.backoff, h.paused_until, h.given_up, now=h.leased)
 
     def adopt(self, news: list[tuple[str, int, float, str | None]]) -> int:
         """Take on the slow-downs other shards posted (board.Board) for the hosts this

@@ -155,8 +155,15 @@ class Fetcher:
         try:
             for _ in range(MAX_REDIRECTS + 1):
                 hop = self._hop(url, first, hop, deadline)
-                return_or_url = self._hop_request(url, seen, deadline, stopping, limit)
+                try:
+                    return_or_url = self._hop_request(url, seen, deadline, stopping, limit)
+                except Failure as f:  # a redirect target's own answer paces that host too
+                    if hop is not None:
+                        self.limits.record(hop.host, f.status, f.retry_after)
+                    raise
                 if isinstance(return_or_url, bytes):
+                    if hop is not None:
+                        self.limits.record(hop.host, "success")
                     return return_or_url
                 url = return_or_url
         finally:
