@@ -463,3 +463,24 @@ def test_board_leases_space_a_redirect_target_for_the_whole_cluster():
     s5, _ = b.lease("cdn.test", 0.5, 2, now + 60)
     s6, _ = b.lease("cdn.test", 0.5, 2, now + 60)
     assert s5 >= now + 30 and s6 - s5 == pytest.approx(2.0)
+
+
+def test_a_board_left_idle_exits_by_itself(ray_cluster):
+    """A board whose driver died (nobody calls it any more) exits after its idle time,
+    leases and pause checks counting as calls like exchanges."""
+    import time
+
+    import ray
+
+    from wit_builder.stages.fetch.board import Board
+    board = ray.remote(num_cpus=0, max_restarts=0)(Board).remote(1.0)
+    for _ in range(8):  # busy for ~2 s with lease and pause calls only: it stays
+        assert ray.get(board.lease.remote("cdn.test", 0.01, 100, time.time() + 60))[0] is not None
+        assert ray.get(board.paused.remote("cdn.test")) == 0.0
+        time.sleep(0.25)
+    time.sleep(3.0)  # idle: 1 s, checked every 0.25 s (a call would count as use)
+    try:
+        with pytest.raises(ray.exceptions.RayError):
+            ray.get(board.paused.remote("cdn.test"), timeout=10)
+    finally:
+        ray.kill(board)

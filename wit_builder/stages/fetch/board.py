@@ -95,7 +95,7 @@ class Board:
         while `connections` leases are open. Slots are `interval` apart, times the
         host's posted back-off, and not before its pause; a lease ends by `release` or
         at `until` (the attempt's deadline), whichever comes first."""
-        self.last_call = now = time.time()
+        self.last_call, now = time.monotonic(), time.time()
         open_ = {k: end for k, end in self.leases.get(host, {}).items() if end > now}
         self.leases[host] = open_
         if len(open_) >= connections:
@@ -114,7 +114,7 @@ class Board:
     def paused(self, host: str) -> float:
         """Until when `host` is paused (0: it is not): asked by a shard that waited for
         its leased slot, since a 429 may have come in meanwhile."""
-        self.last_call = time.time()
+        self.last_call = time.monotonic()
         state = self.hosts.get(host)
         return state[3] if state and state[3] > time.time() else 0.0
 
