@@ -29,7 +29,7 @@ _HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#
 HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
 MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
 MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
-SLOT_GRACE = 0.5    # of an interval: how late in its slot a request may still start
+SLOT_GRACE = 0.0    # of an interval: how late in its slot a request may still start (0: none)
 LEASE_POLL = 0.02    # seconds between asks for a cluster-wide connection to a redirect target
 
 
@@ -192,10 +192,9 @@ class HostLimits:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
                     b = h.budget
-                    # slot k starts at k x interval; a request may still take it in the
-                    # slot's first half (an idle host is asked without a wait), so any
-                    # second holds at most rps + 1 starts while arrival times vary by
-                    # less than half an interval
+                    # slot k starts at k x interval; a request waits for its slot's start
+                    # (SLOT_GRACE 0: a grace of half a slot let the limits test see
+                    # rps + 2 starts in a second on a loaded machine)
                     now = max(time.time(), h.paused_until)
                     k = max(h.next_slot, math.ceil(now / b.interval - SLOT_GRACE))
                     k += (b.phase - k) % b.stride
