@@ -29,7 +29,6 @@ _HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#
 HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
 MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
 MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
-SLOT_GRACE = 0.0    # of an interval: how late in its slot a request may still start (0: none)
 LEASE_POLL = 0.02    # seconds between asks for a cluster-wide connection to a redirect target
 
 
@@ -134,10 +133,9 @@ def parse_overrides(entries: list[str], flag: str = "--resolve") -> dict[str, st
 
 @dataclass
 class HostBudget:
-    """This shard's share of one host: the host's request slots are spans of
-    `interval` seconds, numbered cluster-wide; one request starts in each, and this
-    shard may use those numbered `phase` mod `stride`, through at most `connections`
-    connections."""
+    """This shard's share of one host: the host's request slots are `interval` seconds
+    apart cluster-wide, and this shard may use those numbered `phase` mod `stride`,
+    through at most `connections` connections."""
     interval: float
     stride: int = 1
     phase: int = 0
@@ -192,14 +190,13 @@ class HostLimits:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
                     b = h.budget
-                    # slot k starts at k x interval; a request waits for its slot's start
-                    # (SLOT_GRACE 0: a grace of half a slot let the limits test see
-                    # rps + 2 starts in a second on a loaded machine)
-                    now = max(time.time(), h.paused_until)
-                    k = max(h.next_slot, math.ceil(now / b.interval - SLOT_GRACE))
+                    # a request starts at its slot's start, never later in the slot (a
+                    # grace of half a slot let the limits test see rps + 2 in a second)
+                    now = time.time()
+                    k = max(h.next_slot, math.ceil(max(now, h.paused_until) / b.interval))
                     k += (b.phase - k) % b.stride
                     h.next_slot = k + b.stride * h.backoff
-                    start = max(k * b.interval, now)
+                    start = k * b.interval
                 if last is not None and start > last:
                     raise Failure("host_deferred", f"{host}: its next request slot is past the "
                                   f"{'shard' if last == self.deadline else 'image'}'s time budget "
