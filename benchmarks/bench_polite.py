@@ -7,7 +7,7 @@ what the machinery costs: the robots.txt pass and a verdict per URL, per-host sl
 and connection gates, the exclusive-token scheduling of shards. "off" is
 `--per-host-rps 0 --no-robots-txt`. Rounds alternate; medians shown.
 
-    .venv/bin/python benchmarks/bench_polite.py [--hosts 60] [--per-host 80] [--rounds 3]
+    .venv/bin/python benchmarks/bench_polite.py [--hosts 240] [--per-host 20] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from tests.support.fetch import write_selected  # noqa: E402
-
 from wit_builder.build import cluster  # noqa: E402
 from wit_builder.demo import imageserver
 from wit_builder.stages.fetch import fetch
@@ -44,13 +43,14 @@ def one(build: Path, urls: list[str], resolve: list[str], a, polite: bool) -> di
     t0 = time.perf_counter()
     res = fetch.run(cfg, build)
     wall = time.perf_counter() - t0
-    return {"wall": wall, "success": res.summary["success"], "img_s": res.summary["success"] / wall}
+    return {"wall": wall, "success": res.summary["success"], "img_s": res.summary["success"] / wall,
+            "waited": res.summary.get("requests_waited", 0), "wait_s": res.summary.get("request_wait_s", 0.0)}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hosts", type=int, default=60)
-    p.add_argument("--per-host", type=int, default=80, help="URLs per host")
+    p.add_argument("--hosts", type=int, default=240)
+    p.add_argument("--per-host", type=int, default=20, help="URLs per host")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=32)
     p.add_argument("--shard-size", type=int, default=500)
@@ -75,8 +75,10 @@ def main() -> int:
                 got = one(tmp / "build", urls, resolve, a, polite)
                 assert got["success"] == len(urls), got
                 results[polite].append(got)
+                held = (f"; {got['waited']:,} requests waited for a slot or connection, "
+                        f"{got['wait_s']:.1f} s in all" if polite else "")
                 print(f"round {r + 1} {'on ' if polite else 'off'}: {got['img_s']:.1f} img/s "
-                      f"({got['wall']:.1f} s)", flush=True)
+                      f"({got['wall']:.1f} s{held})", flush=True)
     finally:
         cluster.shutdown()
         for s in servers:

@@ -52,7 +52,7 @@ def test_patched_swaps_the_globals_and_restores_them_even_on_error():
     before = downloader.download_image_with_retry, resizer.cv2, resizer.A, resizer.SuppressStdoutStderr
     tap = object()
     with pytest.raises(RuntimeError):
-        with i2d.patched(lambda index, url: (None, f"no {url}"), tap, reuse=True):
+        with i2d.patched(lambda index, url: (index, None, f"no {url}"), tap, reuse=True):
             assert resizer.cv2 is tap
             assert isinstance(resizer.A, i2d.SharedTransforms)
             assert isinstance(resizer.SuppressStdoutStderr, i2d.Quiet)

@@ -88,7 +88,8 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
     settings = {"shard_size": ctx.params["fetch_shard_size"], "oom_shard_count": oom}
     counts: dict[str, int] = {}
     total_bytes = 0
-    dns_lookups = shared = 0
+    dns_lookups = shared = waited = 0
+    waited_s = 0.0
 
     def add(statuses: dict[str, int], size: int = 0) -> None:
         nonlocal total_bytes
@@ -104,6 +105,8 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
             add(summary["statuses"], summary["bytes"])
             dns_lookups += summary.get("dns", {}).get("lookups", 0)
             shared += summary.get("board", {}).get("adopted", 0)
+            waited += summary.get("limits", {}).get("waited", 0)
+            waited_s += summary.get("limits", {}).get("waited_s", 0.0)
             for f in (f"{name}.tar", f"{name}_stats.json"):
                 ctx.adopt(done / f, f"fetch/shards/{f}")
             ctx.adopt(done / "hosts.parquet", f"fetch/hosts/{name}.parquet")
@@ -146,6 +149,9 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
     }
     summary.update(polite.figures(ctx.work / "done" / "*" / "hosts.parquet", dns_lookups,
                                   remote=ctx.build, scratch=ctx.scratch))
+    if waited:  # requests held back by --per-host-rps/--per-host-connections (or Crawl-delay)
+        summary["requests_waited"] = waited
+        summary["request_wait_s"] = round(waited_s, 1)
     if shared:  # hosts slowed down (or given up on) because another shard was told to
         summary["slowdowns_shared"] = shared
     if plan["duplicate_uids"]:

@@ -100,6 +100,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from wit_builder.stages.fetch.frontier import Frontier
     from wit_builder.stages.fetch.netguard import Fetcher, Policy
     from wit_builder.stages.fetch.polite import Shard, stop_after
     from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
@@ -128,13 +129,22 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
                           stop_note=f"the shard stopped at {stop_after(limit):g} s of "
                                     f"--shard-time-limit {limit:g} s (to keep what it finished)")
         outcomes: dict[int, tuple] = {}
+        # with limited hosts, a thread takes the URL whose host can start soonest,
+        # not the row img2dataset handed it (which another thread may take instead)
+        frontier = Frontier(list(enumerate(plan["url"].to_pylist())), manners.limits) if manners.limited else None
 
         def fetch(index: int, url: str) -> tuple:
-            refused = manners.refuse(url)  # robots.txt (or its host's DNS) says no: not requested
-            data, status, error = (None, *refused) if refused else fetcher.fetch(url)
+            if frontier is not None:
+                index, url = frontier.take()
+            try:
+                refused = manners.refuse(url)  # robots.txt (or its host's DNS) says no: not requested
+                data, status, error = (None, *refused) if refused else fetcher.fetch(url)
+            finally:
+                if frontier is not None:
+                    manners.limits.unclaim()
             manners.outcome(url, status)
             outcomes[index] = (status, error, None if data is None else len(data))
-            return (None if data is None else Download(index, data)), error
+            return index, (None if data is None else Download(index, data)), error
 
         r = settings["resize"]
         stored: dict[int, tuple] = {}
@@ -158,7 +168,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
             counts[st] = counts.get(st, 0) + 1
         summary = {"shard": shard, "rows": len(statuses), "success": counts.get("success", 0),
                    "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b),
-                   "dns": manners.dns(), "board": manners.shared()}
+                   "dns": manners.dns(), "board": manners.shared(), "limits": manners.waits()}
         pq.write_table(manners.table(), out / "hosts.parquet")
         for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet", "hosts.parquet"):
             storage.upload_file(out / f, final / f)

@@ -16,6 +16,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ _HOST = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]]*\]|[^:/?#
 HOST_FAILURES = frozenset({"timeout", "connection_error", "server_error", "rate_limited", "tls_error"})
 MAX_BACKOFF = 64     # a host slowed down by 429/503 uses at most every 64th of its slots
 MAX_PAUSE = 600.0    # seconds: the longest Retry-After honoured
+LATE = 0.005         # seconds: how late a booked slot (claim) may still be used
+WAITED = 0.001       # seconds: a shorter wait for a slot is not counted as one
 LEASE_POLL = 0.02    # seconds between asks for a cluster-wide connection to a redirect target
 
 
@@ -134,12 +137,29 @@ def parse_overrides(entries: list[str], flag: str = "--resolve") -> dict[str, st
 @dataclass
 class HostBudget:
     """This shard's share of one host: the host's request slots are `interval` seconds
-    apart cluster-wide, and this shard may use those numbered `phase` mod `stride`,
-    through at most `connections` connections."""
+    apart cluster-wide, slot j at (j + offset) x interval, and this shard may use those
+    numbered `phase` mod `stride`, through at most `connections` connections."""
     interval: float
     stride: int = 1
     phase: int = 0
     connections: int = 1
+    offset: float = 0.0   # in [0, 1): the host's own (grid_offset), so hosts' slots interleave
+
+    def first_slot(self, t: float, at_least: int = 0) -> int:
+        """The first slot of this shard's class at or after wall-clock `t` (and `at_least`)."""
+        k = max(at_least, math.ceil(t / self.interval - self.offset))
+        return k + (self.phase - k) % self.stride
+
+    def start(self, k: int) -> float:
+        return (k + self.offset) * self.interval
+
+
+def grid_offset(host: str) -> float:
+    """Where in its interval `host`'s slot grid starts, the same on every machine (a
+    hash of the name): with one grid for all hosts, every slot of a shard would open at
+    the same instants and a free thread would wait for the next of them whatever host
+    it took."""
+    return zlib.crc32(host.encode()) / 2 ** 32
 
 
 @dataclass
@@ -152,6 +172,8 @@ class _Host:
     failures_in_a_row: int = 0
     given_up: str | None = None
     leased: bool = False             # a redirect target paced by the board's leases
+    in_use: int = 0                  # connections held now
+    claimed: int = 0                 # slots booked (claim) and not yet used or dropped
     counts: Counter = field(default_factory=Counter)
 
 
@@ -172,6 +194,9 @@ class HostLimits:
         self.others = others
         self.board = None   # a board.BoardClient: slow-downs shared with the run's other shards
         self._lock = threading.Lock()
+        self._local = threading.local()  # .claim: (_Host, slot) booked for this thread (claim)
+        self.waited_s = 0.0  # seconds requests waited for a connection and a slot, summed
+        self.waited = 0      # requests that waited more than WAITED
 
     def acquire(self, host: str, until: float | None = None) -> "_Held":
         """Wait for a connection and a time slot of `host`; raises errors.Failure if
@@ -182,21 +207,27 @@ class HostLimits:
             raise Failure("host_given_up", h.given_up)
         if h.budget is None or h.gate is None:
             return _Held(self, host, None)
+        asked = time.monotonic()
         if not h.gate.acquire(timeout=None if until is None else max(0.0, until - time.time())):
             raise Failure("timeout", f"{host}: no connection free before the image's deadline "
                           "(a redirect led there; --per-host-connections)")
         last = self.deadline if until is None else min(until, self.deadline or until)
+        with self._lock:
+            h.in_use += 1
         try:
             for _ in range(1000):  # bounded: each turn waits for a slot at least
                 with self._lock:
                     b = h.budget
-                    # a request starts at its slot's start, never later in the slot (a
-                    # grace of half a slot let the limits test see rps + 2 in a second)
+                    # a request starts at its slot's start, or a booked slot's (claim)
+                    # at most LATE after; never later in a slot (a grace of half a slot
+                    # let the limits test see rps + 2 in a second)
                     now = time.time()
-                    k = max(h.next_slot, math.ceil(max(now, h.paused_until) / b.interval))
-                    k += (b.phase - k) % b.stride
-                    h.next_slot = k + b.stride * h.backoff
-                    start = k * b.interval
+                    k = self._drop_claim(h)
+                    if (k is None or b.start(k) < now - min(LATE, b.interval / 4)
+                            or b.start(k) < h.paused_until):
+                        k = b.first_slot(max(now, h.paused_until), h.next_slot)
+                        h.next_slot = k + b.stride * h.backoff
+                    start = b.start(k)
                 if last is not None and start > last:
                     raise Failure("host_deferred", f"{host}: its next request slot is past the "
                                   f"{'shard' if last == self.deadline else 'image'}'s time budget "
@@ -209,9 +240,66 @@ class HostLimits:
                 if h.paused_until <= start:  # no Retry-After came in while waiting
                     break
         except BaseException:
-            h.gate.release()
+            self._free(h)
             raise
+        waited = time.monotonic() - asked
+        if waited > WAITED:
+            with self._lock:
+                self.waited_s += waited
+                self.waited += 1
         return _Held(self, host, h)
+
+    def _free(self, h: _Host) -> None:
+        with self._lock:
+            h.in_use -= 1
+        h.gate.release()
+
+    def ready(self, host: str) -> float:
+        """About when (wall clock) a request to `host` asked for now would start: its
+        next slot of this shard's class not yet given or claimed, or later if its
+        connections are all taken. An estimate, for frontier.Frontier's order
+        (acquire enforces the limits). 0 for a host without a budget."""
+        h = self._hosts.get(host)
+        if h is None or h.budget is None or h.given_up:
+            return 0.0
+        b = h.budget
+        with self._lock:
+            k = b.first_slot(max(time.time(), h.paused_until), h.next_slot)
+            # one request beyond the connections waits for one to end too (about a
+            # slot of the class: a guess)
+            ahead = max(0, h.in_use + h.claimed + 1 - b.connections)
+            return b.start(k + b.stride * h.backoff * ahead)
+
+    def claim(self, host: str) -> None:
+        """Book `host`'s next slot for the calling thread's next acquire of it (so a
+        thread that takes a URL at its host's slot does not miss the slot on the way
+        to acquire); a later claim, or `unclaim`, drops it unused."""
+        h = self._hosts.get(host)
+        with self._lock:
+            self._drop_claim()
+            if h is None or h.budget is None or h.given_up:
+                return
+            b = h.budget
+            k = b.first_slot(max(time.time(), h.paused_until), h.next_slot)
+            h.next_slot = k + b.stride * h.backoff
+            h.claimed += 1
+            self._local.claim = (h, k)
+
+    def unclaim(self) -> None:
+        """Drop the calling thread's booked slot if acquire did not use it (its URL was
+        refused, or failed before asking): that slot goes unused."""
+        with self._lock:
+            self._drop_claim()
+
+    def _drop_claim(self, h: _Host | None = None) -> int | None:
+        """(Holding the lock) the calling thread's booked slot, taken off its host's
+        count: returns it if it is `h`'s (else None)."""
+        got = getattr(self._local, "claim", None)
+        if got is None:
+            return None
+        got[0].claimed -= 1
+        self._local.claim = None
+        return got[1] if got[0] is h else None
 
     def hop(self, host: str, until: float) -> "_Held":
         """A slot for a redirect hop to `host`, another host than the URL's, by wall
@@ -331,7 +419,7 @@ class _Held:
 
     def release(self) -> None:
         if self.h is not None:
-            self.h.gate.release()
+            self.limits._free(self.h)
             self.h = None
         if self.lease is not None:
             self.limits.board.release(self.host, self.lease)
@@ -361,7 +449,8 @@ def shard_budgets(rows, rps: float, connections: int,
         if interval <= 0:
             continue
         stride = max(1, min(shards, connections))
-        out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride))
+        out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride),
+                               grid_offset(host))
     return out
 
 

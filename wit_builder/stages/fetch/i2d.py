@@ -182,7 +182,9 @@ class Quiet:
 @contextmanager
 def patched(download: Callable | None = None, cv2: Any = None, reuse: bool = False) -> Iterator[None]:
     """Inside the block, img2dataset's downloader fetches with `download(index, url)
-    -> (stream or None, error or None)` and its resizer uses `cv2`, and with `reuse`
+    -> (index, stream or None, error or None)` (the index of the row it fetched: the
+    one it was handed, or another of the shard's not yet handed out, as
+    frontier.Frontier picks) and its resizer uses `cv2`, and with `reuse`
     its resizer builds each transform once (`SharedTransforms`) and silences libjpeg
     without reopening /dev/null per image (`Quiet`); all are restored on exit. The one
     patch of img2dataset in wit (see the module doc)."""
@@ -198,8 +200,7 @@ def patched(download: Callable | None = None, cv2: Any = None, reuse: bool = Fal
     saved = [getattr(module, name) for module, name in swaps]
     if download is not None:
         def with_retry(row, **_options):  # its timeout/retries/robots options: fetch's own
-            index, url = row
-            return (index, *download(index, url))
+            return download(*row)
         i2d_downloader.download_image_with_retry = with_retry
     if cv2 is not None:
         i2d_resizer.cv2 = cv2

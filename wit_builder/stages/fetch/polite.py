@@ -156,6 +156,7 @@ class Shard:
         others = HostBudget(1.0 / rps, 1, 0, conns) if rps > 0 else None  # redirect targets
         self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline, others)
                        if budgets or others or p["host_give_up_after"] else None)
+        self.limited = bool(budgets)  # some hosts have slots: their URLs go in a frontier.Frontier
         self.board = None  # the run's board (a Ray actor), if any: slow-downs shared across shards
         if board is not None and self.limits is not None:
             self.board = self.limits.board = BoardClient(board, self.limits)
@@ -172,6 +173,11 @@ class Shard:
         b = self.board
         return {} if b is None else {"posted": b.posted, "adopted": b.adopted,
                                      **({"broken": b.broken} if b.broken else {})}
+
+    def waits(self) -> dict:
+        """How long this shard's requests waited for their hosts' slots and connections."""
+        lim = self.limits
+        return {} if lim is None else {"waited_s": round(lim.waited_s, 3), "waited": lim.waited}
 
     def refuse(self, url: str) -> tuple[str, str] | None:
         """(status, error) if robots.txt (or its host's DNS) rules `url` out."""
