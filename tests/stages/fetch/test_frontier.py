@@ -63,3 +63,22 @@ def test_a_booked_slot_is_the_one_acquire_uses():
     assert started == pytest.approx(slot, abs=0.05) and started - t0 < 0.45
     assert limits._hosts["a.test"].claimed == 0
     assert limits.ready("a.test") == pytest.approx(slot + 0.5)
+
+
+def test_a_host_only_this_shard_holds_starts_at_once_when_idle_and_keeps_its_interval():
+    limits = HostLimits({"a.test": HostBudget(0.4, offset=0.5, alone=True)})
+    starts = []
+    for _ in range(3):
+        t0 = time.time()
+        with limits.acquire("a.test"):
+            starts.append(time.time())
+        if len(starts) == 1:
+            assert starts[0] - t0 < 0.05  # no grid slot to wait for
+    assert [round(b - a, 1) for a, b in zip(starts, starts[1:])] == [0.4, 0.4]
+    time.sleep(0.5)  # idle for longer than the interval: the next request goes at once
+    t0 = time.time()
+    with limits.acquire("a.test"):
+        assert time.time() - t0 < 0.05
+    # on the grid (another shard holds the host too) an idle host waits for its slot
+    grid = HostLimits({"b.test": budget_starting_in(0.3, interval=100.0)})
+    assert grid.ready("b.test") - time.time() > 0.2

@@ -138,16 +138,24 @@ def parse_overrides(entries: list[str], flag: str = "--resolve") -> dict[str, st
 class HostBudget:
     """This shard's share of one host: the host's request slots are `interval` seconds
     apart cluster-wide, slot j at (j + offset) x interval, and this shard may use those
-    numbered `phase` mod `stride`, through at most `connections` connections."""
+    numbered `phase` mod `stride`, through at most `connections` connections; or, for a
+    host this shard alone holds (`alone`), any instant at least `interval` after its
+    last request."""
     interval: float
     stride: int = 1
     phase: int = 0
     connections: int = 1
     offset: float = 0.0   # in [0, 1): the host's own (grid_offset), so hosts' slots interleave
+    alone: bool = False   # no other shard holds the host: its slots need no grid
 
-    def first_slot(self, t: float, at_least: int = 0) -> int:
-        """The first slot of this shard's class at or after wall-clock `t` (and `at_least`)."""
-        k = max(at_least, math.ceil(t / self.interval - self.offset))
+    def first_slot(self, t: float, at_least: float = 0) -> float:
+        """The first slot of this shard's class at or after wall-clock `t` (and `at_least`).
+        A host no other shard holds has no grid to keep to: its next slot is `t` itself
+        once `interval` has passed since the last (a fractional slot number), so a
+        request to an idle host starts at once."""
+        if self.alone:
+            return max(at_least, t / self.interval - self.offset)
+        k = max(math.ceil(at_least), math.ceil(t / self.interval - self.offset))
         return k + (self.phase - k) % self.stride
 
     def start(self, k: int) -> float:
@@ -166,7 +174,7 @@ def grid_offset(host: str) -> float:
 class _Host:
     budget: HostBudget | None        # None: not limited (only its failures are counted)
     gate: threading.BoundedSemaphore | None
-    next_slot: int = 0
+    next_slot: float = 0   # the first slot number not yet given (fractional for `alone` hosts)
     backoff: int = 1                 # use every backoff-th of this shard's slots
     paused_until: float = 0.0        # wall-clock time (Retry-After)
     failures_in_a_row: int = 0
@@ -449,8 +457,11 @@ def shard_budgets(rows, rps: float, connections: int,
         if interval <= 0:
             continue
         stride = max(1, min(shards, connections))
+        # a host in one shard only is paced there alone; one in several keeps to the
+        # grid (its classes interleave, and shards of one class that run one after the
+        # other carry on where the last stopped)
         out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride),
-                               grid_offset(host))
+                               grid_offset(host), alone=shards == 1)
     return out
 
 
