@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -20,6 +21,7 @@ from wit_builder.demo import imageserver
 from wit_builder.io import uid_of
 from wit_builder.stages.fetch import fetch
 from wit_builder.stages.fetch.hosts import Resolver, host_of
+from wit_builder.stages.fetch.robots import Rules
 
 SCENE = "1-red-circle-plain-white-{}"
 
@@ -235,6 +237,66 @@ def test_policy_mistakes_are_one_line(build, tmp_path, capsys):
     assert "--exclude-domains" in capsys.readouterr().err
     assert main(["fetch", "--out", str(build), "--per-host-connections", "0"]) == 2
     assert "--per-host-connections" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_robots_txt_of_a_host_in_one_shard_is_fetched_by_that_shard(build, ray_cluster):
+    """A host that several shards hold gets its robots.txt from the robots pass, before
+    the download; one that a single shard holds, from that shard, when its first URL
+    comes up: either way once, its rules applied, one row per origin in `robots`."""
+    with hosts(3, {1: "User-agent: *\nDisallow: /mirror/private/\n"}) as (named, resolve):
+        (n0, s0), (n1, s1), (n2, s2) = named
+        img = "/img/" + SCENE + ".jpg"
+        banned = url(n1, s1, "/mirror/private" + img.format(99))
+        urls = ([url(n0, s0, img.format(i)) for i in range(14)] + [url(n1, s1, img.format(20)), banned]
+                + [url(n2, s2, img.format(30))])
+        write_selected(build, urls)
+        res = fetch.run(fast(per_host_rps=50, resolve=resolve, fetch_shard_size=6), build)
+        assert [s.hits("/robots.txt") for _, s in named] == [1, 1, 1]
+        assert s1.hits("/mirror/private" + img.format(99)) == 0
+    rows = statuses(build)
+    assert rows[banned]["status"] == "robots_disallowed"
+    assert res.summary["failures_by_status"] == {"robots_disallowed": 1}
+    spread = {name: len({r["fetch_shard"] for r in rows.values() if host_of(r["url"]) == name})
+              for name, _ in named}
+    assert spread[n0] >= 3 and spread[n2] == 1
+    files = {f.name: {r["origin"] for r in pq.read_table(f).to_pylist()}
+             for f in (committed(build, "fetch") / "robots").glob("*.parquet")}
+    passed = set().union(*(o for name, o in files.items() if "-" in name))  # the pass: FFFFF-BBBBB
+    in_shards = [o for name, o in files.items() if "-" not in name]        # a shard's: NNNNN
+    several = {f"http://{name}:{s.port}" for name, s in named if spread[name] > 1}
+    assert passed == several and f"http://{n0}:{s0.port}" in passed
+    assert sorted(o for got in in_shards for o in got) == sorted(
+        f"http://{name}:{s.port}" for name, s in named if spread[name] == 1)
+    robots = catalog.query(build, "SELECT origin, state FROM robots ORDER BY origin").to_pylist()
+    assert [r["state"] for r in robots] == ["allow_all", "rules", "allow_all"]
+
+
+def test_a_shard_fetches_each_missing_robots_txt_once_and_paces_its_host_first():
+    """Threads asking about one origin's URLs at once: one fetch, the others wait for
+    it; its Crawl-delay reaches the limits before any of them has its verdict."""
+    calls, delays, verdicts = [], [], []
+
+    def fetch_row(origin):
+        calls.append(origin)
+        time.sleep(0.2)
+        return {"origin": origin, "state": "rules", "body": "User-agent: *\nDisallow: /no/\n",
+                "crawl_delay": 3.0, "fetched_at": 0.0, "expires": 1e12, "error": None}
+
+    rules = Rules([{"origin": "http://known.test", "state": "allow_all", "crawl_delay": None}])
+    rules.lazily(fetch_row, lambda origin, delay, since: delays.append((origin, delay, len(verdicts))))
+    pool = rules.prefetch(["http://known.test", "http://new.test", "://"], threads=2)
+    ask = [f"http://new.test/{'no' if i % 2 else 'yes'}/{i}.jpg" for i in range(8)]
+    threads = [threading.Thread(target=lambda u=u: verdicts.append((u, rules.verdict(u)))) for u in ask]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    pool.shutdown(wait=True)
+    assert calls == ["http://new.test"] and delays == [("http://new.test", 3.0, 0)]
+    assert sorted(u for u, v in verdicts if v is not None) == sorted(ask[1::2])
+    assert [r["origin"] for r in rules.fetched] == ["http://new.test"]
+    assert rules.verdict("http://known.test/no/1.jpg") is None and calls == ["http://new.test"]
 
 
 @pytest.mark.slow

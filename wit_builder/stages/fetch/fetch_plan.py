@@ -52,7 +52,8 @@ def plan_shards(ctx: StageContext, cfg, prev: Path | None, lists: dict[str, list
 
     Pairs the opt-out lists name go to plan/excluded.parquet; the rest are laid out
     by polite.deal (each host in few consecutive shards; inside a shard hosts
-    alternate); plan/origins.parquet lists the robots.txt origins in buckets.
+    alternate); plan/origins.parquet lists the robots.txt origins of the robots pass
+    (polite.origins), in buckets.
     """
     import duckdb
     done = ctx.work / "plan" / "plan.json"
@@ -81,11 +82,12 @@ def plan_shards(ctx: StageContext, cfg, prev: Path | None, lists: dict[str, list
     polite.add_host_columns(con)
     where = {k: getattr(cfg, k) for k in lists}
     excluded = polite.exclude(con, lists.get("exclude_domains", []), lists.get("exclude_urls", []), where)
-    polite.origins(con)
     n = con.execute("SELECT count(*) FROM pairs").fetchall()[0][0]
     n_shards, block = polite.layout(n, cfg.fetch_shard_size)
-    if n:
-        polite.deal(con, n_shards, block, offset, _sql(tmp))
+    if n:  # a retry's robots pass covers every origin (it mostly reuses the last fetch's rows)
+        polite.deal(con, n_shards, block, offset, _sql(tmp), every_origin=prev is not None)
+    else:
+        polite.no_origins(con)
     con.execute(f"COPY (SELECT uid, url, text, selected_by, query_ids, error FROM excluded) "
                 f"TO {_sql(tmp / 'excluded.parquet')} (FORMAT parquet)")
     con.execute(f"COPY (SELECT * FROM origins ORDER BY origin) TO {_sql(tmp / 'origins.parquet')} "

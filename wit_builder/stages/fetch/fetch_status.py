@@ -110,6 +110,8 @@ def assemble(ctx: StageContext, plan: dict, failed: dict[int, str], prev, run_st
             for f in (f"{name}.tar", f"{name}_stats.json"):
                 ctx.adopt(done / f, f"fetch/shards/{f}")
             ctx.adopt(done / "hosts.parquet", f"fetch/hosts/{name}.parquet")
+            if summary.get("robots_fetched"):
+                ctx.adopt(done / "robots.parquet", f"fetch/robots/{name}.parquet")
             ctx.adopt(done / "status.parquet", f"fetch/status/{name}.parquet")
             continue
         with (ctx.work / "plan" / f"fetch_shard={shard}.parquet").open("rb") as f:

@@ -84,8 +84,9 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
 
     It works in a temporary folder of the machine it runs on and puts NNNNN.tar and
     NNNNN_stats.json (img2dataset's), status.parquet (the shard's rows of fetch/status),
-    hosts.parquet (its per-host counts) and, last, summary.json (the proof that the
-    shard is done) into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
+    hosts.parquet (its per-host counts), robots.parquet (the robots.txt rows it
+    fetched itself, if any) and, last, summary.json (the proof that the shard is done)
+    into done_dir/NNNNN/. A URL robots.txt rules out is never requested.
     `board` (the name of the run's board.Board actor) shares slow-downs with the
     run's other shards.
     """
@@ -170,7 +171,13 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
                    "statuses": counts, "bytes": sum(b for b in table["bytes"].to_pylist() if b),
                    "dns": manners.dns(), "board": manners.shared(), "limits": manners.waits()}
         pq.write_table(manners.table(), out / "hosts.parquet")
-        for f in (f"{name}.tar", f"{name}_stats.json", "status.parquet", "hosts.parquet"):
+        files = [f"{name}.tar", f"{name}_stats.json", "status.parquet", "hosts.parquet"]
+        robots = manners.robots_table()
+        if robots is not None:  # the robots.txt of the hosts only this shard holds
+            pq.write_table(robots, out / "robots.parquet")
+            files.append("robots.parquet")
+            summary["robots_fetched"] = robots.num_rows
+        for f in files:
             storage.upload_file(out / f, final / f)
         storage.write_json(final / "summary.json", summary)
     return summary

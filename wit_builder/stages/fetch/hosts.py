@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wit_builder.errors import Failure, WitError
 
@@ -182,6 +182,7 @@ class _Host:
     leased: bool = False             # a redirect target paced by the board's leases
     in_use: int = 0                  # connections held now
     claimed: int = 0                 # slots booked (claim) and not yet used or dropped
+    epoch: int = 0                   # bumped when the budget changes: older bookings lapse
     counts: Counter = field(default_factory=Counter)
 
 
@@ -262,21 +263,22 @@ class HostLimits:
             h.in_use -= 1
         h.gate.release()
 
-    def ready(self, host: str) -> float:
-        """About when (wall clock) a request to `host` asked for now would start: its
-        next slot of this shard's class not yet given or claimed, or later if its
-        connections are all taken. An estimate, for frontier.Frontier's order
-        (acquire enforces the limits). 0 for a host without a budget."""
+    def ready(self, host: str, now: float | None = None) -> float:
+        """About when (wall clock) a request to `host` asked for at `now` (wall clock;
+        default: now) would start:
+        its next slot of this shard's class not yet given or claimed, or later if its
+        connections are all taken. An estimate, for frontier.Frontier's order, read
+        without the lock (acquire enforces the limits). 0 for a host without a budget."""
         h = self._hosts.get(host)
         if h is None or h.budget is None or h.given_up:
             return 0.0
         b = h.budget
-        with self._lock:
-            k = b.first_slot(max(time.time(), h.paused_until), h.next_slot)
-            # one request beyond the connections waits for one to end too (about a
-            # slot of the class: a guess)
-            ahead = max(0, h.in_use + h.claimed + 1 - b.connections)
-            return b.start(k + b.stride * h.backoff * ahead)
+        t = max(time.time() if now is None else now, h.paused_until)
+        start = max(t, b.start(h.next_slot)) if b.alone else b.start(b.first_slot(t, h.next_slot))
+        # one request beyond the connections waits for one to end too (about a slot
+        # of the class: a guess)
+        ahead = h.in_use + h.claimed + 1 - b.connections
+        return start + b.stride * h.backoff * ahead * b.interval if ahead > 0 else start
 
     def claim(self, host: str) -> None:
         """Book `host`'s next slot for the calling thread's next acquire of it (so a
@@ -291,7 +293,7 @@ class HostLimits:
             k = b.first_slot(max(time.time(), h.paused_until), h.next_slot)
             h.next_slot = k + b.stride * h.backoff
             h.claimed += 1
-            self._local.claim = (h, k)
+            self._local.claim = (h, k, h.epoch)
 
     def unclaim(self) -> None:
         """Drop the calling thread's booked slot if acquire did not use it (its URL was
@@ -307,7 +309,25 @@ class HostLimits:
             return None
         got[0].claimed -= 1
         self._local.claim = None
-        return got[1] if got[0] is h else None
+        return got[1] if got[0] is h and got[2] == h.epoch else None
+
+    def crawl_delay(self, host: str, delay: float, since: float, connections: int) -> None:
+        """A robots.txt the shard fetched itself (robots.Rules; its host is one only
+        this shard holds) sets Crawl-delay `delay` for `host`: its requests from now on
+        at least `delay` apart, the next no sooner than `delay` after `since`."""
+        h = self._host(host)
+        with self._lock:
+            b = h.budget
+            if b is not None and b.interval >= delay:
+                return
+            due = since + delay if b is None else max(since + delay, b.start(h.next_slot))
+            if b is None:
+                h.budget = HostBudget(delay, 1, 0, connections, grid_offset(host), alone=True)
+                h.gate = h.gate or threading.BoundedSemaphore(connections)
+            else:
+                h.budget = replace(b, interval=delay)
+            h.next_slot = h.budget.first_slot(due)
+            h.epoch += 1
 
     def hop(self, host: str, until: float) -> "_Held":
         """A slot for a redirect hop to `host`, another host than the URL's, by wall

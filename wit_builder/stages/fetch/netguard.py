@@ -69,6 +69,23 @@ class Policy:
     max_image_area: int = 89_478_485
 
 
+_TLS: list[ssl.SSLContext] = []
+_TLS_LOCK = threading.Lock()
+
+
+def default_tls() -> ssl.SSLContext:
+    """The process's TLS context for image hosts (the system's CAs, the deadline-keeping
+    socket): made once, at the first https URL (loading the CAs takes ~20 ms, which a
+    shard of plain-http hosts, or a second Fetcher, need not pay), shared by every
+    Fetcher (an SSLContext is safe to share between threads)."""
+    with _TLS_LOCK:
+        if not _TLS:
+            context = ssl.create_default_context()
+            context.sslsocket_class = DeadlineSSLSocket
+            _TLS.append(context)
+        return _TLS[0]
+
+
 class Fetcher:
     """Fetch image bytes under a `Policy`; thread-safe. Connections are kept alive in a
     pool per host shared by the threads. `resolver` (a hosts.Resolver) answers DNS for
@@ -87,8 +104,17 @@ class Fetcher:
         self._idle: dict[tuple, list[http.client.HTTPConnection]] = {}
         self._kept: set[http.client.HTTPConnection] = set()  # kept-alive, closed by close()
         self._lock = threading.Lock()
-        self._tls = ssl.create_default_context()
-        self._tls.sslsocket_class = DeadlineSSLSocket
+        self._tls_context: ssl.SSLContext | None = None  # default_tls(), at the first https URL
+
+    @property
+    def _tls(self) -> ssl.SSLContext:
+        if self._tls_context is None:
+            self._tls_context = default_tls()
+        return self._tls_context
+
+    @_tls.setter
+    def _tls(self, context: ssl.SSLContext) -> None:
+        self._tls_context = context
 
     def close(self) -> None:
         with self._lock:
@@ -105,7 +131,7 @@ class Fetcher:
             if self.stop_at is not None and time.monotonic() >= self.stop_at:
                 return None, "shard_stopped", f"{self.stop_note} before {url[:200]} was fetched"
             try:
-                data = self._limited(url)
+                data = self.paced(url)
                 problem = image_problem(data, self.policy.max_image_area)
                 if problem:
                     return None, problem[0], problem[1]
@@ -124,7 +150,7 @@ class Fetcher:
                 return None, "failed", f"{type(e).__name__}: {e}"
         raise AssertionError("unreachable")
 
-    def _limited(self, url: str) -> bytes:
+    def paced(self, url: str) -> bytes:
         """get(url) on one of its host's slots; the limits and the observer hear how it went."""
         if self.limits is None and self.observer is None:
             return self.get(url)

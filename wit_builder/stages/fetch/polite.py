@@ -4,7 +4,8 @@ Plan side (DuckDB, once per run): `exclude` drops the pairs the opt-out lists na
 `deal` lays the pairs out over the download shards so that each host's URLs sit in
 few, consecutively numbered shards (run at about the same time), gives every row its
 host's shard count and this shard's slot among them, and lists the shards that must
-not run at once (`exclusive`); `origins` lists the robots.txt origins, in buckets.
+not run at once (`exclusive`); `origins` lists the robots.txt origins that the robots
+pass fetches before the download (those of hosts in several shards), in buckets.
 
 Shard side: `Shard` holds what a download shard needs: the robots verdicts of its
 origins, the shared DNS cache, its share of each host's budget (hosts.HostLimits),
@@ -22,7 +23,8 @@ from collections import Counter
 from wit_builder.sql import literal
 from wit_builder.stages.fetch.board import BoardClient
 from wit_builder.stages.fetch.hosts import HostBudget, HostLimits, host_of, resolver, shard_budgets
-from wit_builder.stages.fetch.robots import ORIGIN_SQL, Rules
+from wit_builder.stages.fetch.netguard import Fetcher, Policy
+from wit_builder.stages.fetch.robots import MAX_ROBOTS_BYTES, ORIGIN_SQL, Rules, classify, table
 
 # Same host rule as hosts.host_of (RE2).
 HOST_SQL = ("lower(coalesce(regexp_extract(url, "
@@ -84,11 +86,12 @@ def layout(n_rows: int, shard_size: int) -> tuple[int, int]:
     return n, 1
 
 
-def deal(con, n_shards: int, block: int, offset: int, dest: str) -> None:
-    """COPY temp table `pairs` (with host, origin, robots_bucket) to `dest`, partitioned
-    by fetch_shard, with host_shards, host_slot and the in-shard order `ord` (the
-    first URL of every host, then the second, ...)."""
-    con.execute(f"""COPY (
+def deal(con, n_shards: int, block: int, offset: int, dest: str, every_origin: bool = False) -> None:
+    """COPY temp table `pairs` (with host, origin) to `dest`, partitioned by
+    fetch_shard, with host_shards, host_slot, the in-shard order `ord` (the first URL
+    of every host, then the second, ...) and robots_bucket (see `origins`, which makes
+    temp table `origins` here)."""
+    con.execute(f"""CREATE TEMP TABLE dealt AS
         WITH d AS (SELECT *, (row_number() OVER (ORDER BY hash(host), host, uid) - 1) // {block}
                      AS blk FROM pairs),
              e AS (SELECT *, blk % {n_shards} AS shard,
@@ -98,9 +101,12 @@ def deal(con, n_shards: int, block: int, offset: int, dest: str) -> None:
              f AS (SELECT *, row_number() OVER (PARTITION BY shard, host ORDER BY uid) AS host_rank FROM e)
         SELECT uid, url, text, selected_by, query_ids, ({offset} + shard)::INTEGER AS fetch_shard,
                host, origin, host_shards::INTEGER AS host_shards, host_slot::INTEGER AS host_slot,
-               robots_bucket::INTEGER AS robots_bucket,
                row_number() OVER (PARTITION BY shard ORDER BY host_rank, hash(host), host, uid) AS ord
-        FROM f) TO {dest} (FORMAT parquet, PARTITION_BY (fetch_shard))""")
+        FROM f""")
+    con.execute("DROP TABLE pairs")
+    origins(con, every_origin)
+    con.execute(f"""COPY (SELECT d.*, o.robots_bucket FROM dealt d LEFT JOIN origins o USING (origin))
+        TO {dest} (FORMAT parquet, PARTITION_BY (fetch_shard))""")
 
 
 def exclusive(con, dest_glob: str, connections: int) -> dict[int, list[str]]:
@@ -115,15 +121,21 @@ def exclusive(con, dest_glob: str, connections: int) -> dict[int, list[str]]:
     return out
 
 
-def origins(con, per_task: int = ORIGINS_PER_TASK) -> None:
-    """Add robots_bucket to temp table `pairs` and make temp table `origins`."""
+def origins(con, every_origin: bool = False, per_task: int = ORIGINS_PER_TASK) -> None:
+    """Temp table `origins`: the robots.txt origins the robots pass fetches before the
+    download, in buckets of `per_task`. Those are the origins of hosts that several
+    shards hold (host_shards > 1 in temp table `dealt`), or all with `every_origin` (a
+    retry, which mostly reuses the last fetch's rows); the shard that alone holds a
+    host fetches its robots.txt itself, when its first URL comes up (robots.Rules)."""
+    shared = "" if every_origin else "AND host_shards > 1"
     con.execute(f"""CREATE TEMP TABLE origins AS SELECT origin,
         ((dense_rank() OVER (ORDER BY origin) - 1) // {per_task})::INTEGER AS robots_bucket
-        FROM (SELECT DISTINCT origin FROM pairs WHERE origin <> '://')""")
-    con.execute("""CREATE TEMP TABLE pairs2 AS SELECT p.*, o.robots_bucket
-                   FROM pairs p LEFT JOIN origins o USING (origin)""")
-    con.execute("DROP TABLE pairs")
-    con.execute("ALTER TABLE pairs2 RENAME TO pairs")
+        FROM (SELECT DISTINCT origin FROM dealt WHERE origin <> '://' {shared})""")
+
+
+def no_origins(con) -> None:
+    """Temp table `origins`, empty: a plan with no pairs to fetch."""
+    con.execute("CREATE TEMP TABLE origins (origin VARCHAR, robots_bucket INTEGER)")
 
 
 def add_host_columns(con) -> None:
@@ -155,18 +167,39 @@ class Shard:
         rps, conns = p["per_host_rps"], p["per_host_connections"]
         others = HostBudget(1.0 / rps, 1, 0, conns) if rps > 0 else None  # redirect targets
         self.limits = (HostLimits(budgets, p["host_give_up_after"], deadline, others)
-                       if budgets or others or p["host_give_up_after"] else None)
+                       if budgets or others or p["host_give_up_after"] or self.rules else None)
         self.limited = bool(budgets)  # some hosts have slots: their URLs go in a frontier.Frontier
         self.board = None  # the run's board (a Ray actor), if any: slow-downs shared across shards
         if board is not None and self.limits is not None:
             self.board = self.limits.board = BoardClient(board, self.limits)
+        self._robots = self._prefetch = None  # the robots.txt this shard fetches itself
+        if self.rules is not None:
+            pol = settings["policy"]
+            self._robots = Fetcher(Policy(timeout=pol["timeout"], retries=0, user_agent=pol["user_agent"],
+                                          allow_private_network=pol["allow_private_network"],
+                                          max_image_bytes=MAX_ROBOTS_BYTES), self.resolver, self.limits)
+            # a robots.txt request is one of its host's requests: on its slots
+            self.rules.lazily(lambda origin: classify(origin, self._robots.paced),
+                              lambda origin, delay, since: self.limits.crawl_delay(
+                                  host_of(origin), delay, since, conns))
+            # fetched while img2dataset sets up and the first images come in
+            self._prefetch = self.rules.prefetch(plan["origin"].to_pylist(), settings["threads"])
         self.counts: dict[str, Counter] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
         """Send the last slow-downs to the board and stop exchanging."""
+        if self._prefetch is not None:  # at the shard's end: every row it needed is in
+            self._prefetch.shutdown(wait=True, cancel_futures=True)
+        if self._robots is not None:
+            self._robots.close()
         if self.board is not None:
             self.board.close()
+
+    def robots_table(self):
+        """The robots rows of the origins this shard fetched itself (None if none)."""
+        rows = [] if self.rules is None else self.rules.fetched
+        return table(rows) if rows else None
 
     def shared(self) -> dict:
         """What this shard told the board and took from it."""

@@ -1,11 +1,14 @@
 """robots.txt for the fetch stage: fetched once per origin per build, kept in the build.
 
-Before any image is requested, fetch's plan lists the distinct origins
-(scheme://host:port) and `fetch_bucket` Ray tasks get each origin's /robots.txt through
-the same guarded client as the images (address guard, deadline, size cap, user agent).
-What they got is a row of `fetch/robots/` (view `robots`): the file, when it was
-fetched and until when it holds. A download shard reads the rows of its origins and
-asks `Rules.verdict` before each URL. As RFC 9309 says:
+Each origin's (scheme://host:port) /robots.txt is asked through the same guarded
+client as the images (address guard, deadline, size cap, user agent), once: for a
+host that several download shards hold, by the robots pass before the download
+(`fetch_bucket` Ray tasks over the plan's origins.parquet); for a host that one shard
+alone holds, by that shard (`Rules.lazily`, `Rules.prefetch`), so the pass does not
+hold up the download for the many small hosts. What came back is a row of
+`fetch/robots/` (view `robots`): the file, when it was fetched and until when it
+holds. A download shard reads the pass's rows of its origins and asks
+`Rules.verdict` before each URL. As RFC 9309 says:
 
 - 2xx: the rules apply to `ROBOTS_AGENT` (parsed with protego); `Crawl-delay` spaces
   the host's requests;
@@ -22,6 +25,7 @@ still hold.
 from __future__ import annotations
 
 import re
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +39,7 @@ _ORIGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#]*)")
 # The same key in the plan's SQL (RE2 understands the pattern).
 ORIGIN_SQL = ("lower(regexp_extract(url, {p}, 1)) || '://' || lower(regexp_extract(url, {p}, 2))"
               .format(p=literal(_ORIGIN.pattern)))
+WAIT_FOR_ROBOTS = 120.0       # seconds a thread waits for another's fetch of the same robots.txt
 ALLOW_ALL = ("not_found", "http_error", "redirect_loop", "too_large", "not_an_image")
 COLUMNS = ["origin", "state", "body", "crawl_delay", "fetched_at", "expires", "error"]
 
@@ -51,14 +56,22 @@ def _schema():
                       ("expires", pa.float64()), ("error", pa.string())])
 
 
-def _classify(origin: str, fetcher) -> dict:
-    """One origin's row: state is rules, allow_all, unavailable, dns_error or blocked_address."""
+def table(rows: list[dict]):
+    """Robots rows as a table of fetch/robots/."""
+    import pyarrow as pa
+    return pa.Table.from_pylist(rows, schema=_schema())
+
+
+def classify(origin: str, get) -> dict:
+    """One origin's row, its robots.txt asked with `get(url) -> bytes` (a
+    netguard.Fetcher's get, or paced to count against the host's limits): state is
+    rules, allow_all, unavailable, dns_error or blocked_address."""
     from wit_builder.errors import Failure
     now = time.time()
     row = {"origin": origin, "body": None, "crawl_delay": None, "fetched_at": now,
            "expires": now + CACHE_SECONDS, "error": None}
     try:
-        body = fetcher.get(origin + "/robots.txt")
+        body = get(origin + "/robots.txt")
     except Failure as f:
         if f.status in ALLOW_ALL:
             return {**row, "state": "allow_all", "error": str(f)}
@@ -120,7 +133,6 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
     """Ray task: the robots rows of `origins` into `out` (a Parquet file in the build).
     Rows of `previous` (fetch/robots files of the fetch being retried) that still hold
     are kept instead of fetched again."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from wit_builder import storage
@@ -136,13 +148,13 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
     todo = [o for o in origins if o not in kept]
     try:
         with ThreadPoolExecutor(max(1, min(settings["threads"], len(todo) or 1))) as pool:
-            rows = list(kept.values()) + list(pool.map(lambda o: _classify(o, fetcher), todo))
+            rows = list(kept.values()) + list(pool.map(lambda o: classify(o, fetcher.get), todo))
     finally:
         fetcher.close()
     import tempfile
     with tempfile.TemporaryDirectory(prefix="wit-robots-") as tmp:
         local = f"{tmp}/robots.parquet"
-        pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), local)
+        pq.write_table(table(rows), local)
         storage.upload_file(local, out)
     return {"origins": len(origins), "fetched": len(todo)}
 
@@ -166,20 +178,76 @@ def _still_valid(previous: list, origins: list[str]) -> dict[str, dict]:
 
 
 class Rules:
-    """The robots rows of one shard's origins, asked per URL."""
+    """The robots rows of one shard's origins, asked per URL.
+
+    An origin with no row (one whose host only this shard holds: the robots pass did
+    not fetch it) gets one from `fetch(origin) -> row` (see `lazily`) when its first
+    URL is asked about, once: the shard's other threads that ask meanwhile wait for
+    that answer, and threads on other hosts go on. `fetched` lists those rows (the
+    shard's file of fetch/robots/); `on_delay(origin, seconds, since)` hears of a
+    Crawl-delay one sets (`since`: when its request started)."""
 
     def __init__(self, rows: list[dict]):
         self._rows = {r["origin"]: r for r in rows}
         self._parsed: dict[str, object] = {}
+        self._fetch = self._on_delay = None
+        self._pending: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self.fetched: list[dict] = []
+
+    def lazily(self, fetch, on_delay=None) -> None:
+        self._fetch, self._on_delay = fetch, on_delay
+
+    def prefetch(self, origins, threads: int) -> ThreadPoolExecutor | None:
+        """Start fetching the rows `origins` lack, on `threads` threads of their own (the
+        shard's downloads start meanwhile; a URL whose robots.txt is on its way waits
+        for it). Returns the pool, to shut down with the shard (None: nothing to fetch)."""
+        todo = sorted(o for o in set(origins) if o not in self._rows and o != "://")
+        if not todo or self._fetch is None:
+            return None
+        pool = ThreadPoolExecutor(max(1, min(threads, len(todo))), thread_name_prefix="wit-robots")
+        for origin in todo:
+            pool.submit(self._row, origin)
+        return pool
 
     def crawl_delays(self) -> dict[str, float]:
         """origin -> Crawl-delay seconds, for the origins whose robots.txt sets one."""
         return {o: r["crawl_delay"] for o, r in self._rows.items() if r.get("crawl_delay")}
 
+    def _row(self, origin: str) -> dict | None:
+        row = self._rows.get(origin)
+        if row is not None or self._fetch is None or origin == "://":
+            return row
+        with self._lock:
+            row = self._rows.get(origin)
+            waiting = self._pending.get(origin)
+            if row is None and waiting is None:
+                mine = self._pending[origin] = threading.Event()
+        if row is not None:
+            return row
+        if waiting is not None:  # another thread is fetching it (bounded by its deadline)
+            waiting.wait(timeout=WAIT_FOR_ROBOTS)
+            return self._rows.get(origin) or {
+                "origin": origin, "state": "unavailable",
+                "error": f"its robots.txt was still being fetched after {WAIT_FOR_ROBOTS:g} s"}
+        since, row = time.time(), None
+        try:
+            row = self._fetch(origin)  # classify: never raises
+            if row.get("crawl_delay") and self._on_delay is not None:  # before any URL of it goes
+                self._on_delay(origin, row["crawl_delay"], since)
+        finally:
+            with self._lock:
+                if row is not None:
+                    self._rows[origin] = row
+                    self.fetched.append(row)
+                del self._pending[origin]
+            mine.set()
+        return row
+
     def verdict(self, url: str) -> tuple[str, str] | None:
         """(status, error) if `url` must not be requested, else None."""
         origin = origin_of(url)
-        row = self._rows.get(origin)
+        row = self._row(origin)
         if row is None or row["state"] == "allow_all":
             return None
         state = row["state"]
