@@ -82,3 +82,13 @@ def test_a_host_only_this_shard_holds_starts_at_once_when_idle_and_keeps_its_int
     # on the grid (another shard holds the host too) an idle host waits for its slot
     grid = HostLimits({"b.test": budget_starting_in(0.3, interval=100.0)})
     assert grid.ready("b.test") - time.time() > 0.2
+
+
+def test_a_host_held_back_goes_after_the_others_until_released():
+    limits, held = HostLimits({}), {"a.test"}
+    f = Frontier(rows("http://a.test/1", "http://c.test/1", "http://a.test/2", "http://c.test/2"),
+                 limits, held=lambda host: host in held)
+    assert [f.take()[0] for _ in range(2)] == [1, 3]  # a's robots.txt rules not in yet
+    held.clear()
+    time.sleep(0.03)  # past HELD: a is looked at again
+    assert [f.take()[0] for _ in range(2)] == [0, 2]

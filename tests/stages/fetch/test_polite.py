@@ -299,6 +299,35 @@ def test_a_shard_fetches_each_missing_robots_txt_once_and_paces_its_host_first()
     assert rules.verdict("http://known.test/no/1.jpg") is None and calls == ["http://new.test"]
 
 
+def test_a_shard_waits_for_the_robots_pass_file_of_its_origin_or_its_failure(tmp_path):
+    """An origin the robots pass is still fetching: its URLs wait for the pass's file
+    (and take their rules from it); should the pass fail, they are robots_unavailable."""
+    import pyarrow as pa
+
+    from wit_builder.stages.fetch import robots
+    row = {"origin": "http://big.test", "state": "rules", "body": "User-agent: *\nDisallow: /no/\n",
+           "crawl_delay": 2.0, "fetched_at": 0.0, "expires": 1e12, "error": None}
+    later = robots.bucket_file(tmp_path, 0, 0)
+    delays = []
+    rules = Rules([])
+    rules.lazily(lambda origin: pytest.fail(f"{origin} belongs to the pass"),
+                 lambda origin, delay, since: delays.append((origin, delay)))
+    rules.awaiting({0: later, 1: robots.bucket_file(tmp_path, 0, 1)},
+                   {"http://big.test": 0, "http://other.test": 1, "http://alone.test": None},
+                   tmp_path / robots.FAILED, time.time() + 30)
+    assert rules.waiting_on("http://big.test") and not rules.waiting_on("http://alone.test")
+    threading.Timer(0.3, lambda: pq.write_table(pa.Table.from_pylist([row], schema=robots._schema()),
+                                                later)).start()
+    t0 = time.time()
+    assert rules.verdict("http://big.test/yes/1.jpg") is None
+    assert 0.25 < time.time() - t0 < 5 and not rules.waiting_on("http://big.test")
+    assert rules.verdict("http://big.test/no/1.jpg")[0] == "robots_disallowed"
+    assert delays == [("http://big.test", 2.0)] and rules.fetched == []
+    (tmp_path / robots.FAILED).write_text("RuntimeError: bucket 1 failed every try")
+    status, error = rules.verdict("http://other.test/a.jpg")
+    assert status == "robots_unavailable" and "the robots pass failed (RuntimeError" in error
+
+
 @pytest.mark.slow
 def test_retry_failed_reuses_the_robots_txt_it_fetched(build, ray_cluster):
     """--retry-failed asks no robots.txt again while the build's copy is fresh: its

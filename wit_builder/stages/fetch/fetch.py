@@ -2,8 +2,9 @@
 
 The plan drops the pairs the opt-out lists name (`excluded`) and lays the rest out
 over the download shards with each host's URLs in few consecutive shards
-(`polite.deal`); a robots.txt pass fetches every origin's robots.txt once
-(`robots.py`). Each shard is one Ray task that runs img2dataset's `Downloader` (its
+(`polite.deal`); each origin's robots.txt is fetched once (`robots.py`): by a robots
+pass that runs beside the download for hosts that several shards hold, by the shard
+itself for the others. Each shard is one Ray task that runs img2dataset's `Downloader` (its
 thread pool, resizer and WebDataset writer; through `wit_builder.stages.fetch.i2d`, the one adapter
 to img2dataset) with `netguard.Fetcher` in place of its bare urllib call, under the
 shard's share of each host's limits and with a DNS cache its threads share
@@ -171,16 +172,22 @@ def _work(ctx: StageContext, cfg: Config, lists: dict[str, list[str]]) -> StageO
     prev = output_dir(ctx.build, read_record(ctx.build, "fetch")) if "retry_of" in ctx.params else None
     plan = plan_shards(ctx, cfg, prev, lists)
     t0 = time.time()
-    if cfg.robots_txt:
-        _robots(ctx, cfg, plan, prev)
-    run_stats, failed = download(ctx.work, plan, cfg)
+    # the robots pass runs while the download does; a shard that needs one of its
+    # origins waits for that origin's file (robots.Pass)
+    ahead = _robots(ctx, cfg, plan, prev) if cfg.robots_txt else None
+    try:
+        run_stats, failed = download(ctx.work, plan, cfg)
+    finally:
+        if ahead is not None:
+            ahead.wait()
     seconds = time.time() - t0
     return assemble(ctx, plan, failed, prev, run_stats, seconds)
 
 
-def _robots(ctx: StageContext, cfg: Config, plan: dict, prev: Path | None) -> None:
-    """Every origin's robots.txt into work/robots/ (robots.fetch_all)."""
+def _robots(ctx: StageContext, cfg: Config, plan: dict, prev: Path | None):
+    """The robots pass (the origins of hosts several shards hold) into work/robots/,
+    started on a thread (robots.Pass)."""
     from wit_builder.stages.fetch import robots
-    robots.fetch_all(ctx.work, plan["shards"][0] if plan["shards"] else 0,
-                     task_settings(cfg, plan["oom_shard_count"]), prev,
-                     retries=cfg.shard_retries, time_limit=cfg.shard_time_limit)
+    return robots.Pass(ctx.work, plan["shards"][0] if plan["shards"] else 0,
+                       task_settings(cfg, plan["oom_shard_count"]), prev,
+                       retries=cfg.shard_retries, time_limit=cfg.shard_time_limit)

@@ -31,7 +31,7 @@ def download(work, plan: dict, cfg) -> tuple[dict, dict[int, str]]:
         return run_stats, {}
     cluster.ensure_ray()  # left running for the next stage; the CLI stops the Ray it started
     limit = cfg.shards_in_flight or cluster.cpus()
-    settings = task_settings(cfg, oom)
+    settings = {**task_settings(cfg, oom), "first_shard": shards[0]}  # names the robots pass's files
 
     def progress(res: dict) -> str:
         run_stats["success"] += res["success"]
@@ -105,7 +105,7 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
     from wit_builder.stages.fetch.netguard import Fetcher, Policy
     from wit_builder.stages.fetch.polite import Shard, stop_after
     from wit_builder.stages.fetch.resizing import CvTap, Download, hashing_resizer
-    from wit_builder.stages.fetch.robots import shard_rows
+    from wit_builder.stages.fetch.robots import FAILED, shard_rows
 
     oom = settings["oom_shard_count"]
     name = shard_name(shard, oom)
@@ -121,18 +121,21 @@ def fetch_shard(shard: int, plan_file, done_dir, settings: dict, robots_dir, boa
 
         warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         p = settings["policy"]
-        manners = Shard(plan, settings, shard_rows(plan, robots_dir) if settings["polite"]["robots_txt"] else [],
-                        board)
+        rows, awaited = (shard_rows(plan, robots_dir, settings["first_shard"])
+                         if settings["polite"]["robots_txt"] else ([], {}))
+        manners = Shard(plan, settings, rows, board, awaited, robots_dir / FAILED)
         limit = settings["polite"]["shard_time_limit"]
         fetcher = Fetcher(Policy(**{**p, "robots_directives": frozenset(p["robots_directives"])}),
                           manners.resolver, manners.limits, manners.request,
                           stop_at=started + stop_after(limit),
                           stop_note=f"the shard stopped at {stop_after(limit):g} s of "
                                     f"--shard-time-limit {limit:g} s (to keep what it finished)")
+        manners.start(fetcher)
         outcomes: dict[int, tuple] = {}
         # with limited hosts, a thread takes the URL whose host can start soonest,
         # not the row img2dataset handed it (which another thread may take instead)
-        frontier = Frontier(list(enumerate(plan["url"].to_pylist())), manners.limits) if manners.limited else None
+        frontier = (Frontier(list(enumerate(plan["url"].to_pylist())), manners.limits, manners.held)
+                    if manners.limited else None)
 
         def fetch(index: int, url: str) -> tuple:
             if frontier is not None:

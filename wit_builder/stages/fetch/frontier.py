@@ -29,6 +29,7 @@ from collections import deque
 from wit_builder.stages.fetch.hosts import HostLimits, host_of
 
 NOW = 0.002      # seconds: a host whose slot starts this soon counts as free now
+HELD = 0.02      # seconds: when a held host is looked at again
 
 
 class Frontier:
@@ -36,8 +37,10 @@ class Frontier:
     a row whose host cannot start yet is passed over for a later one whose host can;
     every row is handed out once."""
 
-    def __init__(self, rows: list[tuple[int, str]], limits: HostLimits):
-        self.limits = limits
+    def __init__(self, rows: list[tuple[int, str]], limits: HostLimits, held=None):
+        """`held(host)`: True while the host's URLs must wait for something else (its
+        robots.txt rules from the robots pass): such a host counts as not ready."""
+        self.limits, self.held = limits, held
         self._queues: dict[str, deque] = {}
         for index, url in rows:
             self._queues.setdefault(host_of(url), deque()).append((index, url))
@@ -62,6 +65,8 @@ class Frontier:
             for _ in range(len(self._free)):  # bounded: each turn moves a host to waiting
                 _, candidate = heapq.heappop(self._free)
                 ready = self.limits.ready(candidate, now)
+                if self.held is not None and self.held(candidate):
+                    ready = max(ready, now + HELD)
                 if ready <= soon:
                     host = candidate
                     break

@@ -18,7 +18,7 @@ import threading
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from wit_builder.errors import Failure, WitError
 
@@ -311,22 +311,19 @@ class HostLimits:
         self._local.claim = None
         return got[1] if got[0] is h and got[2] == h.epoch else None
 
-    def crawl_delay(self, host: str, delay: float, since: float, connections: int) -> None:
-        """A robots.txt the shard fetched itself (robots.Rules; its host is one only
-        this shard holds) sets Crawl-delay `delay` for `host`: its requests from now on
-        at least `delay` apart, the next no sooner than `delay` after `since`."""
+    def slow_to(self, host: str, budget: HostBudget, since: float) -> None:
+        """A Crawl-delay learned while the shard runs (robots.Rules): `host`'s requests
+        from now on on `budget` (its budget_for with that delay) if that is slower, the
+        next no sooner than one interval after `since` (when its robots.txt was asked)."""
         h = self._host(host)
         with self._lock:
             b = h.budget
-            if b is not None and b.interval >= delay:
+            if b is not None and b.interval >= budget.interval:
                 return
-            due = since + delay if b is None else max(since + delay, b.start(h.next_slot))
-            if b is None:
-                h.budget = HostBudget(delay, 1, 0, connections, grid_offset(host), alone=True)
-                h.gate = h.gate or threading.BoundedSemaphore(connections)
-            else:
-                h.budget = replace(b, interval=delay)
-            h.next_slot = h.budget.first_slot(due)
+            due = since + budget.interval if b is None else max(since + budget.interval, b.start(h.next_slot))
+            h.budget = budget
+            h.gate = h.gate or threading.BoundedSemaphore(budget.connections)
+            h.next_slot = budget.first_slot(due)
             h.epoch += 1
 
     def hop(self, host: str, until: float) -> "_Held":
@@ -462,27 +459,35 @@ class _Held:
 
 def shard_budgets(rows, rps: float, connections: int,
                   delays: dict[str, float] | None = None) -> dict[str, HostBudget]:
-    """Each host's budget in one shard from the plan's columns host, host_shards
-    (shards holding the host, m = min(that, connections) of them at once at most) and
-    host_slot (this shard's class among them, 0..m-1). The host's slots are 1/rps
-    apart, or its robots.txt Crawl-delay (`delays`) if longer; with rps 0 only hosts
-    with a Crawl-delay are limited."""
+    """Each host's budget in one shard (budget_for) from the plan's columns host,
+    host_shards and host_slot; with rps 0 only hosts with a Crawl-delay (`delays`)
+    are limited."""
     out: dict[str, HostBudget] = {}
     delays = delays or {}
     for host, shards, slot in zip(rows["host"].to_pylist(), rows["host_shards"].to_pylist(),
                                   rows["host_slot"].to_pylist()):
-        if host in out:
-            continue
-        interval = max(1.0 / rps if rps > 0 else 0.0, delays.get(host, 0.0))
-        if interval <= 0:
-            continue
-        stride = max(1, min(shards, connections))
-        # a host in one shard only is paced there alone; one in several keeps to the
-        # grid (its classes interleave, and shards of one class that run one after the
-        # other carry on where the last stopped)
-        out[host] = HostBudget(interval, stride, slot % stride, max(1, connections // stride),
-                               grid_offset(host), alone=shards == 1)
+        if host not in out:
+            b = budget_for(host, shards, slot, rps, connections, delays.get(host, 0.0))
+            if b is not None:
+                out[host] = b
     return out
+
+
+def budget_for(host: str, shards: int, slot: int, rps: float, connections: int,
+               delay: float = 0.0) -> HostBudget | None:
+    """`host`'s budget in a shard, from the plan: the shards holding the host (m =
+    min(that, connections) of them at once at most) and this shard's class among them
+    (`slot`, 0..m-1). The host's slots are 1/rps apart, or its robots.txt Crawl-delay
+    if longer; None: not limited (rps 0 and no Crawl-delay)."""
+    interval = max(1.0 / rps if rps > 0 else 0.0, delay)
+    if interval <= 0:
+        return None
+    stride = max(1, min(shards, connections))
+    # a host in one shard only is paced there alone; one in several keeps to the grid
+    # (its classes interleave, and shards of one class that run one after the other
+    # carry on where the last stopped)
+    return HostBudget(interval, stride, slot % stride, max(1, connections // stride),
+                      grid_offset(host), alone=shards == 1)
 
 
 def resolver(polite: dict) -> Resolver:

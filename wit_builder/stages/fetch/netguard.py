@@ -106,6 +106,11 @@ class Fetcher:
         self._lock = threading.Lock()
         self._tls_context: ssl.SSLContext | None = None  # default_tls(), at the first https URL
 
+    def share_connections(self, other: "Fetcher") -> None:
+        """Keep connections alive in `other`'s pool (same timeout and address rules):
+        a shard's robots.txt request leaves its connection to the image requests."""
+        self._idle, self._kept, self._lock = other._idle, other._kept, other._lock
+
     @property
     def _tls(self) -> ssl.SSLContext:
         if self._tls_context is None:

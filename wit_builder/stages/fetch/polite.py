@@ -22,7 +22,14 @@ from collections import Counter
 
 from wit_builder.sql import literal
 from wit_builder.stages.fetch.board import BoardClient
-from wit_builder.stages.fetch.hosts import HostBudget, HostLimits, host_of, resolver, shard_budgets
+from wit_builder.stages.fetch.hosts import (
+    HostBudget,
+    HostLimits,
+    budget_for,
+    host_of,
+    resolver,
+    shard_budgets,
+)
 from wit_builder.stages.fetch.netguard import Fetcher, Policy
 from wit_builder.stages.fetch.robots import MAX_ROBOTS_BYTES, ORIGIN_SQL, Rules, classify, table
 
@@ -155,7 +162,11 @@ def stop_after(limit: float) -> float:
 class Shard:
     """Politeness for one download shard (see the module docstring)."""
 
-    def __init__(self, plan, settings: dict, robots_rows: list[dict], board=None):
+    def __init__(self, plan, settings: dict, robots_rows: list[dict], board=None,
+                 awaited: dict | None = None, pass_failed=None):
+        """`robots_rows`: the robots pass's rows of the shard's origins written so far;
+        `awaited`: {bucket: file} of the pass's files still to come (and `pass_failed`,
+        where the pass says it failed), for Rules.awaiting."""
         p = settings["polite"]
         self.resolver = resolver(p)
         self.rules = Rules(robots_rows) if p["robots_txt"] else None
@@ -173,19 +184,46 @@ class Shard:
         if board is not None and self.limits is not None:
             self.board = self.limits.board = BoardClient(board, self.limits)
         self._robots = self._prefetch = None  # the robots.txt this shard fetches itself
+        self._host_origins: dict[str, set[str]] = {}
         if self.rules is not None:
             pol = settings["policy"]
             self._robots = Fetcher(Policy(timeout=pol["timeout"], retries=0, user_agent=pol["user_agent"],
                                           allow_private_network=pol["allow_private_network"],
                                           max_image_bytes=MAX_ROBOTS_BYTES), self.resolver, self.limits)
+            places = {h: (n, k) for h, n, k in zip(plan["host"].to_pylist(), plan["host_shards"].to_pylist(),
+                                                    plan["host_slot"].to_pylist())}
+
+            def slowed(origin: str, delay: float, since: float) -> None:  # a Crawl-delay come in
+                host = host_of(origin)
+                n, k = places.get(host, (1, 0))
+                self.limits.slow_to(host, budget_for(host, n, k, rps, conns, delay), since)
+
             # a robots.txt request is one of its host's requests: on its slots
-            self.rules.lazily(lambda origin: classify(origin, self._robots.paced),
-                              lambda origin, delay, since: self.limits.crawl_delay(
-                                  host_of(origin), delay, since, conns))
-            # fetched while img2dataset sets up and the first images come in
-            self._prefetch = self.rules.prefetch(plan["origin"].to_pylist(), settings["threads"])
+            self.rules.lazily(lambda origin: classify(origin, self._robots.paced), slowed)
+            if awaited:
+                self.rules.awaiting(awaited, dict(zip(plan["origin"].to_pylist(),
+                                                      plan["robots_bucket"].to_pylist())),
+                                    pass_failed, deadline)
+            # a quarter of the download threads: a robots.txt is small, and these run
+            # beside the image downloads
+            self._origins, self._threads = plan["origin"].to_pylist(), max(1, settings["threads"] // 4)
+            for host, origin in zip(plan["host"].to_pylist(), self._origins):
+                self._host_origins.setdefault(host, set()).add(origin)
         self.counts: dict[str, Counter] = {}
         self._lock = threading.Lock()
+
+    def start(self, images: Fetcher) -> None:
+        """Start fetching the robots.txt of the origins only this shard holds (while
+        img2dataset sets up and the first images come in), on the connections of
+        `images`, the shard's image Fetcher."""
+        if self._robots is not None:
+            self._robots.share_connections(images)
+            self._prefetch = self.rules.prefetch(self._origins, self._threads)
+
+    def held(self, host: str) -> bool:
+        """True while a robots.txt rule of `host` is still to come from the robots pass
+        (frontier.Frontier gives its threads other hosts meanwhile)."""
+        return self.rules is not None and any(self.rules.waiting_on(o) for o in self._host_origins.get(host, ()))
 
     def close(self) -> None:
         """Send the last slow-downs to the board and stop exchanging."""

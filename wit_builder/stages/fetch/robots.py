@@ -24,6 +24,7 @@ still hold.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -40,6 +41,8 @@ _ORIGIN = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(?:[^@/?#]*@)?([^/?#]*)")
 ORIGIN_SQL = ("lower(regexp_extract(url, {p}, 1)) || '://' || lower(regexp_extract(url, {p}, 2))"
               .format(p=literal(_ORIGIN.pattern)))
 WAIT_FOR_ROBOTS = 120.0       # seconds a thread waits for another's fetch of the same robots.txt
+POLL = 0.05                   # seconds between a shard's looks for a robots pass file it waits for
+FAILED = "FAILED"             # beside the pass's files: the pass failed (Pass)
 ALLOW_ALL = ("not_found", "http_error", "redirect_loop", "too_large", "not_an_image")
 COLUMNS = ["origin", "state", "body", "crawl_delay", "fetched_at", "expires", "error"]
 
@@ -106,27 +109,64 @@ def fetch_all(work, first_shard: int, settings: dict, prev, retries: int, time_l
     for origin, b in zip(table["origin"].to_pylist(), table["robots_bucket"].to_pylist()):
         buckets.setdefault(b, []).append(origin)
     out = work / "robots"
-    todo = [b for b in sorted(buckets) if not (out / f"{first_shard:05d}-{b:05d}.parquet").exists()]
+    todo = [b for b in sorted(buckets) if not bucket_file(out, first_shard, b).exists()]
     if not todo:
         return
     previous = sorted((prev / "robots").glob("*.parquet"), key=str) \
         if prev is not None and (prev / "robots").exists() else None
     if len(todo) == 1:  # one bucket (up to 2,000 origins): here, without a round of Ray tasks
-        fetch_bucket(buckets[todo[0]], out / f"{first_shard:05d}-{todo[0]:05d}.parquet", settings, previous)
+        fetch_bucket(buckets[todo[0]], bucket_file(out, first_shard, todo[0]), settings, previous)
         return
     cluster.ensure_ray()
-    cluster.run_units(fetch_bucket, ((buckets[b], out / f"{first_shard:05d}-{b:05d}.parquet", settings,
+    # no CPU of their own: the download's shards hold the CPUs meanwhile (Pass), and some
+    # wait for these files
+    cluster.run_units(fetch_bucket, ((buckets[b], bucket_file(out, first_shard, b), settings,
                                       previous) for b in todo),
                       "fetch: robots.txt", total=len(todo), done=len(buckets) - len(todo),
-                      retries=retries, time_limit=time_limit, unit="bucket")
+                      retries=retries, time_limit=time_limit, unit="bucket", num_cpus=0)
 
 
-def shard_rows(plan, robots_dir) -> list[dict]:
-    """The robots rows of a download shard's origins (its plan rows name their buckets)."""
-    buckets = set(plan["robots_bucket"].to_pylist())
-    files = [f for f in sorted(robots_dir.glob("*.parquet"), key=str)
-             if int(f.stem.split("-")[1]) in buckets]
-    return read_rows(files, set(plan["origin"].to_pylist()))
+def bucket_file(robots_dir, first_shard: int, bucket: int):
+    return robots_dir / f"{first_shard:05d}-{bucket:05d}.parquet"
+
+
+class Pass:
+    """The robots pass (fetch_all) on a thread of the driver while the download runs.
+    A shard that needs one of the pass's origins waits for its bucket's file
+    (Rules.awaiting); should the pass fail, it writes FAILED beside them (so no shard
+    waits on), and `wait` raises its error once the download is over."""
+
+    def __init__(self, work, first_shard: int, settings: dict, prev, retries: int, time_limit: float):
+        from wit_builder import storage
+        self.failed = work / "robots" / FAILED
+        storage.remove(self.failed)  # an earlier attempt's
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="wit-robots-pass", daemon=True,
+                                        args=(work, first_shard, settings, prev, retries, time_limit))
+        self._thread.start()
+
+    def _run(self, *args) -> None:
+        from wit_builder import storage
+        try:
+            fetch_all(*args)
+        except BaseException as e:  # raised in the driver's thread by wait()
+            self.error = e
+            storage.write_bytes(self.failed, f"{type(e).__name__}: {e}".encode())
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def shard_rows(plan, robots_dir, first_shard: int) -> tuple[list[dict], dict[int, object]]:
+    """The robots pass's rows of a download shard's origins (its plan rows name their
+    buckets) that are written already, and {bucket: file} of those still to come."""
+    buckets = {b for b in plan["robots_bucket"].to_pylist() if b is not None}
+    files = {b: bucket_file(robots_dir, first_shard, b) for b in sorted(buckets)}
+    there = {b for b, f in files.items() if f.exists()}
+    return (read_rows([files[b] for b in sorted(there)], set(plan["origin"].to_pylist())),
+            {b: f for b, f in files.items() if b not in there})
 
 
 def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None = None) -> dict:
@@ -151,11 +191,8 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
             rows = list(kept.values()) + list(pool.map(lambda o: classify(o, fetcher.get), todo))
     finally:
         fetcher.close()
-    import tempfile
-    with tempfile.TemporaryDirectory(prefix="wit-robots-") as tmp:
-        local = f"{tmp}/robots.parquet"
+    with storage.writing(out) as local:  # whole or not at all: a shard may be waiting for it
         pq.write_table(table(rows), local)
-        storage.upload_file(local, out)
     return {"origins": len(origins), "fetched": len(todo)}
 
 
@@ -194,18 +231,37 @@ class Rules:
         self._pending: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self.fetched: list[dict] = []
+        self._files: dict = {}            # awaiting: the pass's files still to come
+        self._bucket_of: dict[str, int] = {}
+        self._failed, self._until = None, 0.0
+        self._arrived: dict[int, threading.Event] = {}
+        self._done: set[int] = set()        # buckets read (or given up on)
+        self._missing: dict[int, str] = {}  # bucket -> why its file did not come
 
     def lazily(self, fetch, on_delay=None) -> None:
         self._fetch, self._on_delay = fetch, on_delay
 
+    def awaiting(self, files: dict, bucket_of: dict[str, int | None], failed, until: float) -> None:
+        """The robots pass is still writing `files` ({bucket: file}; `bucket_of`: origin
+        -> bucket): a URL of one of their origins waits for its file (looked for every
+        POLL s until `until`, wall clock, or until the pass writes `failed`); that file's
+        rows then serve the shard's other threads too."""
+        self._files, self._failed, self._until = files, failed, until
+        self._bucket_of = {o: b for o, b in bucket_of.items() if b in files}
+
     def prefetch(self, origins, threads: int) -> ThreadPoolExecutor | None:
-        """Start fetching the rows `origins` lack, on `threads` threads of their own (the
-        shard's downloads start meanwhile; a URL whose robots.txt is on its way waits
-        for it). Returns the pool, to shut down with the shard (None: nothing to fetch)."""
-        todo = sorted(o for o in set(origins) if o not in self._rows and o != "://")
-        if not todo or self._fetch is None:
+        """Start fetching the rows `origins` lack, and reading the pass's files as they
+        come (awaiting), on `threads` threads of their own (the shard's downloads start
+        meanwhile; a URL whose robots.txt is on its way waits for it). Returns the pool,
+        to shut down with the shard (None: nothing to fetch)."""
+        todo = sorted(o for o in set(origins)
+                      if o not in self._rows and o not in self._bucket_of and o != "://")
+        if self._fetch is None or not (todo or self._files):
             return None
-        pool = ThreadPoolExecutor(max(1, min(threads, len(todo))), thread_name_prefix="wit-robots")
+        pool = ThreadPoolExecutor(max(1, min(threads, len(todo) + len(self._files))),
+                                  thread_name_prefix="wit-robots")
+        for bucket in sorted(self._files):  # read as soon as the pass writes them
+            pool.submit(self._await_bucket, bucket)
         for origin in todo:
             pool.submit(self._row, origin)
         return pool
@@ -214,10 +270,64 @@ class Rules:
         """origin -> Crawl-delay seconds, for the origins whose robots.txt sets one."""
         return {o: r["crawl_delay"] for o, r in self._rows.items() if r.get("crawl_delay")}
 
+    def waiting_on(self, origin: str) -> bool:
+        """True while `origin`'s row is one the pass has not delivered yet."""
+        bucket = self._bucket_of.get(origin)
+        return bucket is not None and bucket not in self._done
+
+    def _await_bucket(self, bucket: int) -> None:
+        """Until the pass's file of `bucket` is read (or given up on): one thread looks
+        for it, the others wait for that one."""
+        with self._lock:
+            arrived = self._arrived.get(bucket)
+            mine = arrived is None
+            if mine:
+                arrived = self._arrived[bucket] = threading.Event()
+        if mine:
+            try:
+                self._load(bucket)
+            finally:
+                self._done.add(bucket)
+                arrived.set()
+        else:
+            arrived.wait(timeout=max(0.0, self._until - time.time()) + 10 * POLL)
+
+    def _from_pass(self, origin: str, bucket: int) -> dict:
+        """`origin`'s row from the pass's file of `bucket`, once it is there."""
+        self._await_bucket(bucket)
+        return self._rows.get(origin) or {
+            "origin": origin, "state": "unavailable",
+            "error": self._missing.get(bucket, "the robots pass wrote no row for it")}
+
+    def _load(self, bucket: int) -> None:
+        """Wait for the pass's file of `bucket` and take its rows (and Crawl-delays)."""
+        f = self._files[bucket]
+        for _ in range(max(1, math.ceil((self._until - time.time()) / POLL)) + 1):  # bounded: the shard's end
+            if f.exists():
+                mine = {o for o, b in self._bucket_of.items() if b == bucket}
+                rows = read_rows([f], mine)
+                for r in rows:
+                    if r.get("crawl_delay") and self._on_delay is not None:
+                        self._on_delay(r["origin"], r["crawl_delay"], 0.0)
+                with self._lock:
+                    for r in rows:
+                        self._rows.setdefault(r["origin"], r)
+                return
+            if self._failed is not None and self._failed.exists():
+                self._missing[bucket] = f"the robots pass failed ({self._failed.read_text()[:300]})"
+                return
+            time.sleep(POLL)
+        self._missing[bucket] = "the robots pass had not fetched it by the shard's time limit"
+
     def _row(self, origin: str) -> dict | None:
         row = self._rows.get(origin)
-        if row is not None or self._fetch is None or origin == "://":
+        if row is not None or origin == "://":
             return row
+        bucket = self._bucket_of.get(origin)
+        if bucket is not None:
+            return self._from_pass(origin, bucket)
+        if self._fetch is None:
+            return None
         with self._lock:
             row = self._rows.get(origin)
             waiting = self._pending.get(origin)
