@@ -175,11 +175,10 @@ def _work(ctx: StageContext, cfg: Config, lists: dict[str, list[str]]) -> StageO
     # the robots pass runs while the download does; a shard that needs one of its
     # origins waits for that origin's file (robots.Pass)
     ahead = _robots(ctx, cfg, plan, prev) if cfg.robots_txt else None
-    try:
-        run_stats, failed = download(ctx.work, plan, cfg)
-    finally:
-        if ahead is not None:
-            ahead.wait()
+    # should the download raise (Ctrl-C, say), the pass's daemon thread ends with the process
+    run_stats, failed = download(ctx.work, plan, cfg)
+    if ahead is not None:
+        ahead.wait()
     seconds = time.time() - t0
     return assemble(ctx, plan, failed, prev, run_stats, seconds)
 
