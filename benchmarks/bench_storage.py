@@ -23,7 +23,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # the tests' helpers: tests.support
 import bench_fetch  # noqa: E402  (measured: wall and CPU of a command and its descendants)
-from tests.support.s3 import S3Server  # noqa: E402
 
+from tests.support.s3 import S3Server  # noqa: E402
 from wit_builder import storage  # noqa: E402
 from wit_builder.demo import imageserver
 from wit_builder.demo.world import make_world, write_pool  # noqa: E402

@@ -261,8 +261,6 @@ def test_sql_reads_only_the_build_and_loads_no_extension(samples_build, tmp_path
 
 
 def test_sql_on_an_s3_build_reads_only_that_build(s3_server, capsys):
-    import pyarrow as pa
-
     from wit_builder import storage
     from wit_builder.build.stage import StageOutput, run_stage
     url = s3_server.bucket("hardening-sql") + "/build"

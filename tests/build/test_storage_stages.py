@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
