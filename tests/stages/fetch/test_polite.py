@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections import Counter
@@ -316,8 +317,10 @@ def test_a_shard_waits_for_the_robots_pass_file_of_its_origin_or_its_failure(tmp
                    {"http://big.test": 0, "http://other.test": 1, "http://alone.test": None},
                    tmp_path / robots.FAILED, time.time() + 30)
     assert rules.waiting_on("http://big.test") and not rules.waiting_on("http://alone.test")
-    threading.Timer(0.3, lambda: pq.write_table(pa.Table.from_pylist([row], schema=robots._schema()),
-                                                later)).start()
+    half = tmp_path / "half.parquet"
+    pq.write_table(pa.Table.from_pylist([row], schema=robots._schema()), half)
+    later.write_bytes(half.read_bytes()[:20])  # half written: looked at again
+    threading.Timer(0.3, lambda: os.replace(half, later)).start()  # then whole, as the pass does
     t0 = time.time()
     assert rules.verdict("http://big.test/yes/1.jpg") is None
     assert 0.25 < time.time() - t0 < 5 and not rules.waiting_on("http://big.test")

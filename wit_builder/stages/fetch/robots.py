@@ -303,21 +303,27 @@ class Rules:
         """Wait for the pass's file of `bucket` and take its rows (and Crawl-delays)."""
         f = self._files[bucket]
         for _ in range(max(1, math.ceil((self._until - time.time()) / POLL)) + 1):  # bounded: the shard's end
+            rows = None
             if f.exists():
                 mine = {o for o, b in self._bucket_of.items() if b == bucket}
-                rows = read_rows([f], mine)
+                try:
+                    rows = read_rows([f], mine)
+                except Exception as e:  # the pass writes whole files; look again, bounded
+                    self._missing[bucket] = f"{f}: unreadable ({type(e).__name__}: {str(e)[:200]})"
+            if rows is not None:
                 for r in rows:
                     if r.get("crawl_delay") and self._on_delay is not None:
                         self._on_delay(r["origin"], r["crawl_delay"], 0.0)
                 with self._lock:
                     for r in rows:
                         self._rows.setdefault(r["origin"], r)
+                self._missing.pop(bucket, None)
                 return
             if self._failed is not None and self._failed.exists():
                 self._missing[bucket] = f"the robots pass failed ({self._failed.read_text()[:300]})"
                 return
             time.sleep(POLL)
-        self._missing[bucket] = "the robots pass had not fetched it by the shard's time limit"
+        self._missing.setdefault(bucket, "the robots pass had not fetched it by the shard's time limit")
 
     def _row(self, origin: str) -> dict | None:
         row = self._rows.get(origin)
