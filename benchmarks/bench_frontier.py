@@ -23,8 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wit_builder.stages.fetch.budgets import HostBudget, grid_offset  # noqa: E402
 from wit_builder.stages.fetch.frontier import Frontier  # noqa: E402
-from wit_builder.stages.fetch.hosts import HostBudget, HostLimits, grid_offset, host_of  # noqa: E402
+from wit_builder.stages.fetch.hosts import HostLimits, host_of  # noqa: E402
 
 
 def one(a, frontier: bool) -> tuple[float, dict[str, list[float]]]:

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from wit_builder.stages.fetch.budgets import HostBudget
 from wit_builder.stages.fetch.frontier import Frontier
-from wit_builder.stages.fetch.hosts import HostBudget, HostLimits
+from wit_builder.stages.fetch.hosts import HostLimits
 
 
 def budget_starting_in(seconds: float, interval: float = 100.0) -> HostBudget:

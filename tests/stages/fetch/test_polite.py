@@ -432,7 +432,8 @@ def test_the_board_passes_slow_downs_between_shards(ray_cluster):
     import ray
 
     from wit_builder.stages.fetch import board as boards
-    from wit_builder.stages.fetch.hosts import HostBudget, HostLimits
+    from wit_builder.stages.fetch.budgets import HostBudget
+    from wit_builder.stages.fetch.hosts import HostLimits
     name = boards.name_for(uuid.uuid4().hex[:12])
     try:
         a = HostLimits({"h.test": HostBudget(0.5, 2, 0, 1), "x.test": HostBudget(0.5, 2, 0, 1)}, 3)
