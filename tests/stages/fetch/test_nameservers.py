@@ -17,7 +17,7 @@ from tests.stages.fetch.test_polite import SCENE, fast, hosts, statuses, url
 from tests.support.fetch import write_selected
 from wit_builder.errors import WitError
 from wit_builder.stages.fetch import fetch, nameservers
-from wit_builder.stages.fetch.hosts import Resolver
+from wit_builder.stages.fetch.nameservers import Resolver
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ from wit_builder.build.stage import committed
 from wit_builder.demo import imageserver
 from wit_builder.io import uid_of
 from wit_builder.stages.fetch import fetch
-from wit_builder.stages.fetch.hosts import Resolver, host_of
+from wit_builder.stages.fetch.hosts import host_of
+from wit_builder.stages.fetch.nameservers import Resolver
 from wit_builder.stages.fetch.robots import Rules
 
 SCENE = "1-red-circle-plain-white-{}"

@@ -45,7 +45,7 @@ from wit_builder.stages.fetch import i2d, nameservers
 from wit_builder.stages.fetch.fetch_plan import plan_shards, retry_params, transient_rows
 from wit_builder.stages.fetch.fetch_status import STATUS_COLUMNS, assemble  # noqa: F401 (fetch.STATUS_COLUMNS: tests)
 from wit_builder.stages.fetch.fetch_task import download, task_settings
-from wit_builder.stages.fetch.hosts import parse_overrides
+from wit_builder.stages.fetch.nameservers import parse_overrides
 from wit_builder.stages.fetch.netguard import DEFAULT_USER_AGENT
 
 RESIZE_MODES = ["no", "keep_ratio", "center_crop", "border", "keep_ratio_largest"]

@@ -14,7 +14,7 @@ from wit_builder.stages.fetch import i2d, nameservers
 from wit_builder.stages.fetch.board import close as close_board
 from wit_builder.stages.fetch.board import name_for as board_name
 from wit_builder.stages.fetch.fetch_status import shard_name, status_table
-from wit_builder.stages.fetch.hosts import parse_overrides
+from wit_builder.stages.fetch.nameservers import parse_overrides
 
 
 def download(work, plan: dict, cfg) -> tuple[dict, dict[int, str]]:

@@ -8,7 +8,7 @@ hands img2dataset's downloader `Fetcher.fetch` instead, which
   a DNS answer cannot change between the check and the connection): loopback,
   private, link-local, multicast and reserved addresses are `blocked_address` unless
   the network policy allows private networks;
-- resolves each host through a shared `hosts.Resolver` (once per shard; `dns_error`)
+- resolves each host through a shared `nameservers.Resolver` (once per shard; `dns_error`)
   and keeps a shared pool of keep-alive connections per host (no more than the host's
   connection budget when `hosts.HostLimits` are given);
 - sends a user agent naming the project and honours X-Robots-Tag opt-outs;
@@ -88,7 +88,7 @@ def default_tls() -> ssl.SSLContext:
 
 class Fetcher:
     """Fetch image bytes under a `Policy`; thread-safe. Connections are kept alive in a
-    pool per host shared by the threads. `resolver` (a hosts.Resolver) answers DNS for
+    pool per host shared by the threads. `resolver` (a nameservers.Resolver) answers DNS for
     every thread; `limits` (a hosts.HostLimits) spaces and bounds the requests to each
     host and is told how each went; `observer(host, status)` hears of every request.
     `stop_at` (time.monotonic()) is when the shard stops: no attempt starts after it

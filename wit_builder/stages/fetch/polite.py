@@ -23,7 +23,8 @@ from collections import Counter
 from wit_builder.sql import literal
 from wit_builder.stages.fetch.board import BoardClient
 from wit_builder.stages.fetch.budgets import HostBudget, budget_for, shard_budgets
-from wit_builder.stages.fetch.hosts import HostLimits, host_of, resolver
+from wit_builder.stages.fetch.hosts import HostLimits, host_of
+from wit_builder.stages.fetch.nameservers import resolver
 from wit_builder.stages.fetch.netguard import Fetcher, Policy
 from wit_builder.stages.fetch.robots import MAX_ROBOTS_BYTES, ORIGIN_SQL, Rules, classify, table
 

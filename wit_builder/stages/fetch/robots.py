@@ -176,7 +176,7 @@ def fetch_bucket(origins: list[str], out, settings: dict, previous: list | None 
     import pyarrow.parquet as pq
 
     from wit_builder import storage
-    from wit_builder.stages.fetch.hosts import resolver
+    from wit_builder.stages.fetch.nameservers import resolver
     from wit_builder.stages.fetch.netguard import Fetcher, Policy
     if out.exists():
         return {"origins": len(origins)}
@@ -206,6 +206,12 @@ def read_rows(files, origins: set[str]) -> list[dict]:
         with f.open("rb") as fh:
             rows += [r for r in pq.read_table(fh).to_pylist() if r["origin"] in origins]
     return rows
+
+
+def _unavailable(origin: str, error: str) -> dict:
+    """A shard's verdict row for an origin whose robots.txt did not reach it (not
+    written to fetch/robots/: a retry asks again)."""
+    return {"origin": origin, "state": "unavailable", "error": error}
 
 
 def _still_valid(previous: list, origins: list[str]) -> dict[str, dict]:
@@ -295,9 +301,8 @@ class Rules:
     def _from_pass(self, origin: str, bucket: int) -> dict:
         """`origin`'s row from the pass's file of `bucket`, once it is there."""
         self._await_bucket(bucket)
-        return self._rows.get(origin) or {
-            "origin": origin, "state": "unavailable",
-            "error": self._missing.get(bucket, "the robots pass wrote no row for it")}
+        return self._rows.get(origin) or _unavailable(
+            origin, self._missing.get(bucket, "the robots pass wrote no row for it"))
 
     def _load(self, bucket: int) -> None:
         """Wait for the pass's file of `bucket` and take its rows (and Crawl-delays)."""
@@ -343,9 +348,8 @@ class Rules:
             return row
         if waiting is not None:  # another thread is fetching it (bounded by its deadline)
             waiting.wait(timeout=WAIT_FOR_ROBOTS)
-            return self._rows.get(origin) or {
-                "origin": origin, "state": "unavailable",
-                "error": f"its robots.txt was still being fetched after {WAIT_FOR_ROBOTS:g} s"}
+            return self._rows.get(origin) or _unavailable(
+                origin, f"its robots.txt was still being fetched after {WAIT_FOR_ROBOTS:g} s")
         since, row = time.time(), None
         try:
             row = self._fetch(origin)  # classify: never raises
